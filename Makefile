@@ -1,0 +1,26 @@
+# Every target bootstraps .venv on first use, so a fresh clone needs nothing but python3 >= 3.10.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv study smoke test clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+study: $(STAMP)   ## the default study: digits on the local machine (a few minutes on 2 CPUs)
+	$(PY) studies/ablation.py $(ARGS)
+
+smoke: $(STAMP)   ## two tiny trials, to check an install
+	$(PY) studies/ablation.py --smoke $(ARGS)
+
+test: $(STAMP)    ## the test suite (finds real data in IABF_DATA_DIR, default ../shared/data)
+	IABF_DATA_DIR=$${IABF_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,102 @@
+"""Binary channels and the adversarial bit flip, as pure tensor functions.
+
+Shapes: p, y: (B, M) per image and bit; codes drawn for VIMCO: (K, B, M). `eps` may be a float
+or a per-bit tensor broadcastable to (B, M), which is how the adversary (eq. 30) reuses them.
+Every random draw takes an explicit torch.Generator, so a run is reproducible from its seed.
+"""
+from __future__ import annotations
+
+import torch
+
+ERASED = 0.5      # what the decoder sees for an erased bit: halfway between 0 and 1, no information
+CLIP = 1e-7       # Bernoulli parameters are kept in [CLIP, 1 - CLIP], as in the reference code
+
+
+def compose(p: torch.Tensor, eps) -> torch.Tensor:
+    """Eq. 18 (and eq. 30 with per-bit eps*): P(received bit = 1) when a Bernoulli(p) bit
+    crosses a BSC that flips it with probability eps: p - 2 p eps + eps."""
+    return (p - 2 * p * eps + eps).clamp(CLIP, 1 - CLIP)
+
+
+def bernoulli_log_prob(y: torch.Tensor, p: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """log Bernoulli(y; p) summed over bits (only where mask is 1): (..., B, M) -> (..., B)."""
+    p = p.clamp(CLIP, 1 - CLIP)
+    lp = y * p.log() + (1 - y) * (-p).log1p()
+    return (lp if mask is None else lp * mask).sum(-1)
+
+
+def bsc(y: torch.Tensor, eps, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Binary symmetric channel (eq. 17): each bit flipped independently with probability eps."""
+    flips = torch.rand(y.shape, generator=gen, device=y.device) < eps
+    return torch.where(flips, 1 - y, y)
+
+
+def bec(y: torch.Tensor, eps, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Binary erasure channel: each bit erased (replaced by ERASED) with probability eps."""
+    erased = torch.rand(y.shape, generator=gen, device=y.device) < eps
+    return torch.where(erased, torch.full_like(y, ERASED), y)
+
+
+def transmit(p: torch.Tensor, eps, channel: str, gen: torch.Generator | None = None):
+    """One code per image through the channel, as at test time (the reference's one sample at the
+    test noise). Returns (sent bits, received symbols), both (B, M)."""
+    y = torch.bernoulli(p, generator=gen)
+    return y, (bsc if channel == "bsc" else bec)(y, eps, gen)
+
+
+def sample_noisy(p: torch.Tensor, eps, channel: str, K: int, gen: torch.Generator | None = None):
+    """K received codes per image from p_noisy(y|x) (eq. 17-18), with log p_noisy for the score
+    function of VIMCO. p: (B, M) -> received (K, B, M) (no gradient), log_prob (K, B) (gradient to p).
+
+    BSC: the received bit is Bernoulli(compose(p, eps)), so sample that directly (eq. 18).
+    BEC: an erasure does not depend on the encoder, so only unerased bits carry log-probability.
+    """
+    pk = p.detach().expand(K, *p.shape)
+    if channel == "bsc":
+        q = compose(p, eps)
+        y = torch.bernoulli(compose(pk, eps), generator=gen)
+        return y, bernoulli_log_prob(y, q)
+    y = torch.bernoulli(pk, generator=gen)
+    received = bec(y, eps, gen)
+    return received, bernoulli_log_prob(y, p, mask=(received != ERASED).to(p.dtype))
+
+
+# --- adversarial bit flip (eq. 23-26, 30) ---------------------------------------------------
+
+def flip_mask(y: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Eq. 25: m = y XOR (sign(g)/2 + 0.5). A bit may flip only if flipping it raises the
+    reconstruction loss: 0 -> 1 where dLoss/dy > 0, 1 -> 0 where dLoss/dy < 0.
+    (The reference code compares the Gumbel noise instead of y here; this is the paper's rule.)"""
+    return (y != (grad > 0).to(y.dtype)).to(y.dtype)
+
+
+def budget_eps(grad: torch.Tensor, budget: float) -> torch.Tensor:
+    """Per-bit noise eps_i proportional to |g_i| with sum_i eps_i = M*budget and 0 <= eps_i <= 1
+    (text after eq. 30). Proportional allocation with a cap at 1 is water-filling: with the top k
+    bits capped, the rest get c*|g_i|, c = (M*budget - k) / sum of the rest; the right k is the
+    first for which the largest uncapped bit stays <= 1. Exact, vectorised over the batch."""
+    a, _ = grad.abs().sort(dim=-1, descending=True)                 # (B, M)
+    M = a.shape[-1]
+    k = torch.arange(M, device=a.device, dtype=a.dtype)
+    tail = a.flip(-1).cumsum(-1).flip(-1)                            # tail[k] = sum_{j>=k} a_j
+    c = (M * budget - k) / tail.clamp_min(1e-20)
+    ok = (c * a <= 1) & (k <= M * budget)
+    first = ok.to(torch.uint8).argmax(-1, keepdim=True)              # smallest valid k
+    return (c.gather(-1, first) * grad.abs()).clamp(max=1.0)
+
+
+def topk_eps(grad: torch.Tensor, k: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """The reference code's variant: draw k bits by Gumbel-top-k from softmax(g^2) and give them
+    eps_i = 1 (a certain flip once the sign mask allows it)."""
+    u = torch.rand(grad.shape, generator=gen, device=grad.device).clamp_(1e-10, 1 - 1e-10)
+    scores = grad.pow(2) - (-u.log()).log()                         # log-softmax + Gumbel, up to a constant
+    idx = scores.topk(min(k, grad.shape[-1]), dim=-1).indices
+    return torch.zeros_like(grad).scatter_(-1, idx, 1.0)
+
+
+def adversarial_eps(y: torch.Tensor, grad: torch.Tensor, flip: str, budget: float, k: int,
+                    gen: torch.Generator | None = None) -> torch.Tensor:
+    """eps* = eps_i * m_i (eq. 25, 30): the adversary's per-bit noise for codes y (B, M), given the
+    gradient of the reconstruction loss with respect to y."""
+    eps = budget_eps(grad, budget) if flip == "budget" else topk_eps(grad, k, gen)
+    return eps * flip_mask(y, grad)

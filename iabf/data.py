@@ -1,0 +1,210 @@
+"""Datasets: loading and preparing only. Arrays in, uint8 tensors on the training device out.
+
+On disk every dataset is `<data_dir>/<name>.npz` with uint8 `x_train, y_train, x_test, y_test`
+(images in their original value range 0..255), the layout of the project's offline copies.
+`python -m iabf.data prepare NAME --data-dir DIR` downloads through torchvision and writes one.
+
+Validation carve-outs follow the reference code's sizes (reference spec, "Data"), drawn once
+with a fixed split seed so every run, method and machine sees the same split.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLIT_SEED = 0        # fixed forever: changing it changes every reported number
+BINARIZE_SEED = 0     # BinaryMNIST: one fixed Bernoulli draw of the MNIST intensities
+N_VALID = {"digits": 300, "binary_mnist": 10_000, "mnist": 10_000, "omniglot": 500, "cifar10": 10_000}
+IMAGE_SHAPE = {"digits": (1, 8, 8), "binary_mnist": (1, 28, 28), "mnist": (1, 28, 28),
+               "omniglot": (1, 28, 28), "cifar10": (3, 32, 32)}  # (C, H, W) as training sees them
+BINARY = {"binary_mnist"}  # Bernoulli likelihood; the rest are squared error on [0,1]
+DIGITS_N_TEST = 297   # sklearn's 1,797 digits -> 1,200 train / 300 valid / 297 test
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be loaded; the message says how to get it."""
+
+
+@dataclass
+class Splits:
+    train: torch.Tensor  # (N, C, H, W) uint8 on the training device; batches are drawn by index
+    val: torch.Tensor
+    test: torch.Tensor
+    binary: bool         # Bernoulli likelihood (BCE) rather than squared error
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float in [0, 1]; done per batch so the device keeps 1 byte per pixel."""
+    return x.float().div_(255.0)
+
+
+def npz_path(name: str, data_dir: str | os.PathLike) -> Path:
+    return Path(data_dir).expanduser() / f"{name}.npz"
+
+
+# --- building arrays -----------------------------------------------------------------------
+
+def _digits_arrays() -> dict[str, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (no download), 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
+    y = d.target.astype(np.uint8)
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+    test, train = perm[:DIGITS_N_TEST], perm[DIGITS_N_TEST:]
+    return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
+
+
+def binarize(mnist: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Statically binarized MNIST: pixel ~ Bernoulli(intensity/255), drawn once with a fixed seed
+    (how Larochelle's file was made); stored as 0/255 so every dataset shares one scaling."""
+    rng = np.random.default_rng(BINARIZE_SEED)
+    out = dict(mnist)
+    for k in ("x_train", "x_test"):
+        out[k] = ((rng.random(mnist[k].shape) < mnist[k] / 255.0) * 255).astype(np.uint8)
+    return out
+
+
+def _download(name: str, data_dir: Path) -> dict[str, np.ndarray]:
+    import torchvision.datasets as tvd
+
+    raw = data_dir / "raw"
+    if name in ("mnist", "binary_mnist"):
+        tr, te = (tvd.MNIST(raw, train=t, download=True) for t in (True, False))
+        arrays = {"x_train": tr.data.numpy(), "y_train": tr.targets.numpy().astype(np.uint8),
+                  "x_test": te.data.numpy(), "y_test": te.targets.numpy().astype(np.uint8)}
+        return binarize(arrays) if name == "binary_mnist" else arrays
+    if name == "cifar10":
+        tr, te = (tvd.CIFAR10(raw, train=t, download=True) for t in (True, False))
+        return {"x_train": tr.data, "y_train": np.asarray(tr.targets, np.uint8),
+                "x_test": te.data, "y_test": np.asarray(te.targets, np.uint8)}
+    if name == "omniglot":
+        from PIL import Image
+
+        def part(background: bool):  # 105x105 strokes -> 28x28 ink by area averaging
+            ds = tvd.Omniglot(raw, background=background, download=True)
+            xs, ys = [], []
+            for img, label in ds:  # one-time conversion: per-image Python is fine here
+                ink = Image.fromarray(255 - np.asarray(img.convert("L"), np.uint8), "L")
+                xs.append(np.asarray(ink.resize((28, 28), Image.BOX), np.uint8))
+                ys.append(label)
+            return np.stack(xs), np.asarray(ys, np.int16)
+
+        (xtr, ytr), (xte, yte) = part(True), part(False)
+        return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
+    if name == "digits":
+        return _digits_arrays()
+    raise DataError(f"unknown dataset {name!r}")
+
+
+def _write_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Write to a temporary file and rename: an interrupted prepare leaves nothing half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def prepare(name: str, data_dir: str | os.PathLike) -> Path:
+    """Download `name` through torchvision (digits needs no download) and write `<name>.npz`."""
+    data_dir = Path(data_dir).expanduser()
+    path = npz_path(name, data_dir)
+    if name == "binary_mnist" and npz_path("mnist", data_dir).exists():
+        arrays = binarize(load_arrays("mnist", data_dir))
+    else:
+        arrays = _download(name, data_dir)
+    _write_npz(arrays, path)
+    return path
+
+
+def load_arrays(name: str, data_dir: str | os.PathLike, download: bool = False) -> dict[str, np.ndarray]:
+    path = npz_path(name, data_dir)
+    if path.exists():
+        with np.load(path, allow_pickle=False) as d:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(d.files)
+            if missing:
+                raise DataError(f"{path} lacks {sorted(missing)}; rebuild it with "
+                                f"`python -m iabf.data prepare {name} --data-dir {path.parent}`")
+            return {k: d[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    if name == "digits":  # bundled with scikit-learn: always available offline
+        return _digits_arrays()
+    if name == "binary_mnist" and npz_path("mnist", data_dir).exists():
+        return binarize(load_arrays("mnist", data_dir))  # deterministic, so no file is needed
+    if download:
+        return load_arrays(name, prepare(name, data_dir).parent)
+    raise DataError(f"dataset file {path} not found; prepare it with "
+                    f"`python -m iabf.data prepare {name} --data-dir {Path(data_dir)}` (needs internet), "
+                    f"or point --data-dir at a folder that has it")
+
+
+def split(name: str, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, valid, test) images as (N, C, H, W) uint8."""
+    def nchw(x):
+        return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
+
+    x, n_val = nchw(arrays["x_train"]), N_VALID[name]
+    if name == "cifar10":  # the reference keeps data_batch_5 (the last 10k) for validation
+        train_idx, val_idx = np.arange(len(x) - n_val), np.arange(len(x) - n_val, len(x))
+    else:
+        perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+        train_idx, val_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    return x[train_idx], x[val_idx], nchw(arrays["x_test"])
+
+
+def load(name: str, data_dir: str | os.PathLike, device: torch.device | str = "cpu",
+         max_train_examples: int = 0, download: bool = False) -> Splits:
+    """Read the arrays once and put them on `device`; training then indexes them directly."""
+    if name not in N_VALID:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(N_VALID)}")
+    train, val, test = split(name, load_arrays(name, data_dir, download))
+    if max_train_examples:
+        train = train[:max_train_examples]
+
+    def dev(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    return Splits(dev(train), dev(val), dev(test), binary=name in BINARY)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m iabf.data", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("prepare", help="download a dataset through torchvision and write <name>.npz")
+    pp.add_argument("name", choices=sorted(N_VALID))
+    pp.add_argument("--data-dir", default="data", help="where <name>.npz is written (default: data)")
+    pi = sub.add_parser("info", help="print the split sizes of a prepared dataset")
+    pi.add_argument("name", choices=sorted(N_VALID))
+    pi.add_argument("--data-dir", default="data")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "prepare":
+            print(prepare(args.name, args.data_dir))
+        else:
+            tr, va, te = split(args.name, load_arrays(args.name, args.data_dir))
+            print(f"{args.name}: train {tr.shape}, valid {va.shape}, test {te.shape}")
+    except (DataError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

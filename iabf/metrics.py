@@ -1,0 +1,37 @@
+"""Metric names and the paper's distortion measure.
+
+The analysis and the studies select and plot by these names: never rename one casually.
+"""
+import torch
+
+from .losses import log_likelihood
+
+EPOCH = "epoch"
+TRAIN_LOSS = "train/loss"            # the minimised objective, per image (eq. 29 with sign flipped)
+TRAIN_DISTORTION = "train/distortion"  # distortion of the training codes (adversarial ones for abf/iabf)
+TRAIN_TC = "train/tc"                # discriminator's TC estimate (eq. 14), iabf only
+TRAIN_DISC_LOSS = "train/disc_loss"  # discriminator cross-entropy (eq. 13), iabf only
+VAL_DISTORTION = "val/distortion"    # Table 1's measure on the whole validation set, at the test eps
+VAL_BER = "val/bit_error_rate"
+VAL_ENTROPY = "val/marginal_entropy"  # mean over bits of H(Y_d) in bits, from batch marginals (eq. 11)
+VAL_MI = "val/mutual_info"           # sum_d H(Y_d) - H(Y_d|X) in bits (first term of eq. 10)
+BEST_VAL_DISTORTION = "best/val_distortion"
+BEST_EPOCH = "best/epoch"
+TEST_DISTORTION = "test/distortion"  # Table 1: best-by-validation model, one channel sample at test eps
+TEST_BER = "test/bit_error_rate"
+TEST_ENTROPY = "test/marginal_entropy"
+TEST_MI = "test/mutual_info"
+EXAMPLES_PER_S = "sys/examples_per_s"
+EPOCH_SECONDS = "sys/epoch_seconds"
+WALL_SECONDS = "sys/wall_seconds"
+
+
+def distortion(logits: torch.Tensor, x: torch.Tensor, binary: bool) -> torch.Tensor:
+    """Per-image distortion on the paper's Table 1 scale (see the reference spec, "Evaluation").
+
+    binary data: binary cross-entropy averaged over pixels (why BinaryMNIST reads ~0.11-0.25);
+    otherwise:   squared error of the sigmoid mean in [0,1], summed over pixels (MNIST ~13-48).
+    logits: (..., B, *image), x: (B, *image) -> (..., B)
+    """
+    nll = -log_likelihood(logits, x, binary)
+    return nll / x[0].numel() if binary else nll

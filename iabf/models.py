@@ -1,0 +1,89 @@
+"""Encoders, decoders and the total-correlation discriminator (reference spec, "Architectures").
+
+The encoder maps an image to M logits of independent Bernoulli bits (mean field, eq. 6); the
+decoder maps received symbols (K, B, M) to pixel logits (K, B, *image): Bernoulli logits for
+binary data, pre-sigmoid means for the rest. The architecture for a dataset is a plain dict.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# tf.nn.leaky_relu's default slope, which the reference code used
+SLOPE = 0.2
+
+ARCH = {
+    "digits": {"kind": "mlp", "enc": (256,), "dec": (256, 256)},  # ours: 8x8 needs less width
+    "binary_mnist": {"kind": "mlp", "enc": (500,), "dec": (500, 500)},
+    "mnist": {"kind": "mlp", "enc": (500,), "dec": (500, 500)},
+    "omniglot": {"kind": "mlp", "enc": (500,), "dec": (500, 500)},
+    "cifar10": {"kind": "conv", "enc": (64, 32, 16), "dec": (16, 32, 64)},
+}
+
+
+def mlp(sizes: list[int], bias: bool, last_bias: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = i == len(sizes) - 2
+        layers.append(nn.Linear(a, b, bias=last_bias if last else bias))
+        if not last:
+            layers.append(nn.LeakyReLU(SLOPE))
+    return nn.Sequential(*layers)
+
+
+class Decoder(nn.Module):
+    """Wraps a body that maps (N, M) -> (N, *image); accepts any leading dims, e.g. (K, B, M)."""
+
+    def __init__(self, body: nn.Module, image_shape: tuple[int, ...]):
+        super().__init__()
+        self.body, self.image_shape = body, tuple(image_shape)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        lead = y.shape[:-1]
+        out = self.body(y.reshape(-1, y.shape[-1]))
+        return out.reshape(*lead, *self.image_shape)
+
+
+def conv_encoder(channels, bits: int) -> nn.Sequential:
+    """CIFAR10: 3 x [3x3 conv, BN, ReLU, 2x2 max-pool] (32->16->8->4), then linear to the bits."""
+    layers, c_in = [], 3
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = c
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * 4 * 4, bits, bias=False))
+
+
+def conv_decoder(channels, bits: int) -> nn.Sequential:
+    """CIFAR10: linear to 4x4x16, 3 x [3x3 conv, BN, ReLU, 2x upsample], 3x3 conv to RGB, BN."""
+    layers, c_in = [nn.Linear(bits, channels[0] * 16, bias=False), nn.Unflatten(1, (channels[0], 4, 4))], channels[0]
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.Upsample(scale_factor=2)]
+        c_in = c
+    return nn.Sequential(*layers, nn.Conv2d(c_in, 3, 3, padding=1), nn.BatchNorm2d(3))
+
+
+def discriminator(bits: int, hidden: int = 500) -> nn.Sequential:
+    """C_psi of eq. 13: codes -> 2 logits (0: a joint sample y ~ p(y), 1: a dimension-wise
+    permuted one ~ prod_d p(y_d)). One hidden layer of the encoder's width, as in the reference."""
+    return mlp([bits, hidden, 2], bias=True, last_bias=True)
+
+
+def build(dataset: str, image_shape: tuple[int, ...], bits: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(encoder, decoder, discriminator) for a dataset."""
+    arch = ARCH[dataset]
+    if arch["kind"] == "conv":
+        enc = conv_encoder(arch["enc"], bits)
+        dec = Decoder(conv_decoder(arch["dec"], bits), image_shape)
+    else:
+        d = math.prod(image_shape)
+        # the last encoder layer and every decoder layer have no bias, as in the reference code
+        enc = nn.Sequential(nn.Flatten(), mlp([d, *arch["enc"], bits], bias=True, last_bias=False))
+        dec = Decoder(mlp([bits, *arch["dec"], d], bias=False, last_bias=False), image_shape)
+    return enc, dec, discriminator(bits, arch["enc"][0] if arch["kind"] == "mlp" else 500)
+
+
+def weight_penalty(module: nn.Module) -> torch.Tensor:
+    """0.5 * sum ||W||^2 over weight matrices and kernels (tf.nn.l2_loss; biases and BN excluded)."""
+    return sum(0.5 * p.pow(2).sum() for n, p in module.named_parameters() if p.dim() > 1)

@@ -1,0 +1,257 @@
+"""Train and evaluate one model: `run(config, report)` is the whole loop, top to bottom.
+
+No Ray and no MLflow in here: a caller passes `report(metrics, checkpoint)`, called once per epoch
+with that epoch's metrics and a function that returns the full training state, to save or ignore.
+
+    python -m iabf.train --dataset mnist --method iabf --eps 0.1 --lam 0.01 --K 5 --epochs 10
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import metrics as M
+from .channels import transmit
+from .config import Config, ConfigError
+from .data import IMAGE_SHAPE, DataError, Splits, load, to_float
+from .losses import binary_entropy, discriminator_loss, objective, tc_input
+from .models import build
+
+CHECKPOINT_VERSION = 1
+Report = Callable[[dict, Callable[[], dict]], None]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the run."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' is not allowed: no CUDA device is visible (use cpu or auto)")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: int) -> dict:
+    """Table 1's measure over a whole split: encode, one channel sample at the test eps, decode.
+    The channel noise is drawn from a fixed seed, so epochs are compared on the same noise.
+    Also the bit error rate of that channel draw and the per-bit entropies of the codes (eq. 11).
+    Returns plain floats (one device sync)."""
+    was_training = enc.training
+    enc.eval(), dec.eval()
+    gen = torch.Generator(device=images.device).manual_seed(seed)
+    n = len(images)
+    dist = errors = h_cond = torch.zeros((), device=images.device)
+    p_sum = 0
+    for i in range(0, n, cfg.eval_batch_size):
+        x = to_float(images[i:i + cfg.eval_batch_size])
+        p = torch.sigmoid(enc(x))                                   # (B, M)
+        sent, received = transmit(p, cfg.eval_eps, cfg.channel, gen)
+        dist = dist + M.distortion(dec(received), x, binary).sum()
+        errors = errors + (received != sent).sum()
+        h_cond = h_cond + binary_entropy(p).sum()
+        p_sum = p_sum + p.sum(0)
+    enc.train(was_training), dec.train(was_training)
+    h_marg = binary_entropy(p_sum / n)                              # H(Y_d) per bit, nats
+    bits = h_marg.numel()
+    out = torch.stack([dist / n, errors / (n * bits), h_marg.mean() / math.log(2),
+                       (h_marg.sum() - h_cond / n) / math.log(2)]).tolist()
+    return dict(zip(("distortion", "bit_error_rate", "marginal_entropy", "mutual_info"), out))
+
+
+def snapshot(models: dict, opts: dict, gen: torch.Generator, epoch: int, best: dict, cfg: Config) -> dict:
+    """Everything a run needs to continue, in types that load with weights_only=True."""
+    return {
+        "version": CHECKPOINT_VERSION,
+        "config": cfg.to_dict(),
+        "epoch": epoch,
+        "best_val": best["val"],
+        "best_epoch": best["epoch"],
+        "model": {k: m.state_dict() for k, m in models.items()},
+        "best_model": best["model"],
+        "optimizer": {k: o.state_dict() for k, o in opts.items()},
+        "generator": gen.get_state(),
+    }
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write atomically (temporary file, then rename): a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} not found") from None
+    except Exception as e:  # a truncated or foreign file: say which and why, in one line
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is not an iabf checkpoint of version {CHECKPOINT_VERSION}")
+    return state
+
+
+def load_models(path: str | os.PathLike, which: str = "best_model", device="cpu"):
+    """(config, encoder, decoder) from a checkpoint, with the best-by-validation weights."""
+    state = load_checkpoint(path, device)
+    cfg = Config.from_dict(state["config"])
+    enc, dec, _ = build(cfg.dataset, IMAGE_SHAPE[cfg.dataset], cfg.bits)
+    weights = state[which] or state["model"]
+    enc.load_state_dict(weights["encoder"]), dec.load_state_dict(weights["decoder"])
+    return cfg, enc.to(device).eval(), dec.to(device).eval()
+
+
+def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
+        data: Splits | None = None) -> tuple[dict, dict]:
+    """Train `cfg` for cfg.epochs, validating every epoch; test the best-by-validation model at the
+    end. `resume`: a checkpoint dict to continue from. Returns (final metrics, final checkpoint)."""
+    t_start = time.perf_counter()
+    # --- seed -> data -> model ---
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)                        # initialisation
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # batches and channel noise
+    if data is None:
+        data = load(cfg.dataset, cfg.data_dir, device, cfg.max_train_examples, cfg.download)
+    enc, dec, disc = (m.to(device) for m in build(cfg.dataset, data.image_shape, cfg.bits))
+    models = {"encoder": enc, "decoder": dec, "discriminator": disc}
+    # Adam is per-parameter, so one optimizer over encoder+decoder equals the reference's two.
+    opts = {"model": torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr),
+            "discriminator": torch.optim.Adam(disc.parameters(), lr=cfg.lr)}
+    start, best = 0, {"val": math.inf, "epoch": 0, "model": None}
+    if resume is not None:
+        for k, m in models.items():
+            m.load_state_dict(resume["model"][k])
+        for k, o in opts.items():
+            o.load_state_dict(resume["optimizer"][k])
+        gen.set_state(resume["generator"].cpu())
+        start = resume["epoch"]
+        best = {"val": resume["best_val"], "epoch": resume["best_epoch"], "model": resume["best_model"]}
+
+    n, metrics = len(data.train), {}
+    for epoch in range(start + 1, cfg.epochs + 1):
+        # --- one epoch of Algorithm 1 ---
+        t_epoch = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        perm = torch.randperm(n, generator=gen, device=device)
+        for i in range(0, n, cfg.batch_size):
+            x = to_float(data.train[perm[i:i + cfg.batch_size]])
+            p = torch.sigmoid(enc(x))                                    # (B, M)
+            y = None if cfg.method == "necst" else torch.bernoulli(p.detach(), generator=gen)
+            stats = {}
+            if cfg.method == "iabf":  # lines 6-8: the classifier first, on this batch's codes
+                d_loss = discriminator_loss(disc, tc_input(p, y, cfg.tc_input).detach(), gen)
+                opts["discriminator"].zero_grad(set_to_none=True)
+                d_loss.backward()
+                opts["discriminator"].step()
+                stats["disc_loss"] = d_loss.detach()
+            loss, more = objective(dec, disc, enc, x, p, y, data.binary, cfg, gen)   # line 10, eq. 29
+            opts["model"].zero_grad(set_to_none=True)
+            loss.backward()
+            opts["model"].step()
+            for k, v in {**stats, **more}.items():
+                sums[k] = sums.get(k, 0) + v * len(x)
+        train = {k: v.item() / n for k, v in sums.items()}             # one sync per epoch
+        if not math.isfinite(train["loss"]):
+            raise FloatingPointError(f"non-finite training loss ({train['loss']}) at epoch {epoch}")
+        train_seconds = time.perf_counter() - t_epoch
+
+        # --- validation on the whole validation split; keep the best state ---
+        val = evaluate(enc, dec, data.val, data.binary, cfg, seed=cfg.seed + 1)
+        if val["distortion"] < best["val"]:
+            best = {"val": val["distortion"], "epoch": epoch,
+                    "model": {k: copy.deepcopy(m.state_dict()) for k, m in models.items()}}
+        metrics = {M.EPOCH: epoch, **{f"train/{k}": v for k, v in train.items()},
+                   **{f"val/{k}": v for k, v in val.items()},
+                   M.BEST_VAL_DISTORTION: best["val"], M.BEST_EPOCH: best["epoch"],
+                   M.EXAMPLES_PER_S: n / train_seconds, M.EPOCH_SECONDS: time.perf_counter() - t_epoch}
+
+        # --- after the last epoch: the best-by-validation model on the test split (Table 1) ---
+        if epoch == cfg.epochs:
+            enc_b, dec_b = copy.deepcopy(enc), copy.deepcopy(dec)
+            enc_b.load_state_dict(best["model"]["encoder"]), dec_b.load_state_dict(best["model"]["decoder"])
+            test = evaluate(enc_b, dec_b, data.test, data.binary, cfg, seed=cfg.seed + 2)
+            metrics.update({f"test/{k}": v for k, v in test.items()})
+            metrics[M.WALL_SECONDS] = time.perf_counter() - t_start
+        if report is not None:
+            report(metrics, lambda e=epoch, b=best: snapshot(models, opts, gen, e, b, cfg))
+    return metrics, snapshot(models, opts, gen, cfg.epochs, best, cfg)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def config_parser(prog: str, description: str) -> _Parser:
+    """An argparse parser with one option per Config field, documented by the field itself."""
+    p = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type],
+                           default=f.default, help=f.metadata["help"])
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+
+
+def run_name(cfg: Config) -> str:
+    """What the run is, e.g. mnist-iabf-eps0.1-lam0.01-K5-s0."""
+    lam = f"-lam{cfg.lam:g}" if cfg.method == "iabf" else ""
+    return f"{cfg.dataset}-{cfg.method}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = config_parser("python -m iabf.train", __doc__)
+    p.add_argument("--out", default="", help="folder for best.pt and metrics.json; default runs/<run name>")
+    args = p.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        out = Path(args.out or Path("runs") / run_name(cfg))
+
+        def progress(m: dict, _checkpoint) -> None:
+            print(f"epoch {m[M.EPOCH]:>4}/{cfg.epochs}  loss {m[M.TRAIN_LOSS]:9.4f}  "
+                  f"val/distortion {m[M.VAL_DISTORTION]:8.4f}  best {m[M.BEST_VAL_DISTORTION]:8.4f} "
+                  f"(epoch {m[M.BEST_EPOCH]})  {m[M.EXAMPLES_PER_S]:7.0f} ex/s", file=sys.stderr, flush=True)
+
+        print(f"training {run_name(cfg)} on {resolve_device(cfg.device)}", file=sys.stderr, flush=True)
+        final, state = run(cfg, progress)
+        save_checkpoint(state, out / "best.pt")
+        (out / "metrics.json").write_text(json.dumps(final, indent=2))
+        print(f"saved {out / 'best.pt'}", file=sys.stderr)
+    except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(final))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The training loop on real data, checkpoints and resume, the command line."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from iabf import metrics as M
+from iabf.config import Config, ConfigError
+from iabf.data import load
+from iabf.models import build
+from iabf.train import CheckpointError, evaluate, load_checkpoint, load_models, main, run, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def mnist_small(data_dir):
+    return load("mnist", data_dir, max_train_examples=3000)
+
+
+@pytest.mark.parametrize("method", ["necst", "abf", "iabf"])
+def test_short_training_on_real_mnist_lowers_validation_distortion(method, mnist_small, data_dir):
+    cfg = Config(dataset="mnist", method=method, epochs=4, data_dir=str(data_dir), max_train_examples=3000)
+    torch.manual_seed(cfg.seed)                      # the same initialisation run() starts from
+    enc, dec, _ = build("mnist", mnist_small.image_shape, cfg.bits)
+    start = evaluate(enc, dec, mnist_small.val, False, cfg, seed=0)["distortion"]
+    history = []
+    final, state = run(cfg, lambda m, _: history.append(m), data=mnist_small)
+    assert [m[M.EPOCH] for m in history] == [1, 2, 3, 4]
+    # untrained: ~190 (sigmoid(0) = 0.5 on every pixel); after 4 short epochs: ~45
+    assert final[M.BEST_VAL_DISTORTION] < 0.4 * start
+    assert math.isfinite(final[M.TEST_DISTORTION]) and final[M.TEST_DISTORTION] < 0.4 * start
+    assert history[-1][M.VAL_DISTORTION] < history[0][M.VAL_DISTORTION]
+    assert abs(final[M.TEST_BER] - cfg.eval_eps) < 0.01          # the test channel runs at test eps
+    assert 0 < final[M.TEST_ENTROPY] <= 1
+    assert state["best_epoch"] == final[M.BEST_EPOCH]
+
+
+def test_test_metrics_come_from_the_best_validation_epoch(data_dir):
+    cfg = Config(dataset="digits", method="necst", epochs=6, lr=3e-2, seed=3)  # a large lr: noisy epochs
+    history = []
+    final, state = run(cfg, lambda m, _: history.append(m))
+    vals = [m[M.VAL_DISTORTION] for m in history]
+    assert final[M.BEST_VAL_DISTORTION] == min(vals)
+    assert final[M.BEST_EPOCH] == 1 + vals.index(min(vals))
+    assert M.TEST_DISTORTION in final and all(M.TEST_DISTORTION not in m for m in history[:-1])
+
+
+def test_checkpoint_round_trip_and_resume_continues_exactly(tmp_path):
+    cfg = Config(dataset="digits", method="iabf", epochs=4, K=3, seed=1)
+    straight = []
+    run(cfg, lambda m, _: straight.append(m))
+
+    saved = {}
+    def stop_after_2(m, checkpoint):
+        if m[M.EPOCH] == 2:
+            saved["path"] = save_checkpoint(checkpoint(), tmp_path / "ckpt.pt")
+            raise KeyboardInterrupt  # the process dies here
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, stop_after_2)
+    state = load_checkpoint(saved["path"])                 # weights_only=True inside
+    assert state["epoch"] == 2 and state["config"] == cfg.to_dict()
+    assert set(state["model"]) == {"encoder", "decoder", "discriminator"}
+    assert set(state["optimizer"]) == {"model", "discriminator"}
+
+    resumed = []
+    run(cfg, lambda m, _: resumed.append(m), resume=state)
+    assert [m[M.EPOCH] for m in resumed] == [3, 4]
+    for a, b in zip(straight[2:], resumed):                # same numbers as never having stopped
+        assert a[M.VAL_DISTORTION] == pytest.approx(b[M.VAL_DISTORTION], rel=1e-5)
+        assert a[M.TRAIN_LOSS] == pytest.approx(b[M.TRAIN_LOSS], rel=1e-5)
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="bad.pt is unreadable"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_cli_trains_saves_best_and_prints_json_last(tmp_path, capsys):
+    rc = main(["--dataset", "digits", "--method", "abf", "--epochs", "2", "--out", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final[M.EPOCH] == 2 and M.TEST_DISTORTION in final
+    assert "epoch    1/2" in err and "epoch    2/2" in err
+    cfg, enc, dec = load_models(tmp_path / "r" / "best.pt")
+    assert cfg.method == "abf" and cfg.dataset == "digits"
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text()) == final
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--eps", "0.7"], "eps=0.7 is not allowed"),
+    (["--eps", "-0.1"], "eps=-0.1 is not allowed"),
+    (["--dataset", "svhn"], "dataset='svhn' is not allowed"),
+    (["--method", "vae"], "method='vae' is not allowed"),
+    (["--K", "0"], "K=0 is not allowed"),
+    (["--lam", "-0.01"], "lam=-0.01 is not allowed"),
+    (["--eps", "abc"], "invalid float value"),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent"], "python -m iabf.data prepare mnist"),
+])
+def test_cli_bad_input_is_one_line_and_non_zero(args, needle, capsys, tmp_path):
+    try:
+        rc = main(args + ["--epochs", "1", "--out", str(tmp_path / "o")])
+    except SystemExit as e:  # argparse's own type errors
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0
+    assert err[-1].startswith("error: ") and needle in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "o").exists()                     # nothing half-written
+
+
+def test_config_rejects_unknown_keys_and_wrong_types():
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['lamda'\]"):
+        Config.from_dict({"lamda": 0.1})
+    with pytest.raises(ConfigError, match="K='5' is not allowed: expected int"):
+        Config.from_dict({"K": "5"})
+    assert Config.from_dict({"eps": 0}).eps == 0.0                 # an int where a float is expected
+
+
+def test_help_documents_every_option():
+    out = subprocess.run([sys.executable, "-m", "iabf.train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for flag in ("--dataset", "--method", "--eps", "--lam", "--K", "--epochs", "--data-dir",
+                 "--max-train-examples", "--device", "--out", "--flip", "--tc-input", "--clean-weight"):
+        assert flag in out.stdout
