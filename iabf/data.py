@@ -149,9 +149,22 @@ def load_arrays(name: str, data_dir: str | os.PathLike, download: bool = False) 
         return binarize(load_arrays("mnist", data_dir))  # deterministic, so no file is needed
     if download:
         return load_arrays(name, prepare(name, data_dir).parent)
-    raise DataError(f"dataset file {path} not found; prepare it with "
-                    f"`python -m iabf.data prepare {name} --data-dir {Path(data_dir)}` (needs internet), "
-                    f"or point --data-dir at a folder that has it")
+    raise _missing(name, data_dir)
+
+
+def check_available(name: str, data_dir: str | os.PathLike) -> None:
+    """Raise DataError (saying how to prepare it) unless `name` can be loaded offline from data_dir."""
+    if name == "digits" or npz_path(name, data_dir).exists():
+        return
+    if name == "binary_mnist" and npz_path("mnist", data_dir).exists():
+        return
+    raise _missing(name, data_dir)
+
+
+def _missing(name: str, data_dir) -> DataError:
+    return DataError(f"dataset file {npz_path(name, data_dir)} not found; prepare it with "
+                     f"`python -m iabf.data prepare {name} --data-dir {Path(data_dir)}` (needs internet), "
+                     f"or point --data-dir at a folder that has it")
 
 
 def split(name: str, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

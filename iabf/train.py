@@ -109,14 +109,17 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return state
 
 
-def load_models(path: str | os.PathLike, which: str = "best_model", device="cpu"):
-    """(config, encoder, decoder) from a checkpoint, with the best-by-validation weights."""
-    state = load_checkpoint(path, device)
+def models_from_state(state: dict, which: str = "best_model", device="cpu"):
+    """(config, encoder, decoder) in eval mode, by default with the best-by-validation weights."""
     cfg = Config.from_dict(state["config"])
     enc, dec, _ = build(cfg.dataset, IMAGE_SHAPE[cfg.dataset], cfg.bits)
     weights = state[which] or state["model"]
     enc.load_state_dict(weights["encoder"]), dec.load_state_dict(weights["decoder"])
     return cfg, enc.to(device).eval(), dec.to(device).eval()
+
+
+def load_models(path: str | os.PathLike, which: str = "best_model", device="cpu"):
+    return models_from_state(load_checkpoint(path, device), which, device)
 
 
 def run(cfg: Config, report: Report | None = None, resume: dict | None = None,

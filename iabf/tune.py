@@ -1,0 +1,70 @@
+"""The Ray Tune trainable: the one module of `iabf` that imports Ray, kept thin because Ray's API
+moves between versions. It wraps `iabf.train.run`: a report and a checkpoint every epoch, a
+resume from the checkpoint when Ray restarts the trial, the GPU when the trial was given one.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from . import metrics as M
+from .config import Config
+from .data import load, to_float
+from .sampling import markov_chain, reconstructions, save_grid
+from .train import load_checkpoint, models_from_state, run, save_checkpoint
+
+STATE = "checkpoint.pt"   # inside every Tune checkpoint; the final one also holds the artifacts below
+ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
+
+
+def config_from_params(params: dict) -> Config:
+    """A trial's Config: the sampled parameters, with its arm (a JSON string) merged in."""
+    params = dict(params)
+    arm = json.loads(params.pop("variant", "{}"))
+    return Config.from_dict({**params, **arm})
+
+
+def trial_device(cfg: Config) -> str:
+    """cuda when Ray gave this trial a GPU (Ray sets CUDA_VISIBLE_DEVICES to it) and one is usable."""
+    if cfg.device != "auto":
+        return cfg.device
+    import ray
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def write_artifacts(folder: Path, cfg: Config, enc, dec, test_images: torch.Tensor, chain_steps: int) -> None:
+    """Config, a reconstruction grid and Markov-chain samples (eq. 32) of the best model."""
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    x = to_float(test_images[:10])
+    gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    save_grid(reconstructions(enc, dec, x, cfg.eval_eps, cfg.channel, gen), folder / "reconstructions.png")
+    every = max(1, chain_steps // 9)
+    frames = markov_chain(enc, dec, x, cfg.eval_eps, cfg.channel, chain_steps, every, gen=gen)
+    save_grid(frames, folder / "markov_chain.png")
+
+
+def trainable(params: dict, chain_steps: int = 9000) -> None:
+    cfg = config_from_params(params)
+    cfg.device = trial_device(cfg)
+    torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
+    data = load(cfg.dataset, cfg.data_dir, cfg.device, cfg.max_train_examples, cfg.download)
+    resume = None
+    if (ckpt := tune.get_checkpoint()) is not None:   # Ray restarted this trial: continue it
+        with ckpt.as_directory() as d:
+            resume = load_checkpoint(Path(d) / STATE, map_location=cfg.device)
+
+    def report(metrics: dict, checkpoint) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            state = checkpoint()
+            save_checkpoint(state, Path(d) / STATE)
+            if M.TEST_DISTORTION in metrics:  # the last epoch: artifacts of the best model
+                _, enc, dec = models_from_state(state, device=cfg.device)
+                write_artifacts(Path(d), cfg, enc, dec, data.test, chain_steps)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    run(cfg, report, resume=resume, data=data)

@@ -1,0 +1,160 @@
+"""Run a study: a search space (YAML) -> Ray Tune trials (ASHA, Optuna where continuous) -> MLflow.
+
+    python studies/ablation.py                                   # the default: quick.yaml, local
+    python studies/ablation.py --space search_spaces/table1.yaml --address auto   # on a cluster
+    python studies/ablation.py --resume                          # finish the latest interrupted one
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from iabf.config import ConfigError  # noqa: E402
+from iabf.data import DataError, check_available  # noqa: E402
+from studies.space import SpaceError, load_study, param_space, scheduler, searcher, smoke  # noqa: E402
+
+DEFAULT_SPACE = ROOT / "search_spaces" / "quick.yaml"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default=str(DEFAULT_SPACE), help="search-space YAML (default: %(default)s)")
+    p.add_argument("--address", default=None, help="Ray cluster address; 'auto' on a cluster (default: a local Ray)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
+    p.add_argument("--data-dir", default="data", help="folder of <dataset>.npz (default: %(default)s)")
+    p.add_argument("--storage", default=str(Path("results").resolve()),
+                   help="where Ray Tune keeps trials and checkpoints (shared storage on a multi-node cluster)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="EXPERIMENT_DIR",
+                   help="continue an interrupted study: its folder, or the latest of this space's study")
+    p.add_argument("--smoke", action="store_true", help="shrink the space to 2 tiny CPU trials (for tests)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="override resources.gpu (fractions share a GPU)")
+    p.add_argument("--chain-steps", type=int, default=9000, help="Markov-chain steps for each finished trial's samples")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from studies import tracking
+
+    # --- validate everything before anything starts ---
+    try:
+        study = load_study(args.space)
+        if args.smoke:
+            study = smoke(study)
+        if args.gpus_per_trial is not None:
+            study.resources["gpu"] = args.gpus_per_trial
+        if args.max_concurrent is not None:
+            study.max_concurrent = args.max_concurrent
+        data_dir = str(Path(args.data_dir).expanduser().resolve())
+        study.fixed["data_dir"] = data_dir
+        for name in study.datasets():
+            check_available(name, data_dir)
+        uri = tracking.check_uri(args.tracking_uri or tracking.default_tracking_uri())
+        experiment_dir = resolve_experiment(args, study)
+    except (SpaceError, ConfigError, DataError, tracking.TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import ray
+    from ray import tune
+
+    from iabf.tune import trainable
+
+    try:
+        if args.address:
+            ray.init(address=args.address, include_dashboard=False)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        print(f"error: cannot reach the Ray cluster at {args.address!r}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+    exp_id, parent = tracking.start_study(uri, study, experiment_dir, resume=args.resume is not None)
+    print(f"study {study.name}: {study.n_trials() or study.num_samples} trials, tracked in {uri} "
+          f"(experiment {study.name!r}, parent run {parent})", flush=True)
+    fn = tune.with_resources(tune.with_parameters(trainable, chain_steps=args.chain_steps),
+                             {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
+    if args.resume:
+        tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            fn, param_space=param_space(study),
+            tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, num_samples=study.num_samples,
+                                        search_alg=searcher(study), scheduler=scheduler(study),
+                                        max_concurrent_trials=study.max_concurrent or None),
+            run_config=tune.RunConfig(
+                name=Path(experiment_dir).name, storage_path=str(Path(experiment_dir).parent),
+                callbacks=[tracking.MLflowTracking(uri, exp_id, parent, study.name)],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=2), verbose=1))
+    try:
+        results = tuner.fit()   # Ctrl-C: Tune saves its state and returns; the study can be resumed
+    except BaseException:
+        tracking.end_study(uri, exp_id, parent, "FAILED")
+        raise
+    counts = tracking.end_study(uri, exp_id, parent, "FINISHED")
+    summarize(results, study, uri, parent, experiment_dir, counts)
+    if counts.get("interrupted"):
+        print(f"\ninterrupted with {counts['interrupted']} trial(s) unfinished; continue with:\n"
+              f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def resolve_experiment(args, study) -> str:
+    """A new study gets a fresh folder <storage>/<study>-<time>; --resume finds an existing one."""
+    storage = Path(args.storage).expanduser().resolve()
+    if args.resume is None:
+        return str(storage / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume != "latest":
+        path = Path(args.resume).expanduser().resolve()
+        if not (path / "tuner.pkl").exists():
+            raise SpaceError(f"{path}: not a study folder to resume (no tuner.pkl)")
+        return str(path)
+    found = sorted(storage.glob(f"{study.name}-*/tuner.pkl"))
+    if not found:
+        raise SpaceError(f"{storage}: no earlier run of study {study.name!r} to resume")
+    return str(found[-1].parent)
+
+
+def summarize(results, study, uri, parent, experiment_dir, counts) -> None:
+    """The best configuration per (dataset, method, eps), averaged over seeds."""
+    import pandas as pd
+
+    from iabf import metrics as M
+
+    df = results.get_dataframe()
+    print(f"\ntrials: {', '.join(f'{v} {k}' for k, v in counts.items())}")
+    done = df[df.get(M.TEST_DISTORTION, pd.Series(dtype=float)).notna()] if M.TEST_DISTORTION in df else df.iloc[:0]
+    if len(done):
+        from iabf.tune import config_from_params
+
+        cfgs = [config_from_params({k[len("config/"):]: v for k, v in row.items() if k.startswith("config/")})
+                for _, row in done.iterrows()]
+        table = pd.DataFrame({"dataset": [c.dataset for c in cfgs], "method": [c.method for c in cfgs],
+                              "eps": [c.eps for c in cfgs], "lam": [c.lam if c.method == "iabf" else None for c in cfgs],
+                              "K": [c.K for c in cfgs], "seed": [c.seed for c in cfgs],
+                              "val": done[study.metric].values, "test": done[M.TEST_DISTORTION].values})
+        keys = ["dataset", "method", "eps", "lam", "K"]
+        mean = table.groupby(keys, dropna=False)[["val", "test"]].agg(["mean", "count"]).reset_index()
+        mean.columns = [*keys, "val", "n", "test", "_"]
+        best = mean.sort_values("val", ascending=study.mode == "min").groupby(
+            ["dataset", "method", "eps"], dropna=False).head(1).sort_values(["dataset", "eps", "method"])
+        print("\nbest configuration per (dataset, method, eps), chosen by validation:")
+        print(best.drop(columns="_").to_string(index=False))
+    print(f"\nMLflow: {uri}  experiment {study.name!r}, parent run {parent}")
+    if uri.startswith("sqlite:"):
+        print(f"  browse: mlflow ui --backend-store-uri {uri}")
+    print(f"Ray Tune results: {experiment_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""studies/ablation.py end to end: a real local Ray runs real trials, a real MLflow store records
+them (sqlite, and a real `mlflow server` on 127.0.0.1), and the test reads MLflow back."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from iabf import metrics as M
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "studies" / "ablation.py"
+pytestmark = pytest.mark.slow
+
+
+def study(tmp_path, *args, uri=None, wait=True):
+    cmd = [sys.executable, str(SCRIPT), "--storage", str(tmp_path / "results"), "--chain-steps", "20",
+           "--tracking-uri", uri or f"sqlite:///{tmp_path / 'mlflow.db'}", *args]
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def runs_of(client, name):
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "trial_id" not in r.data.tags]
+    children = [r for r in runs if "trial_id" in r.data.tags]
+    return parents, children
+
+
+def space(tmp_path, **over):
+    d = {"study": "t", "dataset": "digits", "fixed": {"epochs": 3, "K": 2}, "seeds": [0],
+         "resources": {"cpu": 1}, **over}
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_smoke_study_tracks_parent_child_params_metrics_artifacts(tmp_path):
+    out = study(tmp_path, "--smoke")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "best configuration per (dataset, method, eps)" in out.stdout
+    assert "mlflow ui --backend-store-uri" in out.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,), children = runs_of(client, "quick-smoke")
+    assert len(children) == 2 and parent.info.status == "FINISHED"
+    assert parent.data.metrics["study/completed"] == 2
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["space.yaml"]
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["study"] == "quick-smoke" and tags["stop_reason"] == "completed" and tags["seed"] == "0"
+        assert len(tags["config_hash"]) == 12 and tags["git_commit"]
+        assert run.info.status == "FINISHED"
+        assert params["dataset"] == "digits" and params["epochs"] == "2" and params["method"] in ("necst", "abf")
+        assert run.info.run_name == f"digits-{params['method']}-eps0.1-K5-s0"
+        history = client.get_metric_history(run.info.run_id, M.VAL_DISTORTION)
+        assert sorted(m.step for m in history) == [1, 2]                  # step = epoch, once each
+        assert M.TEST_DISTORTION in run.data.metrics
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert arts == {"checkpoint.pt", "config.json", "reconstructions.png", "markov_chain.png"}
+    # tags distinguish the two arms
+    assert len({r.data.tags["config_hash"] for r in children}) == 2
+
+
+def test_asha_stops_weak_trials_early_and_tracking_says_so(tmp_path):
+    # lr 1e-5 barely moves in 4 epochs: ASHA (one trial at a time, so the order is fixed) stops it
+    p = space(tmp_path, study="asha", fixed={"epochs": 4, "K": 2, "method": "necst"},
+              search={"lr": {"grid": [0.003, 0.00001]}}, seeds=[0, 1], max_concurrent=1,
+              scheduler={"name": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2})
+    out = study(tmp_path, "--space", str(p))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,), children = runs_of(client, "asha")
+    reasons = Counter(r.data.tags["stop_reason"] for r in children)
+    assert len(children) == 4 and reasons["early_stopped"] >= 1 and reasons["completed"] >= 1
+    for r in children:
+        epochs = len(client.get_metric_history(r.info.run_id, M.EPOCH))
+        if r.data.tags["stop_reason"] == "early_stopped":
+            assert r.info.status == "KILLED" and epochs < 4 and M.TEST_DISTORTION not in r.data.metrics
+            assert not client.list_artifacts(r.info.run_id)
+        else:
+            assert r.info.status == "FINISHED" and epochs == 4
+    assert parent.data.metrics["study/early_stopped"] == reasons["early_stopped"]
+
+
+def test_interrupted_study_resumes_without_duplicate_runs(tmp_path):
+    p = space(tmp_path, study="resume", fixed={"epochs": 8, "K": 2, "method": "necst"},
+              search={"lr": {"grid": [0.001, 0.002, 0.003]}}, max_concurrent=1)
+    proc = study(tmp_path, "--space", str(p), wait=False)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.time() + 300
+    while time.time() < deadline:  # interrupt once the first trial is done and the second has begun
+        time.sleep(1)
+        try:
+            _, children = runs_of(client, "resume")
+        except Exception:
+            continue
+        if any(r.data.tags.get("stop_reason") == "completed" for r in children) and len(children) >= 2:
+            break
+    proc.send_signal(signal.SIGINT)
+    first, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, first[-3000:]
+    assert "--resume" in first
+    _, before = runs_of(client, "resume")
+    assert all(r.info.status != "RUNNING" for r in before)          # nothing left RUNNING
+    done_before = {r.data.tags["trial_id"]: r.info.run_id for r in before if r.data.tags.get("stop_reason")}
+
+    out = study(tmp_path, "--space", str(p), "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (parent,), children = runs_of(client, "resume")
+    assert parent.info.status == "FINISHED"
+    trial_ids = [r.data.tags["trial_id"] for r in children]
+    assert len(trial_ids) == 3 and len(set(trial_ids)) == 3               # one run per trial, no duplicate
+    for r in children:
+        assert r.info.status == "FINISHED" and r.data.tags["stop_reason"] == "completed"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)]
+        assert sorted(steps) == list(range(1, 9))                      # every epoch once: none doubled
+    for trial, run_id in done_before.items():                          # finished trials were not rerun
+        assert next(r for r in children if r.data.tags["trial_id"] == trial).info.run_id == run_id
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+         str(tmp_path / "server-artifacts")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    import requests
+    for _ in range(120):
+        try:
+            if requests.get(uri + "/health", timeout=1).ok:
+                break
+        except requests.RequestException:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_remote_tracking_against_a_real_mlflow_server(tmp_path, mlflow_server):
+    out = study(tmp_path, "--smoke", uri=mlflow_server)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    (parent,), children = runs_of(client, "quick-smoke")
+    assert len(children) == 2 and all(r.data.tags["stop_reason"] == "completed" for r in children)
+    # artifacts went through the server into its artifact store, not into a local folder
+    assert {a.path for a in client.list_artifacts(children[0].info.run_id)} >= {"checkpoint.pt", "markov_chain.png"}
+    assert any((tmp_path / "server-artifacts").rglob("checkpoint.pt"))
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
+    out = study(tmp_path, "--smoke", uri=f"http://127.0.0.1:{free_port()}")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: MLflow tracking server http://127.0.0.1:")
+    assert "Traceback" not in out.stderr and not (tmp_path / "results").exists()
