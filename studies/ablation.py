@@ -102,6 +102,13 @@ def main(argv=None) -> int:
         raise
     counts = tracking.end_study(uri, exp_id, parent, "FINISHED")
     summarize(results, study, uri, parent, experiment_dir, counts)
+    if counts["completed"]:  # the paper's table and figures, also kept on the study's parent run
+        from analysis.report import write_report
+
+        report_dir = Path(experiment_dir) / "report"
+        write_report(uri, study.name, report_dir, parent=parent, quiet=True)
+        tracking.log_report(uri, parent, report_dir)
+        print(f"Table 1, reproduction report and figures: {report_dir} (and on the parent run in MLflow)")
     if counts.get("interrupted"):
         print(f"\ninterrupted with {counts['interrupted']} trial(s) unfinished; continue with:\n"
               f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)

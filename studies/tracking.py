@@ -87,6 +87,10 @@ def end_study(uri: str, experiment_id: str, parent_run_id: str, status: str) -> 
     return counts
 
 
+def log_report(uri: str, parent_run_id: str, folder: Path) -> None:
+    MlflowClient(uri).log_artifacts(parent_run_id, str(folder), "report")
+
+
 class MLflowTracking(tune.Callback):
     """Tune callback writing each trial to its child run. Tune pickles it with the run config and
     restores it on resume, so it holds only plain values; the trial -> run map is rebuilt from tags."""

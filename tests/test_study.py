@@ -54,7 +54,11 @@ def test_smoke_study_tracks_parent_child_params_metrics_artifacts(tmp_path):
     (parent,), children = runs_of(client, "quick-smoke")
     assert len(children) == 2 and parent.info.status == "FINISHED"
     assert parent.data.metrics["study/completed"] == 2
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["space.yaml"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"space.yaml", "report"}
+    assert "table1.tex" in {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "report")}
+    report = next((tmp_path / "results").glob("quick-smoke-*/report"))
+    assert "\\begin{tabular}" in (report / "table1.tex").read_text()
+    assert (report / "fig3_markov_chain_digits.png").stat().st_size > 1000
     for run in children:
         tags, params = run.data.tags, run.data.params
         assert tags["mlflow.parentRunId"] == parent.info.run_id

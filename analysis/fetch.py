@@ -1,0 +1,67 @@
+"""MLflow -> a tidy DataFrame: one row per trial (one configuration at one seed)."""
+from __future__ import annotations
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from iabf import metrics as M
+from iabf.config import FIELD_TYPES, Config
+
+COLUMNS = ["dataset", "bits", "method", "eps", "lam", "K", "seed", "stop_reason", "val", "test",
+           "run_id", "config_hash", "run_name"]
+
+
+class FetchError(LookupError):
+    """The study or run asked for is not in the tracking store."""
+
+
+def _typed(params: dict) -> dict:
+    conv = {"int": int, "float": float, "bool": lambda s: s == "True", "str": str}
+    return {k: conv[FIELD_TYPES[k]](v) for k, v in params.items() if k in FIELD_TYPES}
+
+
+def parent_run(client: MlflowClient, study: str, parent: str | None = None):
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise FetchError(f"no study {study!r} in the tracking store; studies there: {', '.join(names) or 'none'}")
+    if parent:
+        return exp, client.get_run(parent)
+    parents = [r for r in client.search_runs([exp.experiment_id], max_results=10_000, order_by=["start_time DESC"])
+               if "trial_id" not in r.data.tags]
+    if not parents:
+        raise FetchError(f"study {study!r} has no study (parent) run")
+    return exp, parents[0]
+
+
+def fetch_runs(tracking_uri: str, study: str, parent: str | None = None, include_unfinished: bool = False) -> pd.DataFrame:
+    """The trials of a study's latest run (or of `parent`). Early-stopped, failed and unfinished
+    trials are left out unless include_unfinished: a table reports finished trials only."""
+    client = MlflowClient(tracking_uri)
+    exp, par = parent_run(client, study, parent)
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{par.info.run_id}'",
+                              max_results=50_000)
+    rows = []
+    for r in runs:
+        cfg = Config.from_dict(_typed(r.data.params))
+        rows.append({"dataset": cfg.dataset, "bits": cfg.bits, "method": cfg.method, "eps": cfg.eps,
+                     "lam": cfg.lam if cfg.method == "iabf" else float("nan"), "K": cfg.K, "seed": cfg.seed,
+                     "stop_reason": r.data.tags.get("stop_reason", "running"),
+                     "val": r.data.metrics.get(M.BEST_VAL_DISTORTION, float("nan")),
+                     "test": r.data.metrics.get(M.TEST_DISTORTION, float("nan")),
+                     "run_id": r.info.run_id, "config_hash": r.data.tags.get("config_hash", ""),
+                     "run_name": r.info.run_name,
+                     **{f"param.{k}": v for k, v in cfg.to_dict().items()},
+                     **{f"metric.{k}": v for k, v in r.data.metrics.items()}})
+    df = pd.DataFrame(rows, columns=None if rows else COLUMNS)
+    if not include_unfinished and len(df):
+        df = df[df.stop_reason == "completed"]
+    return df.sort_values(["dataset", "method", "eps", "lam", "seed"], na_position="first").reset_index(drop=True)
+
+
+def metric_history(tracking_uri: str, run_ids, key: str = M.VAL_DISTORTION) -> pd.DataFrame:
+    """Per-epoch values of `key` for runs: columns run_id, step, value."""
+    client = MlflowClient(tracking_uri)
+    rows = [{"run_id": rid, "step": m.step, "value": m.value}
+            for rid in run_ids for m in client.get_metric_history(rid, key)]
+    return pd.DataFrame(rows, columns=["run_id", "step", "value"])

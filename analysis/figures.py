@@ -1,0 +1,79 @@
+"""Figures as pure functions: DataFrames (or images) in, a matplotlib Figure out; `save` writes PNG+PDF."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+COLORS = {"necst": "tab:red", "abf": "tab:blue", "iabf": "tab:green"}   # the paper's Fig. 2: red vs green
+NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF"}
+
+
+def save(fig, out_dir: str | Path, name: str) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.{ext}" for ext in ("png", "pdf")]
+    for p in paths:
+        fig.savefig(p, bbox_inches="tight", dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def validation_curves(curves: pd.DataFrame, dataset: str, methods=("necst", "iabf")):
+    """Fig. 2: validation distortion against training epoch, one panel per eps.
+    curves: columns method, eps, seed, step, value (the selected configuration's runs)."""
+    eps_values = sorted(curves.eps.unique())
+    fig, axes = plt.subplots(1, len(eps_values), figsize=(3.2 * len(eps_values), 2.8), squeeze=False)
+    for ax, eps in zip(axes[0], eps_values):
+        for method in methods:
+            sel = curves[(curves.eps == eps) & (curves.method == method)]
+            for _, run in sel.groupby("seed"):
+                ax.plot(run.step, run.value, color=COLORS[method], alpha=0.3, lw=0.8)
+            if len(sel):
+                mean = sel.groupby("step").value.mean()
+                ax.plot(mean.index, mean.values, color=COLORS[method], lw=1.6, label=NAMES[method])
+        ax.set_title(f"{dataset}, $\\epsilon$ = {eps:g}")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation distortion")
+    axes[0][0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def sample_grids(images: dict, title: str):
+    """Fig. 3: a Markov-chain sample grid per method, side by side. images: method -> HxW(x3) array."""
+    fig, axes = plt.subplots(1, len(images), figsize=(4 * len(images), 4), squeeze=False)
+    for ax, (method, img) in zip(axes[0], images.items()):
+        ax.imshow(np.asarray(img), cmap="gray", interpolation="nearest")
+        ax.set_title(NAMES.get(method, method))
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def axis_plot(trials: pd.DataFrame, param: str, value: str = "val", label: str = "best validation distortion"):
+    """The final validation metric against one searched hyperparameter (one point per trial), and a
+    note when the best value sits at the edge of the searched range (the search may be too narrow)."""
+    x, y = trials[param].astype(float), trials[value].astype(float)
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.scatter(x, y, s=14, alpha=0.7)
+    if (x > 0).all() and x.max() / max(x.min(), 1e-300) >= 20:
+        ax.set_xscale("log")
+    best = x[y.idxmin()]
+    ax.axvline(best, color="tab:green", ls="--", lw=1)
+    note = None
+    if x.nunique() > 1 and best in (x.min(), x.max()):
+        note = f"best {param} = {best:g} is at the {'low' if best == x.min() else 'high'} edge of the searched range"
+        ax.set_title("note: " + note, fontsize=7, color="tab:red")
+    ax.set_xlabel(param.removeprefix("param."))
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig, note

@@ -1,0 +1,135 @@
+"""From MLflow to the paper's tables and figures, with a reproduction report.
+
+    python -m analysis.report --tracking-uri sqlite:///mlflow.db --study quick --out report/
+
+Writes table1.tex / .md / .csv, reproduction.md / .csv, report.md and figures (PNG and PDF):
+fig2_val_curves_<dataset> (NECST vs IABF), fig3_markov_chain_<dataset>, axis_<param> per searched
+hyperparameter. Prints the LaTeX table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from analysis import figures, tables
+from analysis.fetch import FetchError, fetch_runs, metric_history
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+NOT_SEARCHED = ("param.seed", "param.data_dir", "param.device", "param.download")
+
+
+def searched_params(trials: pd.DataFrame) -> list[str]:
+    """Numeric parameters that vary across the study's trials (seeds aside)."""
+    return [c for c in trials.columns if c.startswith("param.") and c not in NOT_SEARCHED
+            and pd.api.types.is_numeric_dtype(trials[c]) and not pd.api.types.is_bool_dtype(trials[c])
+            and trials[c].nunique() > 1]
+
+
+def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
+    """One axis plot per searched parameter. Across several cells, distortion is shown relative to
+    the best of its (dataset, eps, method) cell, so scales are comparable; edge notes are per cell."""
+    notes, cell = [], ["dataset", "eps", "method"]
+    for param in searched_params(trials):
+        df = trials.copy()
+        several = df.groupby(cell).ngroups > 1
+        if several:
+            df["val"] = df.val / df.groupby(cell).val.transform("min")
+        fig, note = figures.axis_plot(df, param, label="validation distortion / best of its cell" if several
+                                      else "best validation distortion")
+        figures.save(fig, out, f"axis_{param.removeprefix('param.')}")
+        for key, group in trials.groupby(cell):
+            if group[param].nunique() > 1:
+                best = group[param][group.val.idxmin()]
+                if best in (group[param].min(), group[param].max()):
+                    notes.append(f"{'/'.join(map(str, key))}: best {param.removeprefix('param.')} = {best:g} "
+                                 f"is at the edge of the searched range [{group[param].min():g}, {group[param].max():g}]")
+    return notes
+
+
+def write_report(uri: str, study: str, out: str | Path, parent: str | None = None, quiet: bool = False) -> dict:
+    """Everything the issue lists, written to `out`; returns {name: path}. Safe on partial studies:
+    missing cells print '--' with a warning."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = fetch_runs(uri, study, parent)
+    written: dict[str, Path] = {}
+    if trials.empty:
+        warnings.warn(f"study {study!r} has no completed trial yet: nothing to tabulate", stacklevel=2)
+        return written
+    cells = tables.select_cells(trials)
+    for name, text in (("table1.tex", tables.to_latex(cells)), ("table1.md", tables.to_markdown(cells)),
+                       ("table1.csv", tables.to_csv(cells))):
+        written[name] = out / name
+        written[name].write_text(text)
+    rep = tables.reproduction(cells, tables.paper_table1())
+    written["reproduction.csv"] = out / "reproduction.csv"
+    rep.to_csv(written["reproduction.csv"], index=False)
+    written["reproduction.md"] = out / "reproduction.md"
+    written["reproduction.md"].write_text(tables.reproduction_markdown(rep))
+
+    # --- figures ---
+    client = MlflowClient(uri)
+    for dataset, dcells in cells.groupby("dataset"):
+        runs = dcells.explode("run_ids")
+        hist = metric_history(uri, runs.run_ids).merge(
+            trials[["run_id", "method", "eps", "seed"]], on="run_id")
+        if {"necst", "iabf"} & set(hist.method):
+            figures.save(figures.validation_curves(hist, dataset), out, f"fig2_val_curves_{dataset}")
+        eps0 = dcells.eps.min()
+        grids = {}
+        first = dcells[dcells.eps == eps0].sort_values("method", key=lambda m: m.map(tables.METHODS.index))
+        for row in first.itertuples():
+            with tempfile.TemporaryDirectory() as d:
+                try:
+                    path = client.download_artifacts(row.run_ids[0], "markov_chain.png", d)
+                except Exception as e:  # an artifact store that lost a file must not sink the report
+                    warnings.warn(f"no Markov-chain samples for {dataset} {row.method}: {e}", stacklevel=2)
+                    continue
+                grids[row.method] = np.asarray(Image.open(path).convert("L"))
+        if grids:
+            fig = figures.sample_grids(grids, f"Markov-chain samples, {dataset}, eps = {eps0:g} (rows: every 1/9 of the chain)")
+            figures.save(fig, out, f"fig3_markov_chain_{dataset}")
+    notes = axis_figures(trials, out)
+
+    report = [f"# Study {study}", "", f"{len(trials)} completed trials; tracking: {uri}", "",
+              "## Table 1", "", tables.to_markdown(cells), "## Notes on the search ranges", ""]
+    report += [f"- {n}" for n in notes] or ["- no searched hyperparameter has its best value at an edge"]
+    report += ["", tables.reproduction_markdown(rep).replace("# Reproduction", "## Reproduction", 1)]
+    written["report.md"] = out / "report.md"
+    written["report.md"].write_text("\n".join(report))
+    if not quiet:
+        print(written["table1.tex"].read_text())
+        for n in notes:
+            print(f"note: {n}")
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///mlflow.db")
+    p.add_argument("--study", required=True, help="the study's name (its MLflow experiment)")
+    p.add_argument("--out", default="report", help="output folder (default: %(default)s)")
+    p.add_argument("--parent", default=None, help="a study run id; default: the study's latest run")
+    args = p.parse_args(argv)
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    try:
+        written = write_report(args.tracking_uri, args.study, args.out, args.parent)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files and figures to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

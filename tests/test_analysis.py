@@ -1,0 +1,155 @@
+"""analysis/: cell selection, LaTeX/Markdown/CSV, significance, reproduction report, figures, and
+fetching from a real MLflow store filled through the MLflow client with known values."""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from analysis import tables
+from analysis.fetch import FetchError, fetch_runs
+from analysis.report import main as report_main
+from analysis.report import write_report
+from iabf.config import Config
+from studies.tracking import config_hash
+
+
+def trial(method, eps, test, val=None, seed=0, lam=0.01, dataset="mnist", stop="completed"):
+    cfg = Config(dataset=dataset, method=method, eps=eps, lam=lam if method == "iabf" else 0.01, seed=seed)
+    return {"dataset": dataset, "bits": cfg.bits, "method": method, "eps": eps,
+            "lam": lam if method == "iabf" else np.nan, "K": 5, "seed": seed, "stop_reason": stop,
+            "val": test if val is None else val, "test": test, "run_id": f"{method}{eps}{lam}{seed}",
+            "config_hash": config_hash(cfg.to_dict()), "param.lam": cfg.lam}
+
+
+def test_latex_against_the_expected_string():
+    df = pd.DataFrame([trial("necst", 0.1, 14.5), trial("abf", 0.1, 13.4), trial("iabf", 0.1, 13.25),
+                       trial("necst", 0.2, 22.5), trial("abf", 0.2, 22.0), trial("iabf", 0.2, 22.1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a complete table warns about nothing
+        tex = tables.to_latex(tables.select_cells(df))
+    expected = r"""\begin{table}[t]
+\centering
+\begin{tabular}{lcc}
+\toprule
+MNIST & $\epsilon=0.1$ & $\epsilon=0.2$ \\
+\midrule
+100-bit NECST & 14.500 & 22.500 \\
+100-bit ABF & 13.400 & \textbf{22.000} \\
+100-bit IABF & \textbf{13.250} & 22.100 \\
+\bottomrule
+\end{tabular}
+\caption{""" + tables.caption(tables.select_cells(df)) + r"""}
+\label{tab:table1}
+\end{table}
+"""
+    assert tex == expected
+    assert "one seed per cell (n = 1)" in tex
+
+
+def test_bold_and_significance_markers_on_a_known_case():
+    rows = []
+    for s, (n, a, i) in enumerate([(15.0, 13.1, 13.0), (15.1, 13.3, 13.1), (15.2, 13.0, 13.2)]):
+        rows += [trial("necst", 0.1, n, seed=s), trial("abf", 0.1, a, seed=s), trial("iabf", 0.1, i, seed=s)]
+    cells = tables.select_cells(pd.DataFrame(rows)).set_index("method")
+    assert cells.loc["iabf", "best"] and not cells.loc["abf", "best"]
+    assert cells.loc["abf", "tied"] and cells.loc["abf", "p_value"] > 0.5     # 13.13 vs 13.10: a tie
+    assert not cells.loc["necst", "tied"] and cells.loc["necst", "p_value"] < 1e-3
+    assert (cells.n == 3).all()
+    tex = tables.to_latex(cells.reset_index())
+    assert r"\textbf{13.100 $\pm$ 0.100}" in tex
+    assert r"13.133 $\pm$ 0.153$^\dagger$" in tex and r"15.100 $\pm$ 0.100 " in tex
+    assert "(n = 3 per cell)" in tex
+    md = tables.to_markdown(cells.reset_index())
+    assert "**13.100 ± 0.100**" in md and "13.133 ± 0.153 †" in md
+
+
+def test_lambda_is_chosen_by_validation_not_by_test():
+    df = pd.DataFrame([trial("iabf", 0.1, test=20.0, val=10.0, lam=0.1),   # best validation
+                       trial("iabf", 0.1, test=5.0, val=11.0, lam=0.01),   # best test: must not win
+                       trial("necst", 0.1, 30.0), trial("abf", 0.1, 30.0)])
+    cells = tables.select_cells(df).set_index("method")
+    assert cells.loc["iabf", "lam"] == 0.1 and cells.loc["iabf", "test"] == 20.0
+
+
+def test_missing_cells_print_dashes_and_warn():
+    df = pd.DataFrame([trial("necst", 0.1, 14.5), trial("iabf", 0.1, 13.25), trial("iabf", 0.2, 22.0)])
+    with pytest.warns(UserWarning, match="missing cell: mnist 100-bit abf eps 0.1"):
+        tex = tables.to_latex(tables.select_cells(df))
+    assert "100-bit ABF & -- & -- \\\\" in tex and "100-bit NECST & 14.500 & -- \\\\" in tex
+    assert "--" in tables.to_markdown(tables.select_cells(df))
+    assert tables.to_latex(tables.select_cells(df.iloc[:0])).count("tabular") == 2   # empty: no crash
+
+
+def test_reproduction_deltas_and_ordering_on_known_numbers():
+    df = pd.DataFrame([trial("necst", 0.1, 15.439), trial("abf", 0.1, 13.369), trial("iabf", 0.1, 13.0)])
+    rep = tables.reproduction(tables.select_cells(df), tables.paper_table1()).set_index(["dataset", "method", "eps"])
+    assert rep.loc[("mnist", "necst", 0.1), "abs_diff"] == pytest.approx(1.0)
+    assert rep.loc[("mnist", "necst", 0.1), "rel_diff"] == pytest.approx(1.0 / 14.439)
+    assert rep.loc[("mnist", "abf", 0.1), "abs_diff"] == pytest.approx(0.0)
+    assert rep.loc[("mnist", "iabf", 0.1), "paper"] == 13.251
+    assert len(tables.paper_table1()) == 48
+    md = tables.reproduction_markdown(rep.reset_index())
+    assert "| mnist | 100 | necst | 0.1 | 15.439 | 1 | 14.439 | +1.000 | +6.9% |" in md
+    assert "| mnist | 100 | 0.1 | yes | yes |" in md        # 13.0 <= 13.369 <= 15.439, and the paper's
+    flipped = pd.DataFrame([trial("necst", 0.1, 12.0), trial("abf", 0.1, 13.0), trial("iabf", 0.1, 14.0)])
+    order = tables.ordering(tables.select_cells(flipped), "test")
+    assert order.test_ordered.tolist() == [False]
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A real MLflow store written through the client, as studies/tracking.py writes it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("known")
+    parent = client.create_run(exp, tags={"study": "known"}).info.run_id
+    png = tmp_path / "markov_chain.png"
+    Image.fromarray((np.random.default_rng(0).random((30, 30)) * 255).astype(np.uint8)).save(png)
+    specs = [("necst", 0.1, None, 15.0, "completed"), ("abf", 0.1, None, 14.0, "completed"),
+             ("iabf", 0.1, 0.1, 13.5, "completed"), ("iabf", 0.1, 0.01, 13.0, "completed"),
+             ("iabf", 0.1, 0.001, 99.0, "early_stopped"), ("necst", 0.2, None, 22.0, "failed")]
+    for method, eps, lam, value, reason in specs:
+        cfg = Config(dataset="mnist", method=method, eps=eps, lam=lam or 0.01)
+        run = client.create_run(exp, run_name=f"{method}-{lam}", tags={
+            "mlflow.parentRunId": parent, "trial_id": f"t{len(specs)}{method}{lam}", "stop_reason": reason,
+            "config_hash": config_hash(cfg.to_dict())}).info.run_id
+        client.log_batch(run, params=[Param(k, str(v)) for k, v in cfg.to_dict().items()],
+                         metrics=[Metric("val/distortion", value + 5 - e, 0, e) for e in (1, 2, 3)] +
+                                 ([Metric("best/val_distortion", value + 2, 0, 3), Metric("test/distortion", value, 0, 3)]
+                                  if reason == "completed" else []))
+        if reason == "completed":
+            client.log_artifact(run, str(png))
+    return uri
+
+
+def test_fetch_returns_completed_trials_unless_asked(store):
+    df = fetch_runs(store, "known")
+    assert len(df) == 4 and set(df.stop_reason) == {"completed"}
+    row = df[(df.method == "iabf") & (df.lam == 0.01)].iloc[0]
+    assert (row.bits, row.eps, row.K, row.seed, row.test, row.val) == (100, 0.1, 5, 0, 13.0, 15.0)
+    everything = fetch_runs(store, "known", include_unfinished=True)
+    assert sorted(everything.stop_reason) == ["completed"] * 4 + ["early_stopped", "failed"]
+    assert df.lam.isna().sum() == 2                                   # lambda only means something for IABF
+    with pytest.raises(FetchError, match="no study 'nope'.*known"):
+        fetch_runs(store, "nope")
+
+
+def test_report_writes_tables_reproduction_and_nonempty_figures(store, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert report_main(["--tracking-uri", store, "--study", "known", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "\\begin{tabular}" in printed.out and "\\textbf{13.000}" in printed.out
+    for name in ("table1.tex", "table1.md", "table1.csv", "reproduction.md", "reproduction.csv", "report.md",
+                 "fig2_val_curves_mnist.png", "fig2_val_curves_mnist.pdf", "fig3_markov_chain_mnist.png",
+                 "axis_lam.png", "axis_lam.pdf"):
+        assert (out / name).stat().st_size > (1000 if name.endswith(("png", "pdf")) else 100), name
+    # lambda 0.01 wins among {0.1, 0.01} (0.001 was stopped early): at the low edge of what finished
+    assert "best lam = 0.01 is at the edge of the searched range [0.01, 0.1]" in (out / "report.md").read_text()
+    assert "warning: missing cell: mnist 100-bit necst eps 0.2" not in printed.err  # failed trials: not a column
+    csv = pd.read_csv(out / "table1.csv")
+    assert csv.set_index("method").loc["iabf", "lam"] == 0.01
+    assert report_main(["--tracking-uri", store, "--study", "nope", "--out", str(tmp_path / "x")]) == 2
