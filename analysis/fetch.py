@@ -8,7 +8,7 @@ from iabf import metrics as M
 from iabf.config import FIELD_TYPES, Config
 
 COLUMNS = ["dataset", "bits", "method", "eps", "lam", "K", "seed", "stop_reason", "val", "test",
-           "run_id", "config_hash", "run_name"]
+           "run_id", "config_hash", "run_name", "failure"]
 
 
 class FetchError(LookupError):
@@ -50,7 +50,7 @@ def fetch_runs(tracking_uri: str, study: str, parent: str | None = None, include
                      "val": r.data.metrics.get(M.BEST_VAL_DISTORTION, float("nan")),
                      "test": r.data.metrics.get(M.TEST_DISTORTION, float("nan")),
                      "run_id": r.info.run_id, "config_hash": r.data.tags.get("config_hash", ""),
-                     "run_name": r.info.run_name,
+                     "run_name": r.info.run_name, "failure": r.data.tags.get("failure", ""),
                      **{f"param.{k}": v for k, v in cfg.to_dict().items()},
                      **{f"metric.{k}": v for k, v in r.data.metrics.items()}})
     df = pd.DataFrame(rows, columns=None if rows else COLUMNS)

@@ -60,14 +60,18 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     missing cells print '--' with a warning."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    trials = fetch_runs(uri, study, parent)
+    everything = fetch_runs(uri, study, parent, include_unfinished=True)
+    trials = everything[everything.stop_reason == "completed"].reset_index(drop=True)
     written: dict[str, Path] = {}
     if trials.empty:
         warnings.warn(f"study {study!r} has no completed trial yet: nothing to tabulate", stacklevel=2)
         return written
     cells = tables.select_cells(trials)
-    for name, text in (("table1.tex", tables.to_latex(cells)), ("table1.md", tables.to_markdown(cells)),
-                       ("table1.csv", tables.to_csv(cells))):
+    latex = tables.to_latex(cells)           # warns once per missing cell
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # ... and the other formats need not say it again
+        markdown = tables.to_markdown(cells)
+    for name, text in (("table1.tex", latex), ("table1.md", markdown), ("table1.csv", tables.to_csv(cells))):
         written[name] = out / name
         written[name].write_text(text)
     rep = tables.reproduction(cells, tables.paper_table1())
@@ -99,10 +103,20 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
             fig = figures.sample_grids(grids, f"Markov-chain samples, {dataset}, eps = {eps0:g} (rows: every 1/9 of the chain)")
             figures.save(fig, out, f"fig3_markov_chain_{dataset}")
     notes = axis_figures(trials, out)
+    spent = tables.cost(everything)
+    failed = everything[everything.stop_reason == "failed"]
+    written["cost.csv"] = out / "cost.csv"
+    spent.to_csv(written["cost.csv"], index=False)
 
     report = [f"# Study {study}", "", f"{len(trials)} completed trials; tracking: {uri}", "",
-              "## Table 1", "", tables.to_markdown(cells), "## Notes on the search ranges", ""]
+              "## Table 1", "", markdown, "## Notes on the search ranges", ""]
     report += [f"- {n}" for n in notes] or ["- no searched hyperparameter has its best value at an edge"]
+    report += ["", "## Failed trials", ""]
+    report += [f"- {f.run_name} ({f.run_id}): {f.failure or 'no reason recorded'}" for f in failed.itertuples()] or ["- none"]
+    report += ["", "## Cost per cell (all trials, early-stopped ones included)", "",
+               "| dataset | bits | method | eps | trials | trial-hours | GPU-hours |", "|---|---|---|---|---|---|---|"]
+    report += [f"| {c.dataset} | {c.bits} | {c.method} | {c.eps:g} | {c.trials} | {c.trial_hours:.3f} | {c.gpu_hours:.3f} |"
+               for c in spent.itertuples()]
     report += ["", tables.reproduction_markdown(rep).replace("# Reproduction", "## Reproduction", 1)]
     written["report.md"] = out / "report.md"
     written["report.md"].write_text("\n".join(report))

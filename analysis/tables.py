@@ -135,6 +135,15 @@ def to_csv(cells: pd.DataFrame) -> str:
     return out.to_csv(index=False)
 
 
+def cost(trials: pd.DataFrame) -> pd.DataFrame:
+    """What each cell cost, over all its trials (early-stopped and failed ones included)."""
+    df = trials.assign(gpu_hours=trials.get("metric.sys/gpu_seconds", 0.0) / 3600,
+                       trial_hours=trials.get("metric.sys/wall_seconds", 0.0) / 3600).fillna(
+        {"gpu_hours": 0.0, "trial_hours": 0.0})
+    return (df.groupby(CELL).agg(trials=("run_id", "size"), trial_hours=("trial_hours", "sum"),
+                                 gpu_hours=("gpu_hours", "sum")).reset_index())
+
+
 # --- reproduction report -------------------------------------------------------------------------
 
 def paper_table1(path: str | Path = PAPER_TABLE1) -> pd.DataFrame:

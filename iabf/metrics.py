@@ -21,9 +21,13 @@ TEST_DISTORTION = "test/distortion"  # Table 1: best-by-validation model, one ch
 TEST_BER = "test/bit_error_rate"
 TEST_ENTROPY = "test/marginal_entropy"
 TEST_MI = "test/mutual_info"
-EXAMPLES_PER_S = "sys/examples_per_s"
-EPOCH_SECONDS = "sys/epoch_seconds"
-WALL_SECONDS = "sys/wall_seconds"
+EXAMPLES_PER_S = "sys/examples_per_s"     # training examples per second of training time, this epoch
+EPOCH_SECONDS = "sys/epoch_seconds"       # the whole epoch: training, validation (and test at the end)
+EVAL_SECONDS = "sys/eval_seconds"         # validation (and test) evaluation, this epoch
+CHECKPOINT_SECONDS = "sys/checkpoint_seconds"  # writing this epoch's checkpoint (and final artifacts)
+WALL_SECONDS = "sys/wall_seconds"         # since the trial started, cumulative across restarts
+GPU_SECONDS = "sys/gpu_seconds"           # wall seconds x the trial's GPU fraction (0 on CPU)
+GPU_PEAK_MB = "sys/gpu_peak_mb"           # peak GPU memory allocated by the trial (CUDA only)
 
 
 def distortion(logits: torch.Tensor, x: torch.Tensor, binary: bool) -> torch.Tensor:

@@ -36,6 +36,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the run."""
 
 
+class Diverged(FloatingPointError):
+    """Training produced a non-finite loss or weights. Deterministic: a retry would fail the same way."""
+
+    def __init__(self, epoch: int, what: str):
+        super().__init__(f"training diverged at epoch {epoch}: {what}")
+        self.epoch = epoch
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,7 +80,8 @@ def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: in
     return dict(zip(("distortion", "bit_error_rate", "marginal_entropy", "mutual_info"), out))
 
 
-def snapshot(models: dict, opts: dict, gen: torch.Generator, epoch: int, best: dict, cfg: Config) -> dict:
+def snapshot(models: dict, opts: dict, gen: torch.Generator, epoch: int, best: dict, cfg: Config,
+             wall_seconds: float) -> dict:
     """Everything a run needs to continue, in types that load with weights_only=True."""
     return {
         "version": CHECKPOINT_VERSION,
@@ -84,6 +93,7 @@ def snapshot(models: dict, opts: dict, gen: torch.Generator, epoch: int, best: d
         "best_model": best["model"],
         "optimizer": {k: o.state_dict() for k, o in opts.items()},
         "generator": gen.get_state(),
+        "wall_seconds": wall_seconds,
     }
 
 
@@ -122,6 +132,26 @@ def load_models(path: str | os.PathLike, which: str = "best_model", device="cpu"
     return models_from_state(load_checkpoint(path, device), which, device)
 
 
+def train_step(x: torch.Tensor, models: dict, opts: dict, binary: bool, cfg: Config, gen) -> dict:
+    """One step of Algorithm 1 on a batch x: the TC classifier (iabf), then encoder and decoder on
+    eq. 29. Returns detached per-batch statistics, left on the device."""
+    enc, dec, disc = models["encoder"], models["decoder"], models["discriminator"]
+    p = torch.sigmoid(enc(x))                                                  # (B, M)
+    y = None if cfg.method == "necst" else torch.bernoulli(p.detach(), generator=gen)   # line 5
+    stats = {}
+    if cfg.method == "iabf":  # lines 6-8: the classifier first, on this batch's codes
+        d_loss = discriminator_loss(disc, tc_input(p, y, cfg.tc_input).detach(), gen)
+        opts["discriminator"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        opts["discriminator"].step()
+        stats["disc_loss"] = d_loss.detach()
+    loss, more = objective(dec, disc, enc, x, p, y, binary, cfg, gen)        # lines 9-10, eq. 29
+    opts["model"].zero_grad(set_to_none=True)
+    loss.backward()
+    opts["model"].step()
+    return {**stats, **more}
+
+
 def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
         data: Splits | None = None) -> tuple[dict, dict]:
     """Train `cfg` for cfg.epochs, validating every epoch; test the best-by-validation model at the
@@ -138,7 +168,7 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
     # Adam is per-parameter, so one optimizer over encoder+decoder equals the reference's two.
     opts = {"model": torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr),
             "discriminator": torch.optim.Adam(disc.parameters(), lr=cfg.lr)}
-    start, best = 0, {"val": math.inf, "epoch": 0, "model": None}
+    start, best, wall_before = 0, {"val": math.inf, "epoch": 0, "model": None}, 0.0
     if resume is not None:
         for k, m in models.items():
             m.load_state_dict(resume["model"][k])
@@ -147,6 +177,7 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
         gen.set_state(resume["generator"].cpu())
         start = resume["epoch"]
         best = {"val": resume["best_val"], "epoch": resume["best_epoch"], "model": resume["best_model"]}
+        wall_before = resume.get("wall_seconds", 0.0)   # wall time is cumulative across restarts
 
     n, metrics = len(data.train), {}
     for epoch in range(start + 1, cfg.epochs + 1):
@@ -154,29 +185,22 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
         t_epoch = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         perm = torch.randperm(n, generator=gen, device=device)
-        for i in range(0, n, cfg.batch_size):
-            x = to_float(data.train[perm[i:i + cfg.batch_size]])
-            p = torch.sigmoid(enc(x))                                    # (B, M)
-            y = None if cfg.method == "necst" else torch.bernoulli(p.detach(), generator=gen)
-            stats = {}
-            if cfg.method == "iabf":  # lines 6-8: the classifier first, on this batch's codes
-                d_loss = discriminator_loss(disc, tc_input(p, y, cfg.tc_input).detach(), gen)
-                opts["discriminator"].zero_grad(set_to_none=True)
-                d_loss.backward()
-                opts["discriminator"].step()
-                stats["disc_loss"] = d_loss.detach()
-            loss, more = objective(dec, disc, enc, x, p, y, data.binary, cfg, gen)   # line 10, eq. 29
-            opts["model"].zero_grad(set_to_none=True)
-            loss.backward()
-            opts["model"].step()
-            for k, v in {**stats, **more}.items():
-                sums[k] = sums.get(k, 0) + v * len(x)
+        try:
+            for i in range(0, n, cfg.batch_size):
+                x = to_float(data.train[perm[i:i + cfg.batch_size]])
+                for k, v in train_step(x, models, opts, data.binary, cfg, gen).items():
+                    sums[k] = sums.get(k, 0) + v * len(x)
+        except RuntimeError as e:  # e.g. torch.bernoulli on NaN probabilities; checked only on failure
+            if all(torch.isfinite(q).all() for m in models.values() for q in m.parameters()):
+                raise
+            raise Diverged(epoch, f"non-finite weights ({str(e).splitlines()[0][:80]})") from None
         train = {k: v.item() / n for k, v in sums.items()}             # one sync per epoch
         if not math.isfinite(train["loss"]):
-            raise FloatingPointError(f"non-finite training loss ({train['loss']}) at epoch {epoch}")
+            raise Diverged(epoch, f"non-finite training loss ({train['loss']})")
         train_seconds = time.perf_counter() - t_epoch
 
         # --- validation on the whole validation split; keep the best state ---
+        t_eval = time.perf_counter()
         val = evaluate(enc, dec, data.val, data.binary, cfg, seed=cfg.seed + 1)
         if val["distortion"] < best["val"]:
             best = {"val": val["distortion"], "epoch": epoch,
@@ -184,7 +208,7 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
         metrics = {M.EPOCH: epoch, **{f"train/{k}": v for k, v in train.items()},
                    **{f"val/{k}": v for k, v in val.items()},
                    M.BEST_VAL_DISTORTION: best["val"], M.BEST_EPOCH: best["epoch"],
-                   M.EXAMPLES_PER_S: n / train_seconds, M.EPOCH_SECONDS: time.perf_counter() - t_epoch}
+                   M.EXAMPLES_PER_S: n / train_seconds}
 
         # --- after the last epoch: the best-by-validation model on the test split (Table 1) ---
         if epoch == cfg.epochs:
@@ -192,10 +216,12 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
             enc_b.load_state_dict(best["model"]["encoder"]), dec_b.load_state_dict(best["model"]["decoder"])
             test = evaluate(enc_b, dec_b, data.test, data.binary, cfg, seed=cfg.seed + 2)
             metrics.update({f"test/{k}": v for k, v in test.items()})
-            metrics[M.WALL_SECONDS] = time.perf_counter() - t_start
+        metrics[M.EVAL_SECONDS] = time.perf_counter() - t_eval
+        metrics[M.EPOCH_SECONDS] = time.perf_counter() - t_epoch
+        metrics[M.WALL_SECONDS] = wall = wall_before + time.perf_counter() - t_start
         if report is not None:
-            report(metrics, lambda e=epoch, b=best: snapshot(models, opts, gen, e, b, cfg))
-    return metrics, snapshot(models, opts, gen, cfg.epochs, best, cfg)
+            report(metrics, lambda e=epoch, b=best, w=wall: snapshot(models, opts, gen, e, b, cfg, w))
+    return metrics, snapshot(models, opts, gen, cfg.epochs, best, cfg, wall_before + time.perf_counter() - t_start)
 
 
 # --- command line ---------------------------------------------------------------------------

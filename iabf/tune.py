@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from . import metrics as M
 from .config import Config
 from .data import load, to_float
 from .sampling import markov_chain, reconstructions, save_grid
-from .train import load_checkpoint, models_from_state, run, save_checkpoint
+from .train import Diverged, load_checkpoint, models_from_state, run, save_checkpoint
 
 STATE = "checkpoint.pt"   # inside every Tune checkpoint; the final one also holds the artifacts below
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
@@ -51,20 +52,29 @@ def write_artifacts(folder: Path, cfg: Config, enc, dec, test_images: torch.Tens
 def trainable(params: dict, chain_steps: int = 9000) -> None:
     cfg = config_from_params(params)
     cfg.device = trial_device(cfg)
-    torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     data = load(cfg.dataset, cfg.data_dir, cfg.device, cfg.max_train_examples, cfg.download)
     resume = None
     if (ckpt := tune.get_checkpoint()) is not None:   # Ray restarted this trial: continue it
         with ckpt.as_directory() as d:
             resume = load_checkpoint(Path(d) / STATE, map_location=cfg.device)
 
+    gpu = tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0)
+
     def report(metrics: dict, checkpoint) -> None:
         with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
             state = checkpoint()
             save_checkpoint(state, Path(d) / STATE)
             if M.TEST_DISTORTION in metrics:  # the last epoch: artifacts of the best model
                 _, enc, dec = models_from_state(state, device=cfg.device)
                 write_artifacts(Path(d), cfg, enc, dec, data.test, chain_steps)
+            metrics[M.CHECKPOINT_SECONDS] = time.perf_counter() - t0
+            metrics[M.GPU_SECONDS] = metrics[M.WALL_SECONDS] * gpu
+            if cfg.device == "cuda":  # what packing several trials on one GPU has to fit
+                metrics[M.GPU_PEAK_MB] = torch.cuda.max_memory_allocated() / 2**20
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    run(cfg, report, resume=resume, data=data)
+    try:
+        run(cfg, report, resume=resume, data=data)
+    except Diverged as e:  # end the trial here: Ray's retry from the checkpoint would diverge again
+        tune.report({M.EPOCH: e.epoch, M.VAL_DISTORTION: float("nan"), M.TRAIN_LOSS: float("nan"), "failure": str(e)})

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,12 +38,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="shrink the space to 2 tiny CPU trials (for tests)")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="override resources.gpu (fractions share a GPU)")
-    p.add_argument("--chain-steps", type=int, default=9000, help="Markov-chain steps for each finished trial's samples")
+    p.add_argument("--chain-steps", type=int, default=None,
+                   help="Markov-chain steps for each finished trial's samples (default: 9000, the paper's; 90 with --smoke)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     from studies import tracking
 
     # --- validate everything before anything starts ---
@@ -58,8 +62,9 @@ def main(argv=None) -> int:
         for name in study.datasets():
             check_available(name, data_dir)
         uri = tracking.check_uri(args.tracking_uri or tracking.default_tracking_uri())
+        check_address(args.address)
         experiment_dir = resolve_experiment(args, study)
-    except (SpaceError, ConfigError, DataError, tracking.TrackingError) as e:
+    except (SpaceError, ConfigError, DataError, tracking.TrackingError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -80,19 +85,23 @@ def main(argv=None) -> int:
     exp_id, parent = tracking.start_study(uri, study, experiment_dir, resume=args.resume is not None)
     print(f"study {study.name}: {study.n_trials() or study.num_samples} trials, tracked in {uri} "
           f"(experiment {study.name!r}, parent run {parent})", flush=True)
-    fn = tune.with_resources(tune.with_parameters(trainable, chain_steps=args.chain_steps),
+    chain_steps = args.chain_steps or (90 if args.smoke else 9000)
+    fn = tune.with_resources(tune.with_parameters(trainable, chain_steps=chain_steps),
                              {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
-    if args.resume:
+    tracker = tracking.MLflowTracking(uri, exp_id, parent, study.name)
+    if args.resume:  # Tune restores the original run config, callbacks included
+        tracker = None
         tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(
             fn, param_space=param_space(study),
             tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, num_samples=study.num_samples,
                                         search_alg=searcher(study), scheduler=scheduler(study),
-                                        max_concurrent_trials=study.max_concurrent or None),
+                                        max_concurrent_trials=study.max_concurrent or None,
+                                        reuse_actors=True),  # a trial's process is reused: no re-import of torch
             run_config=tune.RunConfig(
                 name=Path(experiment_dir).name, storage_path=str(Path(experiment_dir).parent),
-                callbacks=[tracking.MLflowTracking(uri, exp_id, parent, study.name)],
+                callbacks=[tracker],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=2), verbose=1))
     try:
@@ -100,7 +109,7 @@ def main(argv=None) -> int:
     except BaseException:
         tracking.end_study(uri, exp_id, parent, "FAILED")
         raise
-    counts = tracking.end_study(uri, exp_id, parent, "FINISHED")
+    counts = tracking.end_study(uri, exp_id, parent, "FINISHED", tracker.seconds if tracker else 0.0)
     summarize(results, study, uri, parent, experiment_dir, counts)
     if counts["completed"]:  # the paper's table and figures, also kept on the study's parent run
         from analysis.report import write_report
@@ -114,6 +123,20 @@ def main(argv=None) -> int:
               f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
         return 130
     return 0
+
+
+def check_address(address: str | None) -> None:
+    """Fail fast on a cluster address nobody answers at (Ray itself retries for minutes)."""
+    if address in (None, "auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    try:
+        with socket.create_connection((host, int(port or (10001 if address.startswith("ray://") else 6379))), timeout=3):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address!r} ({type(e).__name__}: {e}); "
+                              f"use --address auto on the head node, or HOST:PORT of a running Ray head") from None
 
 
 def resolve_experiment(args, study) -> str:
@@ -139,7 +162,8 @@ def summarize(results, study, uri, parent, experiment_dir, counts) -> None:
     from iabf import metrics as M
 
     df = results.get_dataframe()
-    print(f"\ntrials: {', '.join(f'{v} {k}' for k, v in counts.items())}")
+    print(f"\ntrials: {', '.join(f'{counts[k]} {k}' for k in ('completed', 'early_stopped', 'failed', 'interrupted'))}"
+          f"; {counts['trial_hours']:.3f} trial-hours, {counts['gpu_hours']:.3f} GPU-hours")
     done = df[df.get(M.TEST_DISTORTION, pd.Series(dtype=float)).notna()] if M.TEST_DISTORTION in df else df.iloc[:0]
     if len(done):
         from iabf.tune import config_from_params

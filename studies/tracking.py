@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import time
@@ -64,17 +65,21 @@ def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str
               **{f"fixed.{k}": v for k, v in study.fixed.items()},
               **{f"search.{k}": v for k, v in study.search.items()}}
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-    client.log_text(run_id, Path(study.path).read_text() if Path(study.path).exists() else "", "space.yaml")
+    if study.path and Path(study.path).is_file():
+        client.log_text(run_id, Path(study.path).read_text(), "space.yaml")
     return exp_id, run_id
 
 
-def end_study(uri: str, experiment_id: str, parent_run_id: str, status: str) -> dict:
+def end_study(uri: str, experiment_id: str, parent_run_id: str, status: str, tracking_seconds: float = 0.0) -> dict:
     """Close the parent run with how its trials ended. Trials still RUNNING were interrupted: their
     runs are marked KILLED (a --resume reopens them), so none stays RUNNING forever."""
     client = MlflowClient(uri)
     children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                                   max_results=50_000)
     counts = dict.fromkeys((*STOP_REASONS, "interrupted"), 0)
+    counts["gpu_hours"] = sum(r.data.metrics.get(M.GPU_SECONDS, 0.0) for r in children) / 3600
+    counts["trial_hours"] = sum(r.data.metrics.get(M.WALL_SECONDS, 0.0) for r in children) / 3600
+    counts["tracking_seconds"] = tracking_seconds
     for run in children:
         reason = run.data.tags.get("stop_reason")
         if reason is None:
@@ -91,6 +96,16 @@ def log_report(uri: str, parent_run_id: str, folder: Path) -> None:
     MlflowClient(uri).log_artifacts(parent_run_id, str(folder), "report")
 
 
+def _timed(hook):
+    def timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return hook(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+    return timed
+
+
 class MLflowTracking(tune.Callback):
     """Tune callback writing each trial to its child run. Tune pickles it with the run config and
     restores it on resume, so it holds only plain values; the trial -> run map is rebuilt from tags."""
@@ -99,12 +114,13 @@ class MLflowTracking(tune.Callback):
         self.uri, self.experiment_id, self.parent_run_id, self.study = uri, experiment_id, parent_run_id, study
         self._runs: dict[str, list] = {}      # trial_id -> [run_id, last logged epoch]
         self._client = None
+        self.seconds = 0.0                    # time spent writing to MLflow (the study's tracking cost)
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_runs")}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _client=None, _runs={})
+        self.__dict__.update(state, _client=None, _runs={}, seconds=0.0)
 
     @property
     def client(self) -> MlflowClient:
@@ -133,9 +149,11 @@ class MLflowTracking(tune.Callback):
         self._runs[trial.trial_id] = [run_id, last]
         return self._runs[trial.trial_id]
 
+    @_timed
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
 
+    @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info):
         entry = self._run(trial)
         epoch = int(result.get(M.EPOCH, 0))
@@ -144,12 +162,16 @@ class MLflowTracking(tune.Callback):
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, epoch) for k, v in result.items()
                    if k.split("/")[0] in ("train", "val", "test", "best", "sys") or k == M.EPOCH
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
         self.client.log_batch(entry[0], metrics=metrics)
         entry[1] = epoch
 
+    @_timed
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id, _ = self._run(trial)
+        if "failure" in (trial.last_result or {}):   # the trainable ended a diverged trial itself
+            self.client.set_tag(run_id, "failure", trial.last_result["failure"][:5000])
+            return self._finish(run_id, "failed")
         cfg = config_from_params(trial.config)
         done = (trial.last_result or {}).get(M.EPOCH, 0) >= cfg.epochs
         reason = "completed" if done else "early_stopped"
@@ -160,6 +182,7 @@ class MLflowTracking(tune.Callback):
                         self.client.log_artifact(run_id, str(Path(d) / name))
         self._finish(run_id, reason)
 
+    @_timed
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id, _ = self._run(trial)
         error = (trial.get_error() or "unknown error").strip().splitlines()

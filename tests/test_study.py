@@ -180,3 +180,19 @@ def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: MLflow tracking server http://127.0.0.1:")
     assert "Traceback" not in out.stderr and not (tmp_path / "results").exists()
+
+
+def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path):
+    p = space(tmp_path, study="nan", fixed={"epochs": 2, "K": 2, "method": "necst"},
+              search={"lr": {"grid": [0.001, 1.0e30]}}, max_concurrent=1)
+    out = study(tmp_path, "--space", str(p))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "1 completed, 0 early_stopped, 1 failed" in out.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,), children = runs_of(client, "nan")
+    failed = [r for r in children if r.data.tags["stop_reason"] == "failed"]
+    assert len(failed) == 1 and failed[0].info.status == "FAILED" and failed[0].data.params["lr"] == "1e+30"
+    assert failed[0].data.tags["failure"].startswith("training diverged at epoch 1")
+    assert parent.data.metrics["study/failed"] == 1 and parent.info.status == "FINISHED"
+    report = next((tmp_path / "results").glob("nan-*/report/report.md")).read_text()
+    assert "## Failed trials" in report and "training diverged at epoch 1" in report

@@ -129,3 +129,10 @@ def test_help_documents_every_option():
     for flag in ("--dataset", "--method", "--eps", "--lam", "--K", "--epochs", "--data-dir",
                  "--max-train-examples", "--device", "--out", "--flip", "--tc-input", "--clean-weight"):
         assert flag in out.stdout
+
+
+def test_divergence_is_one_clear_error(tmp_path, capsys):
+    rc = main(["--dataset", "digits", "--method", "necst", "--epochs", "2", "--lr", "1e30", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("error: training diverged at epoch 1: non-finite")
+    assert not (tmp_path / "o").exists()
