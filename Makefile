@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv study smoke test clean
+.PHONY: venv study smoke test bench clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ smoke: $(STAMP)   ## two tiny trials, to check an install
 
 test: $(STAMP)    ## the test suite (finds real data in IABF_DATA_DIR, default ../shared/data)
 	IABF_DATA_DIR=$${IABF_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m pytest $(ARGS)
+
+bench: $(STAMP)   ## the benchmarks of benchmarks/README.md (DATA_DIR: real MNIST, default ../shared/data)
+	$(PY) benchmarks/throughput.py --data-dir $${DATA_DIR:-../shared/data}
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/study_cost.py --data-dir $${DATA_DIR:-../shared/data}
+	$(PY) benchmarks/packing.py --data-dir $${DATA_DIR:-../shared/data}
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -19,8 +19,8 @@ from iabf.config import Config  # noqa: E402
 
 
 def no_training(params: dict) -> dict:
-    Config.from_dict({k: v for k, v in params.items() if k != "i"})   # what a trial does before training
-    return {M.EPOCH: 1, M.VAL_DISTORTION: 1.0, "i": params["i"]}
+    Config.from_dict(params)   # what a trial does before training
+    return {M.EPOCH: 1, M.VAL_DISTORTION: 1.0}
 
 
 def trainable(params: dict) -> None:
@@ -40,7 +40,7 @@ def run_tune(n: int, tracked: bool, tmp: str) -> float:
         uri = f"sqlite:///{tmp}/mlflow-{time.time_ns()}.db"
         exp, parent = tracking.start_study(uri, Study(name="overhead", path=""), f"{tmp}/exp", resume=False)
         callbacks = [tracking.MLflowTracking(uri, exp, parent, "overhead")]
-    space = {"dataset": "digits", "epochs": 1, "i": tune.grid_search(list(range(n)))}
+    space = {"dataset": "digits", "epochs": 1, "seed": tune.grid_search(list(range(n)))}
     t0 = time.perf_counter()
     tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), param_space=space,
                tune_config=tune.TuneConfig(reuse_actors=True),
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     n = args.trials
     t0 = time.perf_counter()
     for i in range(n):
-        no_training({"dataset": "digits", "epochs": 1, "i": i})
+        no_training({"dataset": "digits", "epochs": 1, "seed": i})
     plain = time.perf_counter() - t0
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

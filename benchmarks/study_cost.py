@@ -46,16 +46,17 @@ def main(argv=None) -> int:
 
         epoch, evals, ckpt = total(M.EPOCH_SECONDS), total(M.EVAL_SECONDS), total(M.CHECKPOINT_SECONDS)
         parts = {"training": epoch - evals, "evaluation": evals, "checkpointing": ckpt,
+                 "artifacts (grids, Markov chain)": total(M.ARTIFACT_SECONDS),
                  "tracking (MLflow)": parent.data.metrics.get("study/tracking_seconds", float("nan"))}
     trial_seconds = sum(v for k, v in parts.items() if k != "tracking (MLflow)")
     ended = ", ".join(f"{int(parent.data.metrics.get('study/' + k, 0))} {k}" for k in ("completed", "early_stopped", "failed"))
     print(f"study {exp.name}: {len(children)} trials ({ended}), wall {wall:.1f} s on the driver")
     print("summed over trials (trials run concurrently, so these can exceed the wall time):")
     for k, v in parts.items():
-        print(f"  {k:20s} {v:8.2f} s")
-    print(f"  {'in trials, total':20s} {trial_seconds:8.2f} s   (on average {trial_seconds / wall:.2f} trials' work per wall second)")
-    for k in ("training", "evaluation", "checkpointing"):
-        print(f"  share of trial time: {k:14s} {parts[k] / trial_seconds:6.1%}")
+        print(f"  {k:32s} {v:8.2f} s")
+    print(f"  {'in trials, total':32s} {trial_seconds:8.2f} s   (on average {trial_seconds / wall:.2f} trials' work per wall second)")
+    for k in ("training", "evaluation", "checkpointing", "artifacts (grids, Markov chain)"):
+        print(f"  share of trial time: {k:32s} {parts[k] / trial_seconds:6.1%}")
     print("the rest of the wall time is Ray start-up, scheduling, trial process start-up, imports and the report")
     return 0
 

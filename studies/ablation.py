@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="shrink the space to 2 tiny CPU trials (for tests)")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="override resources.gpu (fractions share a GPU)")
+    p.add_argument("--tracking-grace", type=float, default=120,
+                   help="seconds to wait at the end for an unreachable tracking server to return (default: %(default)s)")
     p.add_argument("--chain-steps", type=int, default=None,
                    help="Markov-chain steps for each finished trial's samples (default: 9000, the paper's; 90 with --smoke)")
     return p.parse_args(argv)
@@ -46,6 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    # a lost tracking server should cost seconds per attempt, not minutes (MLflow's defaults retry 7x)
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+        os.environ.setdefault(key, value)
     from studies import tracking
 
     # --- validate everything before anything starts ---
@@ -109,7 +115,15 @@ def main(argv=None) -> int:
     except BaseException:
         tracking.end_study(uri, exp_id, parent, "FAILED")
         raise
-    counts = tracking.end_study(uri, exp_id, parent, "FINISHED", tracker.seconds if tracker else 0.0)
+    try:  # a tracking server that went away gets a grace period to come back
+        left = tracker.flush(timeout=args.tracking_grace) if tracker else 0
+        counts = tracking.retrying(tracking.end_study, args.tracking_grace, uri, exp_id, parent, "FINISHED",
+                                   tracker.seconds if tracker else 0.0)
+    except tracking.TRACKING_ERRORS as e:
+        print(f"error: the study ran (results: {experiment_dir}) but MLflow at {uri} is unreachable "
+              f"({type(e).__name__}); {tracker.unlogged() if tracker else 'some'} trial updates are not logged",
+              file=sys.stderr)
+        return 1
     summarize(results, study, uri, parent, experiment_dir, counts)
     if counts["completed"]:  # the paper's table and figures, also kept on the study's parent run
         from analysis.report import write_report
@@ -118,6 +132,9 @@ def main(argv=None) -> int:
         write_report(uri, study.name, report_dir, parent=parent, quiet=True)
         tracking.log_report(uri, parent, report_dir)
         print(f"Table 1, reproduction report and figures: {report_dir} (and on the parent run in MLflow)")
+    if left:
+        print(f"error: {left} trial updates could not be written to MLflow at {uri}", file=sys.stderr)
+        return 1
     if counts.get("interrupted"):
         print(f"\ninterrupted with {counts['interrupted']} trial(s) unfinished; continue with:\n"
               f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)

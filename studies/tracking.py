@@ -14,10 +14,15 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+import requests
+
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -25,6 +30,7 @@ from iabf import metrics as M
 from iabf.train import run_name
 from iabf.tune import ARTIFACTS, STATE, config_from_params
 
+TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
 STOP_REASONS = ("completed", "early_stopped", "failed")
 STATUS = {"completed": "FINISHED", "early_stopped": "KILLED", "failed": "FAILED"}
 TAG_EXPERIMENT_DIR = "iabf.experiment_dir"   # on the parent: the Tune experiment it tracks
@@ -106,21 +112,39 @@ def _timed(hook):
     return timed
 
 
+@dataclass
+class _TrialLog:
+    """What is known about one trial's child run, and what is still to be written to it."""
+    trial_id: str
+    run_name: str
+    params: dict
+    run_id: str | None = None
+    epoch: int = 0                                  # highest epoch queued or logged
+    metrics: list = field(default_factory=list)     # queued Metric objects
+    end: tuple | None = None                        # queued (reason, failure, checkpoint)
+
+
 class MLflowTracking(tune.Callback):
     """Tune callback writing each trial to its child run. Tune pickles it with the run config and
-    restores it on resume, so it holds only plain values; the trial -> run map is rebuilt from tags."""
+    restores it on resume, so it holds only plain values; the trial -> run map is rebuilt from tags.
+
+    Hooks only queue; `_sync` writes. If MLflow is unreachable the trials keep training, their
+    updates stay queued and are retried every RETRY_S seconds, and `unlogged()` says what is left."""
+
+    RETRY_S = 10.0
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, study: str):
         self.uri, self.experiment_id, self.parent_run_id, self.study = uri, experiment_id, parent_run_id, study
-        self._runs: dict[str, list] = {}      # trial_id -> [run_id, last logged epoch]
-        self._client = None
-        self.seconds = 0.0                    # time spent writing to MLflow (the study's tracking cost)
+        self.__setstate__({})
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_runs")}
+        return {k: self.__dict__[k] for k in ("uri", "experiment_id", "parent_run_id", "study")}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _client=None, _runs={}, seconds=0.0)
+        self.__dict__.update(state)
+        self._logs: dict[str, _TrialLog] = {}
+        self._client, self._retry_at, self._down = None, 0.0, None
+        self.seconds = 0.0                    # time spent writing to MLflow (the study's tracking cost)
 
     @property
     def client(self) -> MlflowClient:
@@ -128,70 +152,130 @@ class MLflowTracking(tune.Callback):
             self._client = MlflowClient(self.uri)
         return self._client
 
-    def _run(self, trial) -> list:
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
+    def unlogged(self) -> int:
+        """Updates (metrics and trial ends) not yet written to MLflow."""
+        return sum(len(r.metrics) + (r.end is not None) + (r.run_id is None) for r in self._logs.values())
+
+    def _log(self, trial) -> _TrialLog:
+        if trial.trial_id not in self._logs:
+            cfg = config_from_params(trial.config)
+            self._logs[trial.trial_id] = _TrialLog(trial.trial_id, run_name(cfg), cfg.to_dict())
+        return self._logs[trial.trial_id]
+
+    def _open(self, log: _TrialLog) -> None:
+        """Find the trial's run (a resumed trial keeps its run) or create it."""
         found = self.client.search_runs(
             [self.experiment_id], max_results=1,
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.trial_id = '{trial.trial_id}'")
-        if found:  # a resumed trial: same run, and never log an epoch twice
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.trial_id = '{log.trial_id}'")
+        if found:  # never log an epoch twice
             run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, M.EPOCH)
-            last = max((m.step for m in history), default=0)
+            last = max((m.step for m in self.client.get_metric_history(run_id, M.EPOCH)), default=0)
             self.client.update_run(run_id, status="RUNNING")
         else:
-            cfg = config_from_params(trial.config).to_dict()
-            run = self.client.create_run(self.experiment_id, run_name=run_name(config_from_params(trial.config)), tags={
-                "mlflow.parentRunId": self.parent_run_id, "study": self.study, "trial_id": trial.trial_id,
-                "seed": str(cfg["seed"]), "config_hash": config_hash(cfg), "git_commit": git_commit()})
-            run_id, last = run.info.run_id, 0
+            cfg = log.params
+            run_id = self.client.create_run(self.experiment_id, run_name=log.run_name, tags={
+                "mlflow.parentRunId": self.parent_run_id, "study": self.study, "trial_id": log.trial_id,
+                "seed": str(cfg["seed"]), "config_hash": config_hash(cfg), "git_commit": git_commit()}).info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in cfg.items()])
-        self._runs[trial.trial_id] = [run_id, last]
-        return self._runs[trial.trial_id]
+            last = 0
+        log.run_id, log.epoch = run_id, max(log.epoch, last)
+        log.metrics = [m for m in log.metrics if m.step > last]
+
+    def _write(self, log: _TrialLog) -> None:
+        if log.run_id is None:
+            self._open(log)
+        while log.metrics:  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(log.run_id, metrics=log.metrics[:1000])
+            log.metrics = log.metrics[1000:]
+        if log.end is not None:
+            reason, failure, checkpoint = log.end
+            if checkpoint is not None:
+                with checkpoint.as_directory() as d:
+                    for name in (STATE, *ARTIFACTS):
+                        if (Path(d) / name).exists():
+                            self.client.log_artifact(log.run_id, str(Path(d) / name))
+            if failure:
+                self.client.set_tag(log.run_id, "failure", failure[:5000])
+            self.client.set_tag(log.run_id, "stop_reason", reason)
+            self.client.set_terminated(log.run_id, status=STATUS[reason])
+            log.end = None
+
+    def _sync(self, force: bool = False) -> None:
+        if not force and time.monotonic() < self._retry_at:
+            return
+        for log in self._logs.values():
+            if log.run_id is None or log.metrics or log.end is not None:
+                try:
+                    self._write(log)
+                except TRACKING_ERRORS as e:
+                    if self._down is None:
+                        print(f"warning: MLflow at {self.uri} is unreachable ({type(e).__name__}); trials go on "
+                              f"training, their updates are queued and retried every {self.RETRY_S:g} s",
+                              file=sys.stderr, flush=True)
+                    self._down, self._retry_at = str(e), time.monotonic() + self.RETRY_S
+                    return
+        if self._down is not None:
+            print(f"MLflow at {self.uri} is reachable again: queued updates written", file=sys.stderr, flush=True)
+            self._down = None
 
     @_timed
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run(trial)
+        self._log(trial)
+        self._sync()
 
     @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        entry = self._run(trial)
+        log = self._log(trial)
         epoch = int(result.get(M.EPOCH, 0))
-        if epoch <= entry[1]:
-            return
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, epoch) for k, v in result.items()
-                   if k.split("/")[0] in ("train", "val", "test", "best", "sys") or k == M.EPOCH
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-        self.client.log_batch(entry[0], metrics=metrics)
-        entry[1] = epoch
+        if epoch > log.epoch:
+            now = int(time.time() * 1000)
+            log.metrics += [Metric(k, float(v), now, epoch) for k, v in result.items()
+                            if k.split("/")[0] in ("train", "val", "test", "best", "sys") or k == M.EPOCH
+                            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+            log.epoch = epoch
+        self._sync()
 
     @_timed
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id, _ = self._run(trial)
-        if "failure" in (trial.last_result or {}):   # the trainable ended a diverged trial itself
-            self.client.set_tag(run_id, "failure", trial.last_result["failure"][:5000])
-            return self._finish(run_id, "failed")
-        cfg = config_from_params(trial.config)
-        done = (trial.last_result or {}).get(M.EPOCH, 0) >= cfg.epochs
-        reason = "completed" if done else "early_stopped"
-        if done and trial.checkpoint is not None:
-            with trial.checkpoint.as_directory() as d:
-                for name in (STATE, *ARTIFACTS):
-                    if (Path(d) / name).exists():
-                        self.client.log_artifact(run_id, str(Path(d) / name))
-        self._finish(run_id, reason)
+        last = trial.last_result or {}
+        if "failure" in last:   # the trainable ended a diverged trial itself
+            self._log(trial).end = ("failed", last["failure"], None)
+        elif last.get(M.EPOCH, 0) >= config_from_params(trial.config).epochs:
+            self._log(trial).end = ("completed", None, trial.checkpoint)
+        else:
+            self._log(trial).end = ("early_stopped", None, None)
+        self._sync()
 
     @_timed
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id, _ = self._run(trial)
         error = (trial.get_error() or "unknown error").strip().splitlines()
-        self.client.set_tag(run_id, "failure", (error[-1] if error else "unknown error")[:5000])
-        self._finish(run_id, "failed")
+        self._log(trial).end = ("failed", error[-1] if error else "unknown error", None)
+        self._sync()
 
-    def _finish(self, run_id: str, reason: str) -> None:
-        self.client.set_tag(run_id, "stop_reason", reason)
-        self.client.set_terminated(run_id, status=STATUS[reason])
+    @_timed
+    def on_experiment_end(self, trials, **info):
+        self._sync(force=True)
+
+    def flush(self, timeout: float) -> int:
+        """At the end of a study: keep retrying queued updates for up to `timeout` seconds.
+        Returns how many are left unwritten."""
+        deadline = time.monotonic() + timeout
+        while self.unlogged() and time.monotonic() < deadline:
+            time.sleep(min(self.RETRY_S, max(0.0, deadline - time.monotonic())))
+            self._sync(force=True)
+        return self.unlogged()
+
+
+def retrying(fn, timeout: float, *args, **kwargs):
+    """fn(*args, **kwargs), retried on tracking errors every few seconds for up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except TRACKING_ERRORS:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(5)
 
 
 class TrackingError(RuntimeError):

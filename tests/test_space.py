@@ -122,5 +122,5 @@ def test_smoke_shrinks_any_space_to_two_tiny_cpu_trials():
 def test_param_space_uses_tunes_samplers_and_json_arms():
     s = load_study(next(p for p in SPACES if p.stem == "quick"))
     space = param_space(s)
-    assert space["dataset"] == "digits" and space["epochs"] == 30
-    assert len(space["variant"]["grid_search"]) == 5 and space["seed"] == {"grid_search": [0, 1]}
+    assert space["dataset"] == "digits" and space["epochs"] == 40
+    assert len(space["variant"]["grid_search"]) == 5 and space["seed"] == {"grid_search": [0, 1, 2]}

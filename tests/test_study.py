@@ -139,28 +139,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
+def start_server(tmp_path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1 with a sqlite store and served artifacts, up and answering."""
+    import requests
+
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
          str(tmp_path / "server-artifacts")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    import requests
-    for _ in range(120):
+    for _ in range(240):
         try:
-            if requests.get(uri + "/health", timeout=1).ok:
-                break
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+                return server
         except requests.RequestException:
             time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail("mlflow server did not start")
-    yield uri
+    stop_server(server)
+    pytest.fail("mlflow server did not start")
+
+
+def stop_server(server: subprocess.Popen) -> None:
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = start_server(tmp_path, port)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(server)
 
 
 def test_remote_tracking_against_a_real_mlflow_server(tmp_path, mlflow_server):
@@ -196,3 +204,74 @@ def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path):
     assert parent.data.metrics["study/failed"] == 1 and parent.info.status == "FINISHED"
     report = next((tmp_path / "results").glob("nan-*/report/report.md")).read_text()
     assert "## Failed trials" in report and "training diverged at epoch 1" in report
+
+
+def test_tracking_server_lost_mid_study_trials_go_on_and_nothing_is_lost(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    p = space(tmp_path, study="outage", fixed={"epochs": 10, "K": 2, "method": "necst"},
+              search={"lr": {"grid": [0.001, 0.002, 0.003]}}, max_concurrent=1)
+    proc = study(tmp_path, "--space", str(p), uri=uri, wait=False)
+    client = MlflowClient(uri)
+    deadline = time.time() + 300
+    while time.time() < deadline:   # lose the server once the first trial has logged two epochs
+        time.sleep(0.5)
+        try:
+            _, children = runs_of(client, "outage")
+            if children and len(client.get_metric_history(children[0].info.run_id, M.EPOCH)) >= 2:
+                break
+        except Exception:
+            continue
+    stop_server(server)
+    time.sleep(15)                   # trials go on training meanwhile; their updates queue up
+    server = start_server(tmp_path, port)
+    try:
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out[-4000:]
+        assert "is unreachable" in out and "reachable again" in out
+        (parent,), children = runs_of(client, "outage")
+        assert parent.info.status == "FINISHED" and len(children) == 3
+        for r in children:           # every trial complete, every epoch logged exactly once
+            assert r.data.tags["stop_reason"] == "completed" and r.info.status == "FINISHED"
+            assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 11))
+            assert "checkpoint.pt" in {a.path for a in client.list_artifacts(r.info.run_id)}
+    finally:
+        stop_server(server)
+
+
+def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(tmp_path, data_dir):
+    """SIGKILL the process training a trial: Ray retries it from its last checkpoint (FailureConfig),
+    epochs continue rather than restart, and its MLflow run continues without doubled metrics."""
+    import json
+
+    p = space(tmp_path, study="kill", dataset="mnist", max_concurrent=1, search={"lr": {"grid": [0.001, 0.002]}},
+              fixed={"epochs": 6, "K": 2, "method": "necst", "max_train_examples": 3000})
+    proc = study(tmp_path, "--space", str(p), "--data-dir", str(data_dir), wait=False)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    killed, deadline = False, time.time() + 300
+    while not killed and time.time() < deadline:   # once the first trial has logged 2 epochs
+        time.sleep(0.3)
+        try:
+            _, children = runs_of(client, "kill")
+            if not children or len(client.get_metric_history(children[0].info.run_id, M.EPOCH)) < 2:
+                continue
+        except Exception:
+            continue
+        pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            os.kill(int(pid), signal.SIGKILL)
+            killed = True
+    out, _ = proc.communicate(timeout=400)
+    assert killed and proc.returncode == 0, out[-4000:]
+    (parent,), children = runs_of(client, "kill")
+    assert len(children) == 2 and parent.info.status == "FINISHED"
+    for r in children:
+        assert r.data.tags["stop_reason"] == "completed"
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 7))
+    # in Ray Tune's own record the killed trial failed once and went on from its checkpoint
+    trial_dirs = sorted((tmp_path / "results").glob("kill-*/trainable_*"))
+    failed = [d for d in trial_dirs if (d / "error.txt").exists()]
+    assert len(failed) == 1
+    epochs = [json.loads(line)[M.EPOCH] for line in (failed[0] / "result.json").read_text().splitlines()]
+    assert epochs == list(range(1, 7))            # no epoch reported twice: it did not start over
