@@ -152,6 +152,13 @@ def train_step(x: torch.Tensor, models: dict, opts: dict, binary: bool, cfg: Con
     return {**stats, **more}
 
 
+def test_best(enc, dec, best: dict, data: Splits, cfg: Config) -> dict:
+    """Table 1's number: the best-by-validation weights on the test split, one channel sample."""
+    enc_b, dec_b = copy.deepcopy(enc), copy.deepcopy(dec)
+    enc_b.load_state_dict(best["model"]["encoder"]), dec_b.load_state_dict(best["model"]["decoder"])
+    return {f"test/{k}": v for k, v in evaluate(enc_b, dec_b, data.test, data.binary, cfg, seed=cfg.seed + 2).items()}
+
+
 def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
         data: Splits | None = None) -> tuple[dict, dict]:
     """Train `cfg` for cfg.epochs, validating every epoch; test the best-by-validation model at the
@@ -212,15 +219,17 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
 
         # --- after the last epoch: the best-by-validation model on the test split (Table 1) ---
         if epoch == cfg.epochs:
-            enc_b, dec_b = copy.deepcopy(enc), copy.deepcopy(dec)
-            enc_b.load_state_dict(best["model"]["encoder"]), dec_b.load_state_dict(best["model"]["decoder"])
-            test = evaluate(enc_b, dec_b, data.test, data.binary, cfg, seed=cfg.seed + 2)
-            metrics.update({f"test/{k}": v for k, v in test.items()})
+            metrics.update(test_best(enc, dec, best, data, cfg))
         metrics[M.EVAL_SECONDS] = time.perf_counter() - t_eval
         metrics[M.EPOCH_SECONDS] = time.perf_counter() - t_epoch
         metrics[M.WALL_SECONDS] = wall = wall_before + time.perf_counter() - t_start
         if report is not None:
             report(metrics, lambda e=epoch, b=best, w=wall: snapshot(models, opts, gen, e, b, cfg, w))
+    if start >= cfg.epochs:  # resumed from the final checkpoint (its report may have been lost): report the end again
+        metrics = {M.EPOCH: cfg.epochs, M.BEST_VAL_DISTORTION: best["val"], M.BEST_EPOCH: best["epoch"],
+                   **test_best(enc, dec, best, data, cfg), M.WALL_SECONDS: wall_before}
+        if report is not None:
+            report(metrics, lambda: snapshot(models, opts, gen, cfg.epochs, best, cfg, wall_before))
     return metrics, snapshot(models, opts, gen, cfg.epochs, best, cfg, wall_before + time.perf_counter() - t_start)
 
 

@@ -232,7 +232,8 @@ def smoke(study: Study) -> Study:
     s.seeds = s.seeds[:1] if two_arms or s.searcher == "optuna" else (s.seeds + [s.seeds[0] + 1])[:2]
     s.num_samples = 2 if s.n_trials() is None or s.n_trials() < 2 else 1
     s.fixed.update(epochs=2, max_train_examples=256, device="cpu")
-    s.scheduler = {"max_t": 2, "grace_period": 1, "reduction_factor": 2} if s.scheduler else None
+    # ASHA still runs, but with its only rung at the end it never stops a smoke trial: 2 complete
+    s.scheduler = {"max_t": 2, "grace_period": 2, "reduction_factor": 2} if s.scheduler else None
     s.resources = {"cpu": 1, "gpu": 0}
     return replace(s, name=f"{s.name}-smoke")
 

@@ -97,39 +97,52 @@ def test_asha_stops_weak_trials_early_and_tracking_says_so(tmp_path):
     assert parent.data.metrics["study/early_stopped"] == reasons["early_stopped"]
 
 
-def test_interrupted_study_resumes_without_duplicate_runs(tmp_path):
-    p = space(tmp_path, study="resume", fixed={"epochs": 8, "K": 2, "method": "necst"},
-              search={"lr": {"grid": [0.001, 0.002, 0.003]}}, max_concurrent=1)
-    proc = study(tmp_path, "--space", str(p), wait=False)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    deadline = time.time() + 300
-    while time.time() < deadline:  # interrupt once the first trial is done and the second has begun
-        time.sleep(1)
+def wait_for_completed(client, name: str, n: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.5)
         try:
-            _, children = runs_of(client, "resume")
+            _, children = runs_of(client, name)
         except Exception:
             continue
-        if any(r.data.tags.get("stop_reason") == "completed" for r in children) and len(children) >= 2:
-            break
-    proc.send_signal(signal.SIGINT)
+        if sum(r.data.tags.get("stop_reason") == "completed" for r in children) >= n and len(children) > n:
+            return
+    pytest.fail(f"no {n} completed trials in {timeout} s")
+
+
+def test_interrupted_then_killed_study_resumes_without_duplicate_runs(tmp_path):
+    """Ctrl-C after one trial, --resume, SIGKILL of the driver after another, --resume again:
+    the study completes with one MLflow run per trial, every epoch once, finished trials not rerun."""
+    p = space(tmp_path, study="resume", fixed={"epochs": 8, "K": 2, "method": "necst"},
+              search={"lr": {"grid": [0.001, 0.002, 0.003, 0.004]}}, max_concurrent=1)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    proc = study(tmp_path, "--space", str(p), wait=False)
+    wait_for_completed(client, "resume", 1)
+    proc.send_signal(signal.SIGINT)                                   # 1. a clean interrupt
     first, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, first[-3000:]
-    assert "--resume" in first
+    assert proc.returncode == 130 and "--resume" in first, first[-3000:]
     _, before = runs_of(client, "resume")
     assert all(r.info.status != "RUNNING" for r in before)          # nothing left RUNNING
-    done_before = {r.data.tags["trial_id"]: r.info.run_id for r in before if r.data.tags.get("stop_reason")}
+    done = {r.data.tags["trial_id"]: r.info.run_id for r in before if r.data.tags.get("stop_reason")}
 
-    out = study(tmp_path, "--space", str(p), "--resume")
+    proc = study(tmp_path, "--space", str(p), "--resume", wait=False)
+    wait_for_completed(client, "resume", 2)
+    proc.kill()                                                       # 2. the driver dies: SIGKILL
+    proc.communicate(timeout=60)
+    time.sleep(3)                                                     # its local Ray goes down with it
+
+    out = study(tmp_path, "--space", str(p), "--resume")              # 3. finish the study
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (parent,), children = runs_of(client, "resume")
     assert parent.info.status == "FINISHED"
     trial_ids = [r.data.tags["trial_id"] for r in children]
-    assert len(trial_ids) == 3 and len(set(trial_ids)) == 3               # one run per trial, no duplicate
+    assert len(trial_ids) == 4 and len(set(trial_ids)) == 4               # one run per trial, no duplicate
     for r in children:
         assert r.info.status == "FINISHED" and r.data.tags["stop_reason"] == "completed"
         steps = [m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)]
         assert sorted(steps) == list(range(1, 9))                      # every epoch once: none doubled
-    for trial, run_id in done_before.items():                          # finished trials were not rerun
+    for trial, run_id in done.items():                                 # finished trials kept their runs
         assert next(r for r in children if r.data.tags["trial_id"] == trial).info.run_id == run_id
 
 
@@ -224,7 +237,14 @@ def test_tracking_server_lost_mid_study_trials_go_on_and_nothing_is_lost(tmp_pat
         except Exception:
             continue
     stop_server(server)
-    time.sleep(15)                   # trials go on training meanwhile; their updates queue up
+    deadline = time.time() + 300     # the server stays away until every trial has finished training
+    while time.time() < deadline and proc.poll() is None:
+        done = [f for f in (tmp_path / "results").glob("outage-*/trainable_*/result.json")
+                if '"epoch": 10' in f.read_text()]
+        if len(done) == 3:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None       # ... and the study is waiting for it (--tracking-grace)
     server = start_server(tmp_path, port)
     try:
         out, _ = proc.communicate(timeout=400)

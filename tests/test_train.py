@@ -72,6 +72,18 @@ def test_checkpoint_round_trip_and_resume_continues_exactly(tmp_path):
         assert a[M.TRAIN_LOSS] == pytest.approx(b[M.TRAIN_LOSS], rel=1e-5)
 
 
+def test_resume_from_the_final_checkpoint_reports_the_end_again():
+    """A trial restored from its last checkpoint (the driver died after it finished) trains no more
+    but reports its final metrics again, so a tracker sees it completed."""
+    cfg = Config(dataset="digits", method="necst", epochs=2)
+    final, state = run(cfg)
+    again = []
+    final2, _ = run(cfg, lambda m, _: again.append(m), resume=state)
+    assert len(again) == 1 and again[0][M.EPOCH] == 2
+    assert again[0][M.TEST_DISTORTION] == pytest.approx(final[M.TEST_DISTORTION])
+    assert again[0][M.BEST_EPOCH] == final[M.BEST_EPOCH]
+
+
 def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
