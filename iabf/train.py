@@ -225,9 +225,11 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
         metrics[M.WALL_SECONDS] = wall = wall_before + time.perf_counter() - t_start
         if report is not None:
             report(metrics, lambda e=epoch, b=best, w=wall: snapshot(models, opts, gen, e, b, cfg, w))
-    if start >= cfg.epochs:  # resumed from the final checkpoint (its report may have been lost): report the end again
-        metrics = {M.EPOCH: cfg.epochs, M.BEST_VAL_DISTORTION: best["val"], M.BEST_EPOCH: best["epoch"],
-                   **test_best(enc, dec, best, data, cfg), M.WALL_SECONDS: wall_before}
+    if start >= cfg.epochs:  # resumed from the final checkpoint (its report may have been lost): report the end again;
+        # validation of the restored last-epoch weights repeats that epoch's numbers (fixed-seed evaluation)
+        val = evaluate(enc, dec, data.val, data.binary, cfg, seed=cfg.seed + 1)
+        metrics = {M.EPOCH: cfg.epochs, **{f"val/{k}": v for k, v in val.items()}, M.BEST_VAL_DISTORTION: best["val"],
+                   M.BEST_EPOCH: best["epoch"], **test_best(enc, dec, best, data, cfg), M.WALL_SECONDS: wall_before}
         if report is not None:
             report(metrics, lambda: snapshot(models, opts, gen, cfg.epochs, best, cfg, wall_before))
     return metrics, snapshot(models, opts, gen, cfg.epochs, best, cfg, wall_before + time.perf_counter() - t_start)

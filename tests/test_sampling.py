@@ -26,3 +26,12 @@ def test_sampling_cli_writes_a_grid_from_a_checkpoint(tmp_path):
     assert main([str(ckpt), "--steps", "20", "--every", "5", "--n", "6", "--out", str(out)]) == 0
     w, h = Image.open(out).size
     assert (w, h) == (6 * 9 + 1, 5 * 9 + 1)      # 6 chains x 5 rows of 8x8 with 1px padding
+
+
+def test_sampling_cli_on_a_corrupted_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"\x80\x02 truncated")
+    assert main([str(bad), "--out", str(tmp_path / "chain.png")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: checkpoint {bad} is unreadable")
+    assert not (tmp_path / "chain.png").exists()

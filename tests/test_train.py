@@ -80,6 +80,7 @@ def test_resume_from_the_final_checkpoint_reports_the_end_again():
     again = []
     final2, _ = run(cfg, lambda m, _: again.append(m), resume=state)
     assert len(again) == 1 and again[0][M.EPOCH] == 2
+    assert again[0][M.VAL_DISTORTION] == pytest.approx(final[M.VAL_DISTORTION])   # the metric Tune requires
     assert again[0][M.TEST_DISTORTION] == pytest.approx(final[M.TEST_DISTORTION])
     assert again[0][M.BEST_EPOCH] == final[M.BEST_EPOCH]
 
