@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from iabf.config import ConfigError  # noqa: E402
 from iabf.data import DataError, check_available  # noqa: E402
+from studies import tracking  # noqa: E402
 from studies.space import SpaceError, load_study, param_space, scheduler, searcher, smoke  # noqa: E402
 
 DEFAULT_SPACE = ROOT / "search_spaces" / "quick.yaml"
@@ -52,7 +53,6 @@ def main(argv=None) -> int:
     for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
                        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
         os.environ.setdefault(key, value)
-    from studies import tracking
 
     # --- validate everything before anything starts ---
     try:
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=2), verbose=1))
     try:
-        results = tuner.fit()   # Ctrl-C: Tune saves its state and returns; the study can be resumed
+        tuner.fit()   # Ctrl-C: Tune saves its state and returns; the study can be resumed
     except BaseException:
         tracking.end_study(uri, exp_id, parent, "FAILED")
         raise
@@ -124,14 +124,7 @@ def main(argv=None) -> int:
               f"({type(e).__name__}); {tracker.unlogged() if tracker else 'some'} trial updates are not logged",
               file=sys.stderr)
         return 1
-    summarize(results, study, uri, parent, experiment_dir, counts)
-    if counts["completed"]:  # the paper's table and figures, also kept on the study's parent run
-        from analysis.report import write_report
-
-        report_dir = Path(experiment_dir) / "report"
-        write_report(uri, study.name, report_dir, parent=parent, quiet=True)
-        tracking.log_report(uri, parent, report_dir)
-        print(f"Table 1, reproduction report and figures: {report_dir} (and on the parent run in MLflow)")
+    summarize(study, uri, parent, experiment_dir, counts)
     if left:
         print(f"error: {left} trial updates could not be written to MLflow at {uri}", file=sys.stderr)
         return 1
@@ -172,33 +165,23 @@ def resolve_experiment(args, study) -> str:
     return str(found[-1].parent)
 
 
-def summarize(results, study, uri, parent, experiment_dir, counts) -> None:
-    """The best configuration per (dataset, method, eps), averaged over seeds."""
-    import pandas as pd
-
-    from iabf import metrics as M
-
-    df = results.get_dataframe()
+def summarize(study, uri, parent, experiment_dir, counts) -> None:
+    """How the trials ended, the configuration chosen per cell (from the report), where things are."""
     print(f"\ntrials: {', '.join(f'{counts[k]} {k}' for k in ('completed', 'early_stopped', 'failed', 'interrupted'))}"
           f"; {counts['trial_hours']:.3f} trial-hours, {counts['gpu_hours']:.3f} GPU-hours")
-    done = df[df.get(M.TEST_DISTORTION, pd.Series(dtype=float)).notna()] if M.TEST_DISTORTION in df else df.iloc[:0]
-    if len(done):
-        from iabf.tune import config_from_params
+    report_dir = Path(experiment_dir) / "report"
+    if counts["completed"]:  # the paper's table and figures, also kept on the study's parent run
+        import pandas as pd
 
-        cfgs = [config_from_params({k[len("config/"):]: v for k, v in row.items() if k.startswith("config/")})
-                for _, row in done.iterrows()]
-        table = pd.DataFrame({"dataset": [c.dataset for c in cfgs], "method": [c.method for c in cfgs],
-                              "eps": [c.eps for c in cfgs], "lam": [c.lam if c.method == "iabf" else None for c in cfgs],
-                              "K": [c.K for c in cfgs], "seed": [c.seed for c in cfgs],
-                              "val": done[study.metric].values, "test": done[M.TEST_DISTORTION].values})
-        keys = ["dataset", "method", "eps", "lam", "K"]
-        mean = table.groupby(keys, dropna=False)[["val", "test"]].agg(["mean", "count"]).reset_index()
-        mean.columns = [*keys, "val", "n", "test", "_"]
-        best = mean.sort_values("val", ascending=study.mode == "min").groupby(
-            ["dataset", "method", "eps"], dropna=False).head(1).sort_values(["dataset", "eps", "method"])
-        print("\nbest configuration per (dataset, method, eps), chosen by validation:")
-        print(best.drop(columns="_").to_string(index=False))
-    print(f"\nMLflow: {uri}  experiment {study.name!r}, parent run {parent}")
+        from analysis.report import write_report
+
+        written = write_report(uri, study.name, report_dir, parent=parent, quiet=True)
+        tracking.log_report(uri, parent, report_dir)
+        cells = pd.read_csv(written["table1.csv"])
+        print("\nbest configuration per (dataset, method, eps), chosen by validation; test distortion:")
+        print(cells[["dataset", "bits", "method", "eps", "lam", "K", "n", "val", "test", "std"]].to_string(index=False))
+        print(f"\nTable 1, reproduction report and figures: {report_dir} (and on the parent run in MLflow)")
+    print(f"MLflow: {uri}  experiment {study.name!r}, parent run {parent}")
     if uri.startswith("sqlite:"):
         print(f"  browse: mlflow ui --backend-store-uri {uri}")
     print(f"Ray Tune results: {experiment_dir}")
