@@ -74,3 +74,27 @@ def test_cifar10_keeps_data_batch_5_for_validation(data_dir):
     assert (len(d.train), len(d.val), len(d.test)) == (40_000, 10_000, 10_000)
     assert d.image_shape == (3, 32, 32)
     assert np.array_equal(d.val[0].numpy(), raw["x_train"][40_000].transpose(2, 0, 1))
+
+
+def write_idx(path, array):
+    """The MNIST idx format (what torchvision downloads and unpacks)."""
+    import struct
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def test_prepare_mnist_through_torchvision_round_trips_the_arrays(tmp_path, data_dir):
+    """`prepare mnist` goes through torchvision.datasets.MNIST; with its raw files already in place
+    (no internet here) the npz it writes holds exactly the original arrays."""
+    src = load_arrays("mnist", data_dir)
+    raw = tmp_path / "raw" / "MNIST" / "raw"
+    for name, key in (("train-images-idx3-ubyte", "x_train"), ("train-labels-idx1-ubyte", "y_train"),
+                      ("t10k-images-idx3-ubyte", "x_test"), ("t10k-labels-idx1-ubyte", "y_test")):
+        write_idx(raw / name, src[key])
+    path = prepare("mnist", tmp_path)
+    assert path == tmp_path / "mnist.npz"
+    out = load_arrays("mnist", tmp_path)
+    assert all(np.array_equal(out[k], src[k]) and out[k].dtype == np.uint8 for k in src)
+    assert main(["info", "mnist", "--data-dir", str(tmp_path)]) == 0
