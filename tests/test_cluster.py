@@ -54,7 +54,7 @@ def test_fractional_gpu_trials_share_one_declared_gpu(ray_with_a_gpu, tmp_path):
     def probe(config):
         import time
         start = time.time()
-        time.sleep(2)  # long enough that two trials overlap if the scheduler packs them
+        time.sleep(8)  # long enough that two trials overlap if the scheduler packs them, even if one starts late
         tune.report({"gpus": len(ray.get_gpu_ids()), "device": trial_device(Config(device="auto")),
                      "start": start, "end": time.time()})
 
