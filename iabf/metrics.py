@@ -4,7 +4,7 @@ The analysis and the studies select and plot by these names: never rename one ca
 """
 import torch
 
-from .losses import log_likelihood
+from .losses import log_likelihood, table1_scale
 
 EPOCH = "epoch"
 TRAIN_LOSS = "train/loss"            # the minimised objective, per image (eq. 29 with sign flipped)
@@ -38,5 +38,4 @@ def distortion(logits: torch.Tensor, x: torch.Tensor, binary: bool) -> torch.Ten
     otherwise:   squared error of the sigmoid mean in [0,1], summed over pixels (MNIST ~13-48).
     logits: (..., B, *image), x: (B, *image) -> (..., B)
     """
-    nll = -log_likelihood(logits, x, binary)
-    return nll / x[0].numel() if binary else nll
+    return table1_scale(-log_likelihood(logits, x, binary), x, binary)

@@ -108,7 +108,10 @@ def main(argv=None) -> int:
             run_config=tune.RunConfig(
                 name=Path(experiment_dir).name, storage_path=str(Path(experiment_dir).parent),
                 callbacks=[tracker],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # 3, not 1: Tune deletes a trial's oldest checkpoint before its next experiment snapshot,
+                # so a driver killed in between resumes from a checkpoint that is gone; keeping 3 makes
+                # that window rare (a snapshot is forced after num_to_keep checkpoints) and bounds disk
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
                 failure_config=tune.FailureConfig(max_failures=2), verbose=1))
     try:
         tuner.fit()   # Ctrl-C: Tune saves its state and returns; the study can be resumed
