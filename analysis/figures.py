@@ -58,6 +58,16 @@ def sample_grids(images: dict, title: str):
     return fig
 
 
+def edge_note(x: pd.Series, y: pd.Series, param: str) -> str | None:
+    """A note when the x with the lowest y is the lowest or highest value searched."""
+    if x.nunique() < 2:
+        return None
+    best = x[y.idxmin()]
+    if best not in (x.min(), x.max()):
+        return None
+    return f"best {param} = {best:g} is at the edge of the searched range [{x.min():g}, {x.max():g}]"
+
+
 def axis_plot(trials: pd.DataFrame, param: str, value: str = "val", label: str = "best validation distortion"):
     """The final validation metric against one searched hyperparameter (one point per trial), and a
     note when the best value sits at the edge of the searched range (the search may be too narrow)."""
@@ -66,11 +76,9 @@ def axis_plot(trials: pd.DataFrame, param: str, value: str = "val", label: str =
     ax.scatter(x, y, s=14, alpha=0.7)
     if (x > 0).all() and x.max() / max(x.min(), 1e-300) >= 20:
         ax.set_xscale("log")
-    best = x[y.idxmin()]
-    ax.axvline(best, color="tab:green", ls="--", lw=1)
-    note = None
-    if x.nunique() > 1 and best in (x.min(), x.max()):
-        note = f"best {param} = {best:g} is at the {'low' if best == x.min() else 'high'} edge of the searched range"
+    ax.axvline(x[y.idxmin()], color="tab:green", ls="--", lw=1)
+    note = edge_note(x, y, param.removeprefix("param."))
+    if note:
         ax.set_title("note: " + note, fontsize=7, color="tab:red")
     ax.set_xlabel(param.removeprefix("param."))
     ax.set_ylabel(label)

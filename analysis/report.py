@@ -47,11 +47,9 @@ def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
                                       else "best validation distortion")
         figures.save(fig, out, f"axis_{param.removeprefix('param.')}")
         for key, group in trials.groupby(cell):
-            if group[param].nunique() > 1:
-                best = group[param][group.val.idxmin()]
-                if best in (group[param].min(), group[param].max()):
-                    notes.append(f"{'/'.join(map(str, key))}: best {param.removeprefix('param.')} = {best:g} "
-                                 f"is at the edge of the searched range [{group[param].min():g}, {group[param].max():g}]")
+            note = figures.edge_note(group[param], group.val, param.removeprefix("param."))
+            if note:
+                notes.append(f"{'/'.join(map(str, key))}: {note}")
     return notes
 
 

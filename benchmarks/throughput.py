@@ -47,6 +47,16 @@ def ours_under_ray(cfg: Config, repeats: int, threads: int, gpu: float) -> list[
     return history[M.EXAMPLES_PER_S].tolist()[1:]          # the first epoch warms up
 
 
+def baseline_step(x, enc, dec, disc, opt, opt_d, binary: bool, cfg: Config, gen=None) -> None:
+    """One IABF step written out by hand: the TC classifier, then encoder and decoder."""
+    p = torch.sigmoid(enc(x))
+    y = torch.bernoulli(p.detach(), generator=gen)
+    d_loss = discriminator_loss(disc, tc_input(p, y, cfg.tc_input).detach(), gen)
+    opt_d.zero_grad(), d_loss.backward(), opt_d.step()
+    loss, _ = objective(dec, disc, enc, x, p, y, binary, cfg, gen)
+    opt.zero_grad(), loss.backward(), opt.step()
+
+
 def hand_loop(cfg: Config, repeats: int) -> list[float]:
     """What a researcher would write in an afternoon: tensors on the device, index batches."""
     device = torch.device(cfg.device)
@@ -63,13 +73,8 @@ def hand_loop(cfg: Config, repeats: int) -> list[float]:
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=device)
         for i in range(0, n, cfg.batch_size):
-            x = to_float(data.train[perm[i:i + cfg.batch_size]])
-            p = torch.sigmoid(enc(x))
-            y = torch.bernoulli(p.detach(), generator=gen)
-            d_loss = discriminator_loss(disc, tc_input(p, y, cfg.tc_input).detach(), gen)
-            opt_d.zero_grad(), d_loss.backward(), opt_d.step()
-            loss, _ = objective(dec, disc, enc, x, p, y, data.binary, cfg, gen)
-            opt.zero_grad(), loss.backward(), opt.step()
+            baseline_step(to_float(data.train[perm[i:i + cfg.batch_size]]), enc, dec, disc, opt, opt_d,
+                          data.binary, cfg, gen)
         if device.type == "cuda":
             torch.cuda.synchronize()
         rates.append(n / (time.perf_counter() - t0))
@@ -105,13 +110,7 @@ def naive_loop(cfg: Config, repeats: int) -> list[float]:
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
         for x in loader:
-            x = x.to(device)
-            p = torch.sigmoid(enc(x))
-            y = torch.bernoulli(p.detach())
-            d_loss = discriminator_loss(disc, tc_input(p, y, cfg.tc_input).detach())
-            opt_d.zero_grad(), d_loss.backward(), opt_d.step()
-            loss, _ = objective(dec, disc, enc, x, p, y, data.binary, cfg)
-            opt.zero_grad(), loss.backward(), opt.step()
+            baseline_step(x.to(device), enc, dec, disc, opt, opt_d, data.binary, cfg)
         if device.type == "cuda":
             torch.cuda.synchronize()
         rates.append(len(data.train) / (time.perf_counter() - t0))

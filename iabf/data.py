@@ -143,13 +143,15 @@ def load_arrays(name: str, data_dir: str | os.PathLike, download: bool = False) 
                 raise DataError(f"{path} lacks {sorted(missing)}; rebuild it with "
                                 f"`python -m iabf.data prepare {name} --data-dir {path.parent}`")
             return {k: d[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    try:
+        check_available(name, data_dir)
+    except DataError:
+        if not download:
+            raise
+        return load_arrays(name, prepare(name, data_dir).parent)
     if name == "digits":  # bundled with scikit-learn: always available offline
         return _digits_arrays()
-    if name == "binary_mnist" and npz_path("mnist", data_dir).exists():
-        return binarize(load_arrays("mnist", data_dir))  # deterministic, so no file is needed
-    if download:
-        return load_arrays(name, prepare(name, data_dir).parent)
-    raise _missing(name, data_dir)
+    return binarize(load_arrays("mnist", data_dir))  # binary_mnist: deterministic, so no file is needed
 
 
 def check_available(name: str, data_dir: str | os.PathLike) -> None:

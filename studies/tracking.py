@@ -9,6 +9,7 @@ Child-run tags: study, trial_id, seed, config_hash, git_commit, stop_reason in
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -37,6 +38,7 @@ TAG_EXPERIMENT_DIR = "iabf.experiment_dir"   # on the parent: the Tune experimen
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.lru_cache(maxsize=1)   # constant for a study: one subprocess, not one per trial
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
