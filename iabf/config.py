@@ -15,6 +15,8 @@ FLIPS = ("budget", "topk")
 TC_INPUTS = ("bits", "probs")
 DEVICES = ("auto", "cpu", "cuda")
 
+# Model family per dataset (the architectures themselves are in models.ARCH)
+ARCH_KIND = {"digits": "mlp", "binary_mnist": "mlp", "mnist": "mlp", "omniglot": "mlp", "cifar10": "conv"}
 # Code length per dataset: the paper's Table 1 (digits is ours: 64 pixels, 17 grey levels).
 DEFAULT_BITS = {"digits": 16, "binary_mnist": 100, "mnist": 100, "omniglot": 200, "cifar10": 500}
 
@@ -59,6 +61,8 @@ class Config:
     eval_batch_size: int = _f(1000, "batch size for validation and test (no effect on the numbers)")
     # --- run ---
     seed: int = _f(0, "seed for initialisation, batches and channel noise")
+    stack: int = _f(1, "train seeds seed, seed+1, ..., seed+stack-1 together as one stacked (vmapped) model, "
+                       "reported as one result per seed; 1 = one seed per run. MLP datasets only")
     data_dir: str = _f("data", "folder holding <dataset>.npz (see `python -m iabf.data prepare`)")
     download: bool = _f(False, "download and prepare a missing dataset through torchvision")
     device: str = _f("auto", "cpu, cuda, or auto (cuda when available)")
@@ -108,6 +112,10 @@ class Config:
         need(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1")
         need(self.lr > 0, "lr", "a number > 0")
         need(self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        need(self.stack >= 1, "stack", "an integer >= 1")
+        # vmap cannot batch BatchNorm's in-place running statistics (the conv models of cifar10)
+        need(self.stack == 1 or ARCH_KIND.get(self.dataset) == "mlp", "stack",
+             f"1 for {self.dataset} (stacked seeds need an MLP dataset: {', '.join(d for d, k in ARCH_KIND.items() if k == 'mlp')})")
         need(self.max_train_examples >= 0, "max_train_examples", "0 (all) or a positive integer")
 
     def to_dict(self) -> dict:

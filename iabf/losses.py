@@ -113,16 +113,21 @@ def adversary(dec: nn.Module, x: torch.Tensor, y: torch.Tensor, binary: bool, cf
 
 
 def objective(dec: nn.Module, disc: nn.Module, enc: nn.Module, x: torch.Tensor, p: torch.Tensor,
-              y: torch.Tensor | None, binary: bool, cfg: Config, gen: torch.Generator | None = None):
+              y: torch.Tensor | None, binary: bool, cfg: Config, gen: torch.Generator | None = None,
+              eps: torch.Tensor | None = None):
     """Eq. 29, minimised: -(L_rec + lambda * L_info), plus the reference code's optional terms.
 
     x: (B, *image); p = sigmoid(enc(x)): (B, M) with gradient; y: a clean code drawn from p (used
-    by the adversary and the infomax term; None for NECST). Returns (loss, stats) where stats are
+    by the adversary and the infomax term; None for NECST). eps: the adversary's eps* when the
+    caller has already computed it (stacked seeds, see stacked.py); None = computed here. Returns (loss, stats) where stats are
     detached per-batch scalars, left on the device so that training never waits on a copy.
     """
     stats = {}
     # --- the channel the training codes cross: eq. 18 (necst) or the adversary's eq. 30 ---
-    eps = cfg.eps if cfg.method == "necst" else adversary(dec, x, y, binary, cfg, gen)
+    if cfg.method == "necst":
+        eps = cfg.eps
+    elif eps is None:
+        eps = adversary(dec, x, y, binary, cfg, gen)
     codes, log_q = sample_noisy(p, eps, cfg.channel, cfg.K, gen)     # (K, B, M), (K, B)
     log_lik = log_likelihood(dec(codes), x, binary)                  # (K, B)
     rec = vimco(log_lik, log_q).mean()                               # L_rec, eq. 28/31

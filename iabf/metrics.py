@@ -39,3 +39,8 @@ def distortion(logits: torch.Tensor, x: torch.Tensor, binary: bool) -> torch.Ten
     logits: (..., B, *image), x: (B, *image) -> (..., B)
     """
     return table1_scale(-log_likelihood(logits, x, binary), x, binary)
+
+
+def seed_key(seed: int, key: str) -> str:
+    """A stacked trial's per-seed copy of a metric (see stacked.seed_metrics): seed3/val/distortion."""
+    return f"seed{seed}/{key}"

@@ -11,15 +11,17 @@ import math
 import torch
 from torch import nn
 
+from .config import ARCH_KIND
+
 # tf.nn.leaky_relu's default slope, which the reference code used
 SLOPE = 0.2
 
 ARCH = {
-    "digits": {"kind": "mlp", "enc": (256,), "dec": (256, 256)},  # ours: 8x8 needs less width
-    "binary_mnist": {"kind": "mlp", "enc": (500,), "dec": (500, 500)},
-    "mnist": {"kind": "mlp", "enc": (500,), "dec": (500, 500)},
-    "omniglot": {"kind": "mlp", "enc": (500,), "dec": (500, 500)},
-    "cifar10": {"kind": "conv", "enc": (64, 32, 16), "dec": (16, 32, 64)},
+    "digits": {"enc": (256,), "dec": (256, 256)},  # ours: 8x8 needs less width
+    "binary_mnist": {"enc": (500,), "dec": (500, 500)},
+    "mnist": {"enc": (500,), "dec": (500, 500)},
+    "omniglot": {"enc": (500,), "dec": (500, 500)},
+    "cifar10": {"enc": (64, 32, 16), "dec": (16, 32, 64)},
 }
 
 
@@ -72,8 +74,8 @@ def discriminator(bits: int, hidden: int = 500) -> nn.Sequential:
 
 def build(dataset: str, image_shape: tuple[int, ...], bits: int) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(encoder, decoder, discriminator) for a dataset."""
-    arch = ARCH[dataset]
-    if arch["kind"] == "conv":
+    arch, kind = ARCH[dataset], ARCH_KIND[dataset]
+    if kind == "conv":
         enc = conv_encoder(arch["enc"], bits)
         dec = Decoder(conv_decoder(arch["dec"], bits), image_shape)
     else:
@@ -81,7 +83,7 @@ def build(dataset: str, image_shape: tuple[int, ...], bits: int) -> tuple[nn.Mod
         # the last encoder layer and every decoder layer have no bias, as in the reference code
         enc = nn.Sequential(nn.Flatten(), mlp([d, *arch["enc"], bits], bias=True, last_bias=False))
         dec = Decoder(mlp([bits, *arch["dec"], d], bias=False, last_bias=False), image_shape)
-    return enc, dec, discriminator(bits, arch["enc"][0] if arch["kind"] == "mlp" else 500)
+    return enc, dec, discriminator(bits, arch["enc"][0] if kind == "mlp" else 500)
 
 
 def weight_penalty(module: nn.Module) -> torch.Tensor:

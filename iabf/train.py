@@ -4,6 +4,7 @@ No Ray and no MLflow in here: a caller passes `report(metrics, checkpoint)`, cal
 with that epoch's metrics and a function that returns the full training state, to save or ignore.
 
     python -m iabf.train --dataset mnist --method iabf --eps 0.1 --lam 0.01 --K 5 --epochs 10
+    python -m iabf.train --dataset mnist --stack 4      # seeds 0-3 as one stacked model (stacked.py)
 """
 from __future__ import annotations
 
@@ -80,9 +81,10 @@ def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: in
     return dict(zip(("distortion", "bit_error_rate", "marginal_entropy", "mutual_info"), out))
 
 
-def snapshot(models: dict, opts: dict, gen: torch.Generator, epoch: int, best: dict, cfg: Config,
+def snapshot(models: dict, opt_states: dict, gen: torch.Generator, epoch: int, best: dict, cfg: Config,
              wall_seconds: float) -> dict:
-    """Everything a run needs to continue, in types that load with weights_only=True."""
+    """Everything a run needs to continue, in types that load with weights_only=True.
+    opt_states: each optimizer's state_dict()."""
     return {
         "version": CHECKPOINT_VERSION,
         "config": cfg.to_dict(),
@@ -91,7 +93,7 @@ def snapshot(models: dict, opts: dict, gen: torch.Generator, epoch: int, best: d
         "best_epoch": best["epoch"],
         "model": {k: m.state_dict() for k, m in models.items()},
         "best_model": best["model"],
-        "optimizer": {k: o.state_dict() for k, o in opts.items()},
+        "optimizer": opt_states,
         "generator": gen.get_state(),
         "wall_seconds": wall_seconds,
     }
@@ -159,6 +161,26 @@ def test_best(enc, dec, best: dict, data: Splits, cfg: Config) -> dict:
     return {f"test/{k}": v for k, v in evaluate(enc_b, dec_b, data.test, data.binary, cfg, seed=cfg.seed + 2).items()}
 
 
+def end_of_epoch(epoch: int, train: dict, models: dict, best: dict, data: Splits, cfg: Config) -> tuple[dict, dict]:
+    """After an epoch's training: validate on the whole validation split, keep the best state, and
+    after the last epoch test the best-by-validation model (Table 1). Returns (metrics, best)."""
+    enc, dec = models["encoder"], models["decoder"]
+    val = evaluate(enc, dec, data.val, data.binary, cfg, seed=cfg.seed + 1)
+    if val["distortion"] < best["val"]:
+        best = {"val": val["distortion"], "epoch": epoch,
+                "model": {k: copy.deepcopy(m.state_dict()) for k, m in models.items()}}
+    metrics = {M.EPOCH: epoch, **{f"train/{k}": v for k, v in train.items()},
+               **{f"val/{k}": v for k, v in val.items()},
+               M.BEST_VAL_DISTORTION: best["val"], M.BEST_EPOCH: best["epoch"]}
+    if epoch == cfg.epochs:
+        metrics.update(test_best(enc, dec, best, data, cfg))
+    return metrics, best
+
+
+def optimizer_states(opts: dict) -> dict:
+    return {k: o.state_dict() for k, o in opts.items()}
+
+
 def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
         data: Splits | None = None) -> tuple[dict, dict]:
     """Train `cfg` for cfg.epochs, validating every epoch; test the best-by-validation model at the
@@ -206,33 +228,22 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
             raise Diverged(epoch, f"non-finite training loss ({train['loss']})")
         train_seconds = time.perf_counter() - t_epoch
 
-        # --- validation on the whole validation split; keep the best state ---
+        # --- validation on the whole validation split, the best state, the test after the last epoch ---
         t_eval = time.perf_counter()
-        val = evaluate(enc, dec, data.val, data.binary, cfg, seed=cfg.seed + 1)
-        if val["distortion"] < best["val"]:
-            best = {"val": val["distortion"], "epoch": epoch,
-                    "model": {k: copy.deepcopy(m.state_dict()) for k, m in models.items()}}
-        metrics = {M.EPOCH: epoch, **{f"train/{k}": v for k, v in train.items()},
-                   **{f"val/{k}": v for k, v in val.items()},
-                   M.BEST_VAL_DISTORTION: best["val"], M.BEST_EPOCH: best["epoch"],
-                   M.EXAMPLES_PER_S: n / train_seconds}
-
-        # --- after the last epoch: the best-by-validation model on the test split (Table 1) ---
-        if epoch == cfg.epochs:
-            metrics.update(test_best(enc, dec, best, data, cfg))
+        metrics, best = end_of_epoch(epoch, train, models, best, data, cfg)
+        metrics[M.EXAMPLES_PER_S] = n / train_seconds
         metrics[M.EVAL_SECONDS] = time.perf_counter() - t_eval
         metrics[M.EPOCH_SECONDS] = time.perf_counter() - t_epoch
         metrics[M.WALL_SECONDS] = wall = wall_before + time.perf_counter() - t_start
         if report is not None:
-            report(metrics, lambda e=epoch, b=best, w=wall: snapshot(models, opts, gen, e, b, cfg, w))
+            report(metrics, lambda e=epoch, b=best, w=wall: snapshot(models, optimizer_states(opts), gen, e, b, cfg, w))
     if start >= cfg.epochs:  # resumed from the final checkpoint (its report may have been lost): report the end again;
         # validation of the restored last-epoch weights repeats that epoch's numbers (fixed-seed evaluation)
-        val = evaluate(enc, dec, data.val, data.binary, cfg, seed=cfg.seed + 1)
-        metrics = {M.EPOCH: cfg.epochs, **{f"val/{k}": v for k, v in val.items()}, M.BEST_VAL_DISTORTION: best["val"],
-                   M.BEST_EPOCH: best["epoch"], **test_best(enc, dec, best, data, cfg), M.WALL_SECONDS: wall_before}
+        metrics = {**end_of_epoch(cfg.epochs, {}, models, best, data, cfg)[0], M.WALL_SECONDS: wall_before}
         if report is not None:
-            report(metrics, lambda: snapshot(models, opts, gen, cfg.epochs, best, cfg, wall_before))
-    return metrics, snapshot(models, opts, gen, cfg.epochs, best, cfg, wall_before + time.perf_counter() - t_start)
+            report(metrics, lambda: snapshot(models, optimizer_states(opts), gen, cfg.epochs, best, cfg, wall_before))
+    return metrics, snapshot(models, optimizer_states(opts), gen, cfg.epochs, best, cfg,
+                             wall_before + time.perf_counter() - t_start)
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -271,18 +282,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = config_from_args(args)
-        out = Path(args.out or Path("runs") / run_name(cfg))
+        name = run_name(cfg) + (f"-stack{cfg.stack}" if cfg.stack > 1 else "")
+        out = Path(args.out or Path("runs") / name)
 
         def progress(m: dict, _checkpoint) -> None:
             print(f"epoch {m[M.EPOCH]:>4}/{cfg.epochs}  loss {m[M.TRAIN_LOSS]:9.4f}  "
                   f"val/distortion {m[M.VAL_DISTORTION]:8.4f}  best {m[M.BEST_VAL_DISTORTION]:8.4f} "
                   f"(epoch {m[M.BEST_EPOCH]})  {m[M.EXAMPLES_PER_S]:7.0f} ex/s", file=sys.stderr, flush=True)
 
-        print(f"training {run_name(cfg)} on {resolve_device(cfg.device)}", file=sys.stderr, flush=True)
-        final, state = run(cfg, progress)
-        save_checkpoint(state, out / "best.pt")
+        print(f"training {name} on {resolve_device(cfg.device)}", file=sys.stderr, flush=True)
+        if cfg.stack == 1:
+            final, state = run(cfg, progress)
+            saved = [save_checkpoint(state, out / "best.pt")]
+        else:  # one folder per seed, each a normal single-seed run's; the progress lines show the mean
+            from .stacked import run as run_stacked
+
+            final, states = run_stacked(cfg, progress)
+            saved = [save_checkpoint(s, out / f"seed{s['config']['seed']}" / "best.pt") for s in states]
         (out / "metrics.json").write_text(json.dumps(final, indent=2))
-        print(f"saved {out / 'best.pt'}", file=sys.stderr)
+        print(f"saved {', '.join(map(str, saved))}", file=sys.stderr)
     except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from iabf.config import ConfigError  # noqa: E402
 from iabf.data import DataError, check_available  # noqa: E402
 from studies import tracking  # noqa: E402
-from studies.space import SpaceError, load_study, param_space, scheduler, searcher, smoke  # noqa: E402
+from studies.space import SpaceError, check_stack, load_study, param_space, scheduler, searcher, smoke  # noqa: E402
 
 DEFAULT_SPACE = ROOT / "search_spaces" / "quick.yaml"
 
@@ -38,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="continue an interrupted study: its folder, or the latest of this space's study")
     p.add_argument("--smoke", action="store_true", help="shrink the space to 2 tiny CPU trials (for tests)")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+    p.add_argument("--stack", type=int, default=None, metavar="S",
+                   help="train S consecutive seeds as one stacked model per trial (overrides the space's stack)")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="override resources.gpu (fractions share a GPU)")
     p.add_argument("--tracking-grace", type=float, default=120,
                    help="seconds to wait at the end for an unreachable tracking server to return (default: %(default)s)")
@@ -57,6 +60,8 @@ def main(argv=None) -> int:
     # --- validate everything before anything starts ---
     try:
         study = load_study(args.space)
+        if args.stack is not None:
+            study = check_stack(replace(study, stack=args.stack))
         if args.smoke:
             study = smoke(study)
         if args.gpus_per_trial is not None:

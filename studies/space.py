@@ -18,12 +18,12 @@ from iabf.config import Config, ConfigError, FIELD_TYPES
 
 SEARCHERS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
-TOP_KEYS = ("study", "description", "dataset", "fixed", "search", "variants", "seeds", "searcher",
+TOP_KEYS = ("study", "description", "dataset", "fixed", "search", "variants", "seeds", "stack", "searcher",
             "scheduler", "metric", "mode", "num_samples", "resources", "max_concurrent")
 ASHA_KEYS = ("name", "max_t", "grace_period", "reduction_factor")
 RESOURCE_KEYS = ("cpu", "gpu")
 METRICS = tuple(v for k, v in vars(M).items() if k.isupper() and isinstance(v, str))
-NOT_SEARCHABLE = ("seed", "data_dir", "device", "download")  # set by `seeds` and the command line
+NOT_SEARCHABLE = ("seed", "stack", "data_dir", "device", "download")  # set by `seeds`, `stack`, the command line
 
 
 class SpaceError(ValueError):
@@ -38,6 +38,7 @@ class Study:
     search: dict = field(default_factory=dict)       # Config field -> {distribution: args}
     variants: list = field(default_factory=list)     # list of {Config field: value}, one arm each
     seeds: list = field(default_factory=lambda: [0])
+    stack: int = 1                                   # seeds trained together in one trial (Config.stack)
     searcher: str = "grid"
     scheduler: dict | None = None                    # {"max_t", "grace_period", "reduction_factor"}
     metric: str = M.VAL_DISTORTION
@@ -56,7 +57,7 @@ class Study:
         """Trials the grid makes (None when a distribution is sampled: then num_samples)."""
         if any(next(iter(s)) in ("uniform", "loguniform", "randint") for s in self.search.values()):
             return None
-        n = self.num_samples * len(self.seeds) * max(1, len(self.variants))
+        n = self.num_samples * len(self.seeds) // self.stack * max(1, len(self.variants))
         for s in self.search.values():
             kind, values = next(iter(s.items()))
             n *= len(values) if kind == "grid" else 1
@@ -97,8 +98,8 @@ def validate(raw, path: str) -> Study:
         """One Config field at one value: Config's own checks, plus no study at eps = 0.5."""
         if name not in FIELD_TYPES:
             fail(key, f"unknown parameter {name!r}; parameters: {', '.join(FIELD_TYPES)}")
-        if name in NOT_SEARCHABLE and key.split(".")[0] != "fixed" or name == "seed":
-            fail(key, f"{name} is set by {'`seeds`' if name == 'seed' else 'the command line'}, not here")
+        if name in NOT_SEARCHABLE and key.split(".")[0] != "fixed" or name in ("seed", "stack"):
+            fail(key, f"{name} is set by {f'`{name}s`' if name == 'seed' else '`stack`' if name == 'stack' else 'the command line'}, not here")
         try:
             Config.from_dict({name: value})
         except ConfigError as e:
@@ -176,9 +177,7 @@ def validate(raw, path: str) -> Study:
         fail("seeds", f"expected a non-empty list of integers >= 0, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         fail("seeds", f"repeated seeds in {seeds}")
-    if searcher == "optuna" and len(seeds) > 1:
-        fail("seeds", "the optuna searcher takes one seed (repeats of a sampled point are not a search); "
-                      "re-run the best configurations with a grid study")
+    stack = raw.get("stack", 1)
 
     scheduler = raw.get("scheduler", "none")
     if scheduler == "none" or scheduler == {"name": "none"}:
@@ -217,9 +216,33 @@ def validate(raw, path: str) -> Study:
     if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 0:
         fail("max_concurrent", f"expected an integer >= 0 (0 = as many as fit), got {max_concurrent!r}")
     description = want(raw.get("description", ""), str, "description", "text")
-    return Study(name=name, path=path, fixed=fixed, search=search, variants=variants, seeds=seeds,
-                 searcher=searcher, scheduler=scheduler, metric=metric, mode=mode, num_samples=num_samples,
-                 resources=resources, max_concurrent=max_concurrent, description=description)
+    return check_stack(Study(name=name, path=path, fixed=fixed, search=search, variants=variants, seeds=seeds,
+                             stack=stack, searcher=searcher, scheduler=scheduler, metric=metric, mode=mode,
+                             num_samples=num_samples, resources=resources, max_concurrent=max_concurrent,
+                             description=description))
+
+
+def check_stack(study: Study) -> Study:
+    """`stack: S` trains the seeds in groups of S consecutive ones (seed, seed+1, ...), each group one
+    trial; stacking needs MLP datasets (Config says which)."""
+    seeds, stack = study.seeds, study.stack
+    if isinstance(stack, bool) or not isinstance(stack, int) or stack < 1:
+        raise SpaceError(f"{study.path}: stack: expected an integer >= 1 (seeds trained together in one trial), got {stack!r}")
+    if study.searcher == "optuna" and len(seeds) > stack:
+        raise SpaceError(f"{study.path}: seeds: the optuna searcher takes one seed, or one stack of seeds (repeats of a "
+                         f"sampled point are not a search); re-run the best configurations with a grid study")
+    if stack == 1:
+        return study
+    groups = [seeds[i:i + stack] for i in range(0, len(seeds), stack)]
+    if len(seeds) % stack or any(g != list(range(g[0], g[0] + stack)) for g in groups):
+        raise SpaceError(f"{study.path}: stack: {stack} needs the seeds in runs of {stack} consecutive integers "
+                         f"(e.g. {list(range(stack))}), got seeds {seeds}")
+    for d in study.datasets():
+        try:
+            Config(dataset=d, stack=stack)
+        except ConfigError as e:
+            raise SpaceError(f"{study.path}: stack: {e}") from None
+    return study
 
 
 def smoke(study: Study) -> Study:
@@ -229,7 +252,11 @@ def smoke(study: Study) -> Study:
                 for k, v in s.search.items()}
     two_arms = len(s.variants) >= 2
     s.variants = s.variants[:2]
-    s.seeds = s.seeds[:1] if two_arms or s.searcher == "optuna" else (s.seeds + [s.seeds[0] + 1])[:2]
+    if s.stack > 1:   # one stack of seeds per trial, as in the study
+        s.seeds = s.seeds[:s.stack]
+        s.variants = s.variants[:2] if two_arms else s.variants
+    else:
+        s.seeds = s.seeds[:1] if two_arms or s.searcher == "optuna" else (s.seeds + [s.seeds[0] + 1])[:2]
     s.num_samples = 2 if s.n_trials() is None or s.n_trials() < 2 else 1
     s.fixed.update(epochs=2, max_train_examples=256, device="cpu")
     # ASHA still runs, but with its only rung at the end it never stops a smoke trial: 2 complete
@@ -255,7 +282,10 @@ def param_space(study: Study) -> dict:
     many = tune.choice if study.searcher == "optuna" else tune.grid_search
     if study.variants:
         space["variant"] = many([json.dumps(v, sort_keys=True) for v in study.variants])
-    space["seed"] = study.seeds[0] if len(study.seeds) == 1 else tune.grid_search(study.seeds)
+    starts = study.seeds[::study.stack]           # one trial per stack of seeds (one per seed without stacking)
+    space["seed"] = starts[0] if len(starts) == 1 else tune.grid_search(starts)
+    if study.stack > 1:
+        space["stack"] = study.stack
     return space
 
 

@@ -3,6 +3,7 @@
 Ray's own MLflowLoggerCallback makes flat runs and marks early-stopped trials FINISHED; this thin
 layer adds the parent/child structure, stop reasons and resumption without duplicates. Only the
 driver writes to MLflow (a single writer: no races between trials), through MlflowClient.
+A stacked trial (Config.stack seeds in one model) gets one child run per seed, like separate trials.
 
 Child-run tags: study, trial_id, seed, config_hash, git_commit, stop_reason in
 {completed, early_stopped, failed}. A resumed study finds its runs again by these tags.
@@ -29,7 +30,7 @@ from ray import tune
 
 from iabf import metrics as M
 from iabf.train import run_name
-from iabf.tune import ARTIFACTS, STATE, config_from_params
+from iabf.tune import ARTIFACTS, STATE, config_from_params, parts
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
 STOP_REASONS = ("completed", "early_stopped", "failed")
@@ -49,7 +50,7 @@ def git_commit() -> str:
 
 def config_hash(cfg: dict) -> str:
     """Identifies a configuration across its seeds (seed and machine-specific keys left out)."""
-    keep = {k: v for k, v in cfg.items() if k not in ("seed", "data_dir", "device", "download")}
+    keep = {k: v for k, v in cfg.items() if k not in ("seed", "stack", "data_dir", "device", "download")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -116,10 +117,13 @@ def _timed(hook):
 
 @dataclass
 class _TrialLog:
-    """What is known about one trial's child run, and what is still to be written to it."""
+    """What is known about one child run (a trial, or one seed of a stacked trial), and what is
+    still to be written to it."""
     trial_id: str
     run_name: str
     params: dict
+    prefix: str = ""                                # of its metrics in the trial's results
+    folder: str = ""                                # of its checkpoint and artifacts
     run_id: str | None = None
     epoch: int = 0                                  # highest epoch queued or logged
     metrics: list = field(default_factory=list)     # queued Metric objects
@@ -144,7 +148,7 @@ class MLflowTracking(tune.Callback):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._logs: dict[str, _TrialLog] = {}
+        self._logs: dict[str, list[_TrialLog]] = {}   # trial id -> its child runs (one per seed)
         self._client, self._retry_at, self._down = None, 0.0, None
         self.seconds = 0.0                    # time spent writing to MLflow (the study's tracking cost)
 
@@ -156,19 +160,23 @@ class MLflowTracking(tune.Callback):
 
     def unlogged(self) -> int:
         """Updates (metrics and trial ends) not yet written to MLflow."""
-        return sum(len(r.metrics) + (r.end is not None) + (r.run_id is None) for r in self._logs.values())
+        return sum(len(r.metrics) + (r.end is not None) + (r.run_id is None) for r in self._all())
 
-    def _log(self, trial) -> _TrialLog:
+    def _all(self) -> list[_TrialLog]:
+        return [log for logs in self._logs.values() for log in logs]
+
+    def _log(self, trial) -> list[_TrialLog]:
         if trial.trial_id not in self._logs:
-            cfg = config_from_params(trial.config)
-            self._logs[trial.trial_id] = _TrialLog(trial.trial_id, run_name(cfg), cfg.to_dict())
+            self._logs[trial.trial_id] = [_TrialLog(trial.trial_id, run_name(p.cfg), p.cfg.to_dict(), p.prefix, p.folder)
+                                          for p in parts(config_from_params(trial.config))]
         return self._logs[trial.trial_id]
 
     def _open(self, log: _TrialLog) -> None:
         """Find the trial's run (a resumed trial keeps its run) or create it."""
         found = self.client.search_runs(
             [self.experiment_id], max_results=1,
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.trial_id = '{log.trial_id}'")
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.trial_id = '{log.trial_id}' "
+                          f"and tags.seed = '{log.params['seed']}'")
         if found:  # never log an epoch twice
             run_id = found[0].info.run_id
             last = max((m.step for m in self.client.get_metric_history(run_id, M.EPOCH)), default=0)
@@ -194,8 +202,8 @@ class MLflowTracking(tune.Callback):
             if checkpoint is not None:
                 with checkpoint.as_directory() as d:
                     for name in (STATE, *ARTIFACTS):
-                        if (Path(d) / name).exists():
-                            self.client.log_artifact(log.run_id, str(Path(d) / name))
+                        if (Path(d) / log.folder / name).exists():
+                            self.client.log_artifact(log.run_id, str(Path(d) / log.folder / name))
             if failure:
                 self.client.set_tag(log.run_id, "failure", failure[:5000])
             self.client.set_tag(log.run_id, "stop_reason", reason)
@@ -205,7 +213,7 @@ class MLflowTracking(tune.Callback):
     def _sync(self, force: bool = False) -> None:
         if not force and time.monotonic() < self._retry_at:
             return
-        for log in self._logs.values():
+        for log in self._all():
             if log.run_id is None or log.metrics or log.end is not None:
                 try:
                     self._write(log)
@@ -227,31 +235,35 @@ class MLflowTracking(tune.Callback):
 
     @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        log = self._log(trial)
-        epoch = int(result.get(M.EPOCH, 0))
-        if epoch > log.epoch:
-            now = int(time.time() * 1000)
-            log.metrics += [Metric(k, float(v), now, epoch) for k, v in result.items()
-                            if k.split("/")[0] in ("train", "val", "test", "best", "sys") or k == M.EPOCH
-                            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-            log.epoch = epoch
+        for log in self._log(trial):
+            mine = {k[len(log.prefix):]: v for k, v in result.items() if k.startswith(log.prefix)}
+            epoch = int(mine.get(M.EPOCH, 0))
+            if epoch > log.epoch:
+                now = int(time.time() * 1000)
+                log.metrics += [Metric(k, float(v), now, epoch) for k, v in mine.items()
+                                if k.split("/")[0] in ("train", "val", "test", "best", "sys") or k == M.EPOCH
+                                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+                log.epoch = epoch
         self._sync()
 
     @_timed
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         if "failure" in last:   # the trainable ended a diverged trial itself
-            self._log(trial).end = ("failed", last["failure"], None)
+            end = ("failed", last["failure"], None)
         elif last.get(M.EPOCH, 0) >= config_from_params(trial.config).epochs:
-            self._log(trial).end = ("completed", None, trial.checkpoint)
+            end = ("completed", None, trial.checkpoint)
         else:
-            self._log(trial).end = ("early_stopped", None, None)
+            end = ("early_stopped", None, None)
+        for log in self._log(trial):
+            log.end = end
         self._sync()
 
     @_timed
     def on_trial_error(self, iteration, trials, trial, **info):
         error = (trial.get_error() or "unknown error").strip().splitlines()
-        self._log(trial).end = ("failed", error[-1] if error else "unknown error", None)
+        for log in self._log(trial):
+            log.end = ("failed", error[-1] if error else "unknown error", None)
         self._sync()
 
     @_timed

@@ -82,6 +82,11 @@ BAD = [
     (with_(num_samples=0), "num_samples: expected an integer >= 1"),
     (with_(seeds=[]), "seeds: expected a non-empty list"),
     (with_(seeds=[1, 1]), "seeds: repeated seeds"),
+    (with_(stack=0), "stack: expected an integer >= 1"),
+    (with_(stack=2, seeds=[0, 1, 2]), "stack: 2 needs the seeds in runs of 2 consecutive integers"),
+    (with_(stack=2, seeds=[0, 2]), "stack: 2 needs the seeds in runs of 2 consecutive integers"),
+    (with_(stack=2, seeds=[0, 1], dataset="cifar10"), "stack: stack=2 is not allowed: 1 for cifar10"),
+    (with_(fixed={"stack": 2}), "fixed.stack: stack is set by `stack`, not here"),
     (with_(resources={"cpu": 0}), "resources.cpu: expected a number > 0"),
     (with_(resources={"gpu": -1}), "resources.gpu: expected a number >= 0"),
     (with_(resources={"tpu": 1}), "resources.tpu: unknown key"),
@@ -124,3 +129,15 @@ def test_param_space_uses_tunes_samplers_and_json_arms():
     space = param_space(s)
     assert space["dataset"] == "digits" and space["epochs"] == 40
     assert len(space["variant"]["grid_search"]) == 5 and space["seed"] == {"grid_search": [0, 1, 2]}
+
+
+def test_stack_groups_consecutive_seeds_into_trials():
+    s = validate(with_(seeds=[0, 1, 2, 3, 4, 5], stack=3), "space.yaml")
+    assert s.n_trials() == 2 * 2                             # 2 eps x 2 stacks of 3 seeds
+    space = param_space(s)
+    assert space["seed"] == {"grid_search": [0, 3]} and space["stack"] == 3
+    tiny = smoke(s)
+    assert tiny.seeds == [0, 1, 2] and tiny.stack == 3 and (tiny.n_trials() or tiny.num_samples) == 2
+    # optuna takes one stack of seeds: every sampled point averaged over it
+    o = validate(with_(searcher="optuna", search={"lam": {"loguniform": [1e-3, 1]}}, seeds=[0, 1], stack=2), "s.yaml")
+    assert param_space(o)["seed"] == 0 and param_space(o)["stack"] == 2

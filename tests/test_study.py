@@ -14,6 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from iabf import metrics as M
+from iabf.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "studies" / "ablation.py"
@@ -74,6 +75,33 @@ def test_smoke_study_tracks_parent_child_params_metrics_artifacts(tmp_path):
         assert arts == {"checkpoint.pt", "config.json", "reconstructions.png", "markov_chain.png"}
     # tags distinguish the two arms
     assert len({r.data.tags["config_hash"] for r in children}) == 2
+
+
+def test_stacked_study_gives_every_seed_its_own_run(tmp_path):
+    """2 trials of 2 stacked seeds each: 4 child runs, one per seed, each like a separate trial's."""
+    p = space(tmp_path, study="stacked", fixed={"epochs": 2, "K": 2, "method": "iabf"}, seeds=[0, 1, 2, 3], stack=2)
+    out = study(tmp_path, "--space", str(p))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "study stacked: 2 trials" in out.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,), children = runs_of(client, "stacked")
+    assert sorted(int(r.data.tags["seed"]) for r in children) == [0, 1, 2, 3]
+    assert Counter(r.data.tags["trial_id"] for r in children).most_common() == [(t, 2) for t in
+                                                                               sorted({r.data.tags["trial_id"] for r in children})]
+    assert len({r.data.tags["config_hash"] for r in children}) == 1        # one configuration, four seeds
+    assert parent.data.metrics["study/completed"] == 4
+    for run in children:
+        seed = run.data.tags["seed"]
+        assert run.data.params["seed"] == seed and run.data.params["stack"] == "2"
+        assert run.info.run_name.endswith(f"-s{seed}") and run.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, M.VAL_DISTORTION)) == [1, 2]
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+            "checkpoint.pt", "config.json", "reconstructions.png", "markov_chain.png"}
+        ckpt = load_checkpoint(client.download_artifacts(run.info.run_id, "checkpoint.pt", str(tmp_path)))
+        assert ckpt["config"]["seed"] == int(seed)
+    assert len({r.data.metrics[M.TEST_DISTORTION] for r in children}) == 4
+    table = (next((tmp_path / "results").glob("stacked-*/report")) / "table1.csv").read_text()
+    assert ",4," in table                                                   # n = 4 seeds in the cell
 
 
 def test_asha_stops_weak_trials_early_and_tracking_says_so(tmp_path):

@@ -1,0 +1,220 @@
+"""Stacked seeds: S seeds of one configuration trained together as one model (`Config.stack`).
+
+The S copies of each network are stacked along a new leading dimension
+(`torch.func.stack_module_state`) and the per-seed objective of `losses.py` runs unchanged under
+`torch.func.vmap`: one batched kernel per layer for all seeds, one Python step instead of S. Adam
+is elementwise, so one Adam over the stacked weights is S independent Adams.
+
+Each seed keeps what makes it a seed: its own initialisation (drawn exactly as its separate run
+draws it), its own batch order, its own validation and test noise, its own best epoch and its own
+checkpoint (a normal single-seed one). Two things differ from S separate runs, so stacked and
+separate results agree statistically, not bit for bit:
+- random draws inside vmap come from the global generator (vmap's randomness="different":
+  independent per seed, but not the stream that a run's own torch.Generator would give);
+- the adversary's gradient with respect to the bits (eq. 24) is taken outside vmap on the stacked
+  decoder (autograd.grad cannot run inside vmap); per seed it is the same computation.
+
+MLP datasets only: the conv models' BatchNorm updates running statistics in place, which vmap
+cannot batch (Config refuses stack > 1 for them).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from . import metrics as M
+from .config import Config
+from .data import Splits, load, to_float
+from .losses import adversary, discriminator_loss, objective, tc_input
+from .models import build
+from .train import Diverged, Report, end_of_epoch, resolve_device, snapshot
+
+NAMES = ("encoder", "decoder", "discriminator")
+
+
+class Bound:
+    """One seed's network as the objective sees it: its module called with that seed's slice of
+    the stacked weights (inside vmap), and `named_parameters` for the weight penalty."""
+
+    def __init__(self, module: nn.Module, params: dict):
+        self.module, self.params = module, params
+
+    def __call__(self, x):
+        return functional_call(self.module, self.params, (x,))
+
+    def named_parameters(self):
+        return iter(self.params.items())
+
+
+def batched(module: nn.Module, params: dict):
+    """The stacked network as one function of (S, ...) inputs, for use outside vmap."""
+    return lambda x: vmap(lambda p, xs: functional_call(module, p, (xs,)))(params, x)
+
+
+def seed_configs(cfg: Config) -> list[Config]:
+    """The configuration of each seed in the stack, as its separate run would have it."""
+    return [dataclasses.replace(cfg, seed=cfg.seed + i) for i in range(cfg.stack)]
+
+
+def stack_models(models: list[dict], lr: float) -> tuple[dict, dict, dict]:
+    """S seeds' {encoder, decoder, discriminator} -> (skeleton: the modules without weights, to call;
+    params: model -> name -> (S, ...) stacked weights; opts: the two Adams of train.run over them)."""
+    skeleton = {k: copy.deepcopy(models[0][k]).to("meta") for k in NAMES}
+    params = {k: stack_module_state([m[k] for m in models])[0] for k in NAMES}
+    opts = {"model": torch.optim.Adam([*params["encoder"].values(), *params["decoder"].values()], lr=lr),
+            "discriminator": torch.optim.Adam(params["discriminator"].values(), lr=lr)}
+    return skeleton, params, opts
+
+
+def train_step(x: torch.Tensor, skeleton: dict, params: dict, opts: dict, binary: bool, cfg: Config) -> dict:
+    """Algorithm 1 for every seed at once. x: (S, B, *image), seed i's batch in row i. Returns
+    detached (S,) statistics."""
+    enc, dec, disc = (skeleton[k] for k in NAMES)
+    P = params
+    p = torch.sigmoid(batched(enc, P["encoder"])(x))                             # (S, B, M)
+    y = None if cfg.method == "necst" else torch.bernoulli(p.detach())          # line 5
+    stats = {}
+    if cfg.method == "iabf":  # lines 6-8: the classifiers first
+        d_loss = vmap(lambda q, t: discriminator_loss(Bound(disc, q), t), randomness="different")(
+            P["discriminator"], tc_input(p, y, cfg.tc_input).detach())
+        opts["discriminator"].zero_grad(set_to_none=True)
+        d_loss.sum().backward()
+        opts["discriminator"].step()
+        stats["disc_loss"] = d_loss.detach()
+    # eq. 24-26, 30 outside vmap (see the module docstring); budget flips draw nothing, top-k does
+    eps = None if cfg.method == "necst" else adversary(batched(dec, P["decoder"]), x, y, binary, cfg)
+
+    def per_seed(pe, pd, pc, xs, ps, ys, es):                                   # lines 9-10, eq. 29
+        return objective(Bound(dec, pd), Bound(disc, pc), Bound(enc, pe), xs, ps, ys, binary, cfg, eps=es)
+
+    in_dims = (0, 0, 0, 0, 0, None if y is None else 0, None if eps is None else 0)       # necst: no y, no eps*
+    loss, more = vmap(per_seed, in_dims, randomness="different")(P["encoder"], P["decoder"], P["discriminator"],
+                                                                 x, p, y, eps)
+    opts["model"].zero_grad(set_to_none=True)
+    loss.sum().backward()   # the seeds share no weights: each gets its own gradient
+    opts["model"].step()
+    return {**stats, **more}
+
+
+def stack_optimizer_states(states: list[dict]) -> dict:
+    """S single-seed Adam state_dicts -> the state_dict of one Adam over the stacked weights."""
+    out = copy.deepcopy(states[0])
+    for i, st in out["state"].items():
+        for k, v in st.items():
+            if k != "step":  # one shared step count: every seed takes every step
+                st[k] = torch.stack([s["state"][i][k] for s in states])
+    return out
+
+
+def unstack_optimizer_state(state: dict, i: int) -> dict:
+    """Seed i's share of a stacked Adam state_dict: a normal single-seed one."""
+    return {"state": {j: {k: v if k == "step" else v[i].clone() for k, v in st.items()}
+                      for j, st in state["state"].items()},
+            "param_groups": copy.deepcopy(state["param_groups"])}
+
+
+def seed_metrics(per_seed: list[dict], seeds: list[int]) -> dict:
+    """One flat result for Tune: the mean over seeds under the usual names (what ASHA and the
+    searcher compare) and each seed's own values under seed<N>/..."""
+    out = {k: per_seed[0][k] if all(m[k] == per_seed[0][k] for m in per_seed) else   # the epoch stays an int
+           sum(m[k] for m in per_seed) / len(per_seed) for k in per_seed[0]}
+    for s, m in zip(seeds, per_seed):
+        out.update({M.seed_key(s, k): v for k, v in m.items()})
+    return out
+
+
+def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = None,
+        data: Splits | None = None) -> tuple[dict, list[dict]]:
+    """`train.run` for the cfg.stack seeds cfg.seed, cfg.seed + 1, ... at once. `report` gets
+    `seed_metrics` each epoch and a function returning the S single-seed checkpoints; `resume`
+    takes those. Returns (final metrics, final checkpoints)."""
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    cfgs = seed_configs(cfg)
+    seeds = [c.seed for c in cfgs]
+    if data is None:
+        data = load(cfg.dataset, cfg.data_dir, device, cfg.max_train_examples, cfg.download)
+    models = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)                      # the same initialisation as the seed's own run
+        models.append(dict(zip(NAMES, (m.to(device) for m in build(c.dataset, data.image_shape, c.bits)))))
+    gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]   # batch orders
+    torch.manual_seed(cfg.seed)                        # the stack's channel noise (global generator)
+    start, wall_before = 0, 0.0
+    bests = [{"val": math.inf, "epoch": 0, "model": None} for _ in cfgs]
+    if resume is not None:
+        for m, g, st in zip(models, gens, resume):
+            for k in NAMES:
+                m[k].load_state_dict(st["model"][k])
+            g.set_state(st["generator"].cpu())
+        torch.set_rng_state(resume[0]["rng"])
+        start, wall_before = resume[0]["epoch"], resume[0].get("wall_seconds", 0.0) * len(cfgs)
+        bests = [{"val": st["best_val"], "epoch": st["best_epoch"], "model": st["best_model"]} for st in resume]
+
+    skeleton, params, opts = stack_models(models, cfg.lr)
+    if resume is not None:
+        for k, o in opts.items():
+            o.load_state_dict(stack_optimizer_states([st["optimizer"][k] for st in resume]))
+
+    def unstack() -> None:  # the stacked weights into each seed's own modules (for evaluation, checkpoints)
+        with torch.no_grad():
+            for k in NAMES:
+                for name, w in params[k].items():
+                    for i, m in enumerate(models):
+                        m[k].get_parameter(name).copy_(w[i])
+
+    def checkpoints(epoch: int, bests: list, wall: float) -> list[dict]:
+        states = [{k: unstack_optimizer_state(o.state_dict(), i) for k, o in opts.items()} for i in range(len(cfgs))]
+        rng = torch.get_rng_state()
+        # a stacked trial's wall time is split evenly between its seeds (what each one cost)
+        return [{**snapshot(m, s, g, epoch, b, c, wall / len(cfgs)), "rng": rng}
+                for m, s, g, b, c in zip(models, states, gens, bests, cfgs)]
+
+    n, S, per_seed = len(data.train), len(cfgs), []
+    for epoch in range(start + 1, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        perms = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])     # (S, n)
+        try:
+            for i in range(0, n, cfg.batch_size):
+                x = to_float(data.train[perms[:, i:i + cfg.batch_size]])                       # (S, B, *image)
+                for k, v in train_step(x, skeleton, params, opts, data.binary, cfg).items():
+                    sums[k] = sums.get(k, 0) + v * x.shape[1]
+        except RuntimeError as e:
+            if all(torch.isfinite(w).all() for k in NAMES for w in params[k].values()):
+                raise
+            raise Diverged(epoch, f"non-finite weights ({str(e).splitlines()[0][:80]})") from None
+        values = torch.stack(list(sums.values())).div(n).T.tolist()            # one sync per epoch
+        trains = [dict(zip(sums, v)) for v in values]
+        for s, t in zip(seeds, trains):
+            if not math.isfinite(t["loss"]):
+                raise Diverged(epoch, f"non-finite training loss ({t['loss']}) for seed {s}")
+        train_seconds = time.perf_counter() - t_epoch
+
+        t_eval = time.perf_counter()
+        unstack()
+        per_seed = []
+        for i, c in enumerate(cfgs):
+            metrics, bests[i] = end_of_epoch(epoch, trains[i], models[i], bests[i], data, c)
+            per_seed.append(metrics)
+        wall = wall_before + time.perf_counter() - t_start
+        for metrics in per_seed:
+            metrics[M.EXAMPLES_PER_S] = n / train_seconds           # per seed; the stack does S times this
+            metrics[M.EVAL_SECONDS] = (time.perf_counter() - t_eval) / S
+            metrics[M.EPOCH_SECONDS] = (time.perf_counter() - t_epoch) / S
+            metrics[M.WALL_SECONDS] = wall / S
+        if report is not None:
+            report(seed_metrics(per_seed, seeds), lambda e=epoch, b=list(bests), w=wall: checkpoints(e, b, w))
+    if start >= cfg.epochs:  # resumed from the final checkpoints: report the end again, as train.run does
+        per_seed = [{**end_of_epoch(cfg.epochs, {}, m, b, data, c)[0], M.WALL_SECONDS: wall_before / S}
+                    for m, b, c in zip(models, bests, cfgs)]
+        if report is not None:
+            report(seed_metrics(per_seed, seeds), lambda: checkpoints(cfg.epochs, bests, wall_before))
+    wall = wall_before + time.perf_counter() - t_start
+    return seed_metrics(per_seed, seeds), checkpoints(cfg.epochs, bests, wall)
