@@ -28,6 +28,7 @@ bench: $(STAMP)   ## the benchmarks of benchmarks/README.md (DATA_DIR: real MNIS
 	$(PY) benchmarks/study_cost.py --data-dir $${DATA_DIR:-../shared/data}
 	$(PY) benchmarks/packing.py --data-dir $${DATA_DIR:-../shared/data}
 	$(PY) benchmarks/stacked_seeds.py --data-dir $${DATA_DIR:-../shared/data}
+	$(PY) benchmarks/compile.py --data-dir $${DATA_DIR:-../shared/data}
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -1,7 +1,10 @@
 """Cost of a study: how the wall time of a study (default: quick.yaml) splits between training,
 evaluation, checkpointing, tracking and the rest (Ray start-up, scheduling, process start, report).
 
-    python benchmarks/study_cost.py [--space search_spaces/quick.yaml] [--smoke]
+    python benchmarks/study_cost.py [--space search_spaces/quick.yaml] [--smoke] [--stack S] [--no-asha]
+
+--stack S runs the same seeds stacked S to a trial; --no-asha runs every trial to the end, so that
+a stacked and an unstacked study do the same work.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,11 +28,20 @@ def main(argv=None) -> int:
     p.add_argument("--space", default=str(ROOT / "search_spaces" / "quick.yaml"))
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--stack", type=int, default=None)
+    p.add_argument("--no-asha", action="store_true")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
-        cmd = [sys.executable, str(ROOT / "studies" / "ablation.py"), "--space", args.space, "--tracking-uri", uri,
-               "--storage", f"{tmp}/results", "--data-dir", str(Path(args.data_dir).resolve())]
+        space = args.space
+        if args.no_asha:   # a copy of the space without its scheduler
+            raw = yaml.safe_load(Path(space).read_text())
+            raw.pop("scheduler", None)
+            space = f"{tmp}/space.yaml"
+            Path(space).write_text(yaml.safe_dump(raw))
+        cmd = [sys.executable, str(ROOT / "studies" / "ablation.py"), "--space", space, "--tracking-uri", uri,
+               "--storage", f"{tmp}/results", "--data-dir", str(Path(args.data_dir).resolve()),
+               *(["--stack", str(args.stack)] if args.stack else [])]
         t0 = time.perf_counter()
         out = subprocess.run(cmd + (["--smoke"] if args.smoke else []), capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -50,7 +63,8 @@ def main(argv=None) -> int:
                  "tracking (MLflow)": parent.data.metrics.get("study/tracking_seconds", float("nan"))}
     trial_seconds = sum(v for k, v in parts.items() if k != "tracking (MLflow)")
     ended = ", ".join(f"{int(parent.data.metrics.get('study/' + k, 0))} {k}" for k in ("completed", "early_stopped", "failed"))
-    print(f"study {exp.name}: {len(children)} trials ({ended}), wall {wall:.1f} s on the driver")
+    print(f"study {exp.name}: {len(children)} runs ({ended}){f', stacked {args.stack} seeds a trial' if args.stack else ''}, "
+          f"wall {wall:.1f} s on the driver")
     print("summed over trials (trials run concurrently, so these can exceed the wall time):")
     for k, v in parts.items():
         print(f"  {k:32s} {v:8.2f} s")

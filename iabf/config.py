@@ -14,6 +14,7 @@ CHANNELS = ("bsc", "bec")
 FLIPS = ("budget", "topk")
 TC_INPUTS = ("bits", "probs")
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 # Model family per dataset (the architectures themselves are in models.ARCH)
 ARCH_KIND = {"digits": "mlp", "binary_mnist": "mlp", "mnist": "mlp", "omniglot": "mlp", "cifar10": "conv"}
@@ -66,6 +67,8 @@ class Config:
     data_dir: str = _f("data", "folder holding <dataset>.npz (see `python -m iabf.data prepare`)")
     download: bool = _f(False, "download and prepare a missing dataset through torchvision")
     device: str = _f("auto", "cpu, cuda, or auto (cuda when available)")
+    compile: str = _f("off", "torch.compile the networks for training: off, default, reduce-overhead (CUDA graphs) "
+                             "or max-autotune; costs a compilation in the first epoch (benchmarks/compile.py)")
 
     def __post_init__(self):
         self.validate()
@@ -112,7 +115,9 @@ class Config:
         need(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1")
         need(self.lr > 0, "lr", "a number > 0")
         need(self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        need(self.compile in COMPILE_MODES, "compile", f"one of {', '.join(COMPILE_MODES)}")
         need(self.stack >= 1, "stack", "an integer >= 1")
+        need(self.stack == 1 or self.compile == "off", "stack", "1 with compile (stacked seeds run under vmap, uncompiled)")
         # vmap cannot batch BatchNorm's in-place running statistics (the conv models of cifar10)
         need(self.stack == 1 or ARCH_KIND.get(self.dataset) == "mlp", "stack",
              f"1 for {self.dataset} (stacked seeds need an MLP dataset: {', '.join(d for d, k in ARCH_KIND.items() if k == 'mlp')})")

@@ -194,6 +194,10 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
         data = load(cfg.dataset, cfg.data_dir, device, cfg.max_train_examples, cfg.download)
     enc, dec, disc = (m.to(device) for m in build(cfg.dataset, data.image_shape, cfg.bits))
     models = {"encoder": enc, "decoder": dec, "discriminator": disc}
+    # what the training step calls: compiled wrappers of the same modules (weights shared), so
+    # checkpoints and evaluation keep using the plain modules and their state_dict keys
+    step_models = models if cfg.compile == "off" else \
+        {k: torch.compile(m, mode=cfg.compile, dynamic=False) for k, m in models.items()}
     # Adam is per-parameter, so one optimizer over encoder+decoder equals the reference's two.
     opts = {"model": torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr),
             "discriminator": torch.optim.Adam(disc.parameters(), lr=cfg.lr)}
@@ -217,7 +221,7 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
         try:
             for i in range(0, n, cfg.batch_size):
                 x = to_float(data.train[perm[i:i + cfg.batch_size]])
-                for k, v in train_step(x, models, opts, data.binary, cfg, gen).items():
+                for k, v in train_step(x, step_models, opts, data.binary, cfg, gen).items():
                     sums[k] = sums.get(k, 0) + v * len(x)
         except RuntimeError as e:  # e.g. torch.bernoulli on NaN probabilities; checked only on failure
             if all(torch.isfinite(q).all() for m in models.values() for q in m.parameters()):

@@ -50,7 +50,7 @@ def git_commit() -> str:
 
 def config_hash(cfg: dict) -> str:
     """Identifies a configuration across its seeds (seed and machine-specific keys left out)."""
-    keep = {k: v for k, v in cfg.items() if k not in ("seed", "stack", "data_dir", "device", "download")}
+    keep = {k: v for k, v in cfg.items() if k not in ("seed", "stack", "compile", "data_dir", "device", "download")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -118,11 +118,13 @@ def test_stacked_resume_continues_exactly():
         (straight[-1][0][M.seed_key(0, M.VAL_DISTORTION)] + straight[-1][0][M.seed_key(1, M.VAL_DISTORTION)]) / 2)
 
 
-def test_stack_is_refused_for_the_conv_dataset_and_below_one():
+def test_stack_is_refused_for_the_conv_dataset_below_one_and_with_compile():
     with pytest.raises(ConfigError, match="stack=2 is not allowed: 1 for cifar10"):
         Config(dataset="cifar10", stack=2)
     with pytest.raises(ConfigError, match="stack=0 is not allowed"):
         Config(stack=0)
+    with pytest.raises(ConfigError, match="stack=2 is not allowed: 1 with compile"):
+        Config(stack=2, compile="default")
 
 
 def test_cli_writes_one_single_seed_checkpoint_per_seed(tmp_path, capsys):

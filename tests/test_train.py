@@ -11,7 +11,7 @@ from iabf import metrics as M
 from iabf.config import Config, ConfigError
 from iabf.data import load
 from iabf.models import build
-from iabf.train import CheckpointError, evaluate, load_checkpoint, load_models, main, run, save_checkpoint
+from iabf.train import CheckpointError, evaluate, load_checkpoint, load_models, main, models_from_state, run, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,16 @@ def test_divergence_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("error: training diverged at epoch 1: non-finite")
     assert not (tmp_path / "o").exists()
+
+
+def test_compiled_training_keeps_plain_checkpoints_and_matches_uncompiled():
+    """Config.compile wraps the networks for the training step only: the same numbers as
+    uncompiled training (up to float reassociation), and checkpoints with the plain module keys."""
+    cfg = Config(dataset="digits", method="abf", epochs=2, K=2, max_train_examples=500)
+    plain, _ = run(cfg)
+    compiled, state = run(Config(**{**cfg.to_dict(), "compile": "default"}))
+    assert compiled[M.TRAIN_LOSS] == pytest.approx(plain[M.TRAIN_LOSS], rel=1e-3)
+    assert compiled[M.TEST_DISTORTION] == pytest.approx(plain[M.TEST_DISTORTION], rel=1e-3)
+    assert not any("_orig_mod" in k for k in state["model"]["decoder"])
+    _, enc, dec = models_from_state(state)
+    assert dec(enc(torch.rand(3, 1, 8, 8)).sigmoid()).shape == (3, 1, 8, 8)
