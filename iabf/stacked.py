@@ -119,6 +119,19 @@ def unstack_optimizer_state(state: dict, i: int) -> dict:
             "param_groups": copy.deepcopy(state["param_groups"])}
 
 
+def rng_state(device: torch.device) -> torch.Tensor:
+    """The global generator that draws the stack's noise on `device` (CUDA has its own)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    state = state.cpu()   # a checkpoint loaded onto the GPU brings its byte tensors along
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
 def seed_metrics(per_seed: list[dict], seeds: list[int]) -> dict:
     """One flat result for Tune: the mean over seeds under the usual names (what ASHA and the
     searcher compare) and each seed's own values under seed<N>/..."""
@@ -153,7 +166,7 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
             for k in NAMES:
                 m[k].load_state_dict(st["model"][k])
             g.set_state(st["generator"].cpu())
-        torch.set_rng_state(resume[0]["rng"])
+        set_rng_state(device, resume[0]["rng"])
         start, wall_before = resume[0]["epoch"], resume[0].get("wall_seconds", 0.0) * len(cfgs)
         bests = [{"val": st["best_val"], "epoch": st["best_epoch"], "model": st["best_model"]} for st in resume]
 
@@ -171,7 +184,7 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
 
     def checkpoints(epoch: int, bests: list, wall: float) -> list[dict]:
         states = [{k: unstack_optimizer_state(o.state_dict(), i) for k, o in opts.items()} for i in range(len(cfgs))]
-        rng = torch.get_rng_state()
+        rng = rng_state(device)
         # a stacked trial's wall time is split evenly between its seeds (what each one cost)
         return [{**snapshot(m, s, g, epoch, b, c, wall / len(cfgs)), "rng": rng}
                 for m, s, g, b, c in zip(models, states, gens, bests, cfgs)]

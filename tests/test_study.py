@@ -86,8 +86,7 @@ def test_stacked_study_gives_every_seed_its_own_run(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (parent,), children = runs_of(client, "stacked")
     assert sorted(int(r.data.tags["seed"]) for r in children) == [0, 1, 2, 3]
-    assert Counter(r.data.tags["trial_id"] for r in children).most_common() == [(t, 2) for t in
-                                                                               sorted({r.data.tags["trial_id"] for r in children})]
+    assert sorted(Counter(r.data.tags["trial_id"] for r in children).values()) == [2, 2]   # 2 trials, 2 seeds each
     assert len({r.data.tags["config_hash"] for r in children}) == 1        # one configuration, four seeds
     assert parent.data.metrics["study/completed"] == 4
     for run in children:
