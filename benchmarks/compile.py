@@ -9,38 +9,22 @@ off. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
-from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from iabf import metrics as M  # noqa: E402
-from iabf import train  # noqa: E402
-from iabf.config import Config  # noqa: E402
-from iabf.data import load  # noqa: E402
+import common
+from iabf import metrics as M
+from iabf import train
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--method", default="iabf")
-    p.add_argument("--examples", type=int, default=5000, help="training examples per epoch")
+    p = common.parser(__doc__, "training examples per epoch")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs after the first")
     p.add_argument("--modes", nargs="+", default=["default", "reduce-overhead"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cfg = Config(dataset=args.dataset, method=args.method, K=5, epochs=1 + args.repeats, device=args.device,
-                 data_dir=args.data_dir, max_train_examples=args.examples)
-    data = load(cfg.dataset, cfg.data_dir, torch.device(args.device), cfg.max_train_examples)
-    data = dataclasses.replace(data, val=data.val[:1000], test=data.test[:1000])   # evaluation is not timed
-    name = "GPU " + torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
+    cfg, data, name = common.setup(args)
+    cfg = dataclasses.replace(cfg, epochs=1 + args.repeats)
     print(f"{cfg.dataset} {cfg.method}, K = {cfg.K}, batch {cfg.batch_size}, {len(data.train)} examples per epoch, "
           f"median of {args.repeats} epochs after the first; {name}")
     print(f"{'compile':>16} {'examples/s':>11} {'first epoch s':>14} {'vs off':>7}")

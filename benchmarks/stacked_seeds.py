@@ -12,19 +12,13 @@ Prints per S the aggregate examples/s (medians over rounds) and the speedup stac
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import statistics
 import sys
-from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from iabf import metrics as M  # noqa: E402
-from iabf import stacked, train  # noqa: E402
-from iabf.config import Config  # noqa: E402
-from iabf.data import load  # noqa: E402
+import common
+from iabf import metrics as M
+from iabf import stacked, train
+from iabf.config import Config
 
 
 def rate(run, cfg: Config, data) -> float:
@@ -35,23 +29,11 @@ def rate(run, cfg: Config, data) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--method", default="iabf")
-    p.add_argument("--examples", type=int, default=5000, help="training examples per epoch (per seed)")
+    p = common.parser(__doc__, "training examples per epoch (per seed)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of (separate, stacked), alternated")
     p.add_argument("--stacks", type=int, nargs="+", default=[2, 4, 8])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cfg = Config(dataset=args.dataset, method=args.method, K=5, device=args.device, data_dir=args.data_dir,
-                 max_train_examples=args.examples)
-    data = load(cfg.dataset, cfg.data_dir, torch.device(args.device), cfg.max_train_examples)
-    # validation is not timed, but it runs every epoch: keep it small
-    data = dataclasses.replace(data, val=data.val[:1000], test=data.test[:1000])
-    name = "GPU " + torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
+    cfg, data, name = common.setup(args)
     print(f"{cfg.dataset} {cfg.method}, K = {cfg.K}, batch {cfg.batch_size}, {len(data.train)} examples per seed "
           f"per epoch; {name}; medians of {args.repeats} alternating rounds")
     print(f"{'S':>3} {'separate ex/s':>14} {'stacked ex/s (all seeds)':>25} {'per seed':>9} {'stacked / separate':>19}")
