@@ -288,13 +288,16 @@ def test_tracking_server_lost_mid_study_trials_go_on_and_nothing_is_lost(tmp_pat
         stop_server(server)
 
 
-def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(tmp_path, data_dir):
+@pytest.mark.parametrize("stack", [1, 2])
+def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(tmp_path, data_dir, stack):
     """SIGKILL the process training a trial: Ray retries it from its last checkpoint (FailureConfig),
-    epochs continue rather than restart, and its MLflow run continues without doubled metrics."""
+    epochs continue rather than restart, and its MLflow run continues without doubled metrics.
+    Stacked: every seed of the trial resumes from its own checkpoint into its own run."""
     import json
 
     p = space(tmp_path, study="kill", dataset="mnist", max_concurrent=1, search={"lr": {"grid": [0.001, 0.002]}},
-              fixed={"epochs": 6, "K": 2, "method": "necst", "max_train_examples": 3000})
+              fixed={"epochs": 6, "K": 2, "method": "necst", "max_train_examples": 3000},
+              seeds=list(range(stack)), stack=stack)
     proc = study(tmp_path, "--space", str(p), "--data-dir", str(data_dir), wait=False)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     killed, deadline = False, time.time() + 300
@@ -313,7 +316,8 @@ def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(tmp_path, dat
     out, _ = proc.communicate(timeout=400)
     assert killed and proc.returncode == 0, out[-4000:]
     (parent,), children = runs_of(client, "kill")
-    assert len(children) == 2 and parent.info.status == "FINISHED"
+    assert len(children) == 2 * stack and parent.info.status == "FINISHED"
+    assert sorted(r.data.tags["seed"] for r in children) == sorted([str(s) for s in range(stack)] * 2)
     for r in children:
         assert r.data.tags["stop_reason"] == "completed"
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 7))
