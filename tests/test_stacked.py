@@ -135,3 +135,8 @@ def test_cli_writes_one_single_seed_checkpoint_per_seed(tmp_path, capsys):
         cfg, _, _ = train.load_models(tmp_path / "r" / f"seed{seed}" / "best.pt")
         assert cfg.seed == seed and cfg.stack == 2
     assert math.isfinite(float(capsys.readouterr().out.strip().splitlines()[-1].split('"test/distortion": ')[1].split(",")[0]))
+
+
+def test_a_diverging_stack_is_one_clear_error():
+    with pytest.raises(train.Diverged, match="training diverged at epoch 1: non-finite"):
+        stacked.run(Config(dataset="digits", method="iabf", epochs=2, K=2, stack=2, lr=1e30))
