@@ -325,5 +325,11 @@ def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(tmp_path, dat
     trial_dirs = sorted((tmp_path / "results").glob("kill-*/trainable_*"))
     failed = [d for d in trial_dirs if (d / "error.txt").exists()]
     assert len(failed) == 1
-    epochs = [json.loads(line)[M.EPOCH] for line in (failed[0] / "result.json").read_text().splitlines()]
-    assert epochs == list(range(1, 7))            # no epoch reported twice: it did not start over
+    results = [json.loads(line) for line in (failed[0] / "result.json").read_text().splitlines()]
+    epochs = [r[M.EPOCH] for r in results]
+    # no epoch reported twice, and the new process began after epoch 1: it did not start over.
+    # (Tune's result.json can miss the line of the result reported just before the worker died,
+    # though our callback had it: MLflow, checked above, is the complete record.)
+    assert epochs == sorted(set(epochs)) and epochs[0] == 1 and epochs[-1] == 6
+    restarted = [r[M.EPOCH] for r in results if r["pid"] != results[0]["pid"]]
+    assert restarted and restarted[0] > 1
