@@ -33,7 +33,7 @@ from .config import Config
 from .data import Splits, load, to_float
 from .losses import adversary, discriminator_loss, objective, tc_input
 from .models import build
-from .train import Diverged, Report, end_of_epoch, resolve_device, snapshot
+from .train import Diverged, Report, end_of_epoch, optimizer_states, resolve_device, snapshot
 
 NAMES = ("encoder", "decoder", "discriminator")
 
@@ -183,7 +183,8 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
                         m[k].get_parameter(name).copy_(w[i])
 
     def checkpoints(epoch: int, bests: list, wall: float) -> list[dict]:
-        states = [{k: unstack_optimizer_state(o.state_dict(), i) for k, o in opts.items()} for i in range(len(cfgs))]
+        stacked_states = optimizer_states(opts)                             # once, not once per seed
+        states = [{k: unstack_optimizer_state(st, i) for k, st in stacked_states.items()} for i in range(len(cfgs))]
         rng = rng_state(device)
         # a stacked trial's wall time is split evenly between its seeds (what each one cost)
         return [{**snapshot(m, s, g, epoch, b, c, wall / len(cfgs)), "rng": rng}
@@ -216,11 +217,12 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
         for i, c in enumerate(cfgs):
             metrics, bests[i] = end_of_epoch(epoch, trains[i], models[i], bests[i], data, c)
             per_seed.append(metrics)
-        wall = wall_before + time.perf_counter() - t_start
+        now = time.perf_counter()                                   # one clock reading for every seed
+        wall = wall_before + now - t_start
         for metrics in per_seed:
             metrics[M.EXAMPLES_PER_S] = n / train_seconds           # per seed; the stack does S times this
-            metrics[M.EVAL_SECONDS] = (time.perf_counter() - t_eval) / S
-            metrics[M.EPOCH_SECONDS] = (time.perf_counter() - t_epoch) / S
+            metrics[M.EVAL_SECONDS] = (now - t_eval) / S
+            metrics[M.EPOCH_SECONDS] = (now - t_epoch) / S
             metrics[M.WALL_SECONDS] = wall / S
         if report is not None:
             report(seed_metrics(per_seed, seeds), lambda e=epoch, b=list(bests), w=wall: checkpoints(e, b, w))
