@@ -1,7 +1,7 @@
 """Stacked seeds (Config.stack): training examples/s of S seeds trained as one vmapped model,
 against the same S seeds trained one after another as separate runs, for S = 1, 2, 4, 8.
 
-Both go through the real code (`iabf.stacked.run`, `iabf.train.run`) and count training time only
+Both go through the real code (`iabf.train.run` with and without `stack`) and count training time only
 (the `sys/examples_per_s` an epoch reports; each run's first epoch warms up and is dropped).
 Separate runs one after another on one device have the aggregate rate of one run; packing separate
 trials side by side on a GPU is `packing.py`'s question. Rounds alternate separate and stacked.
@@ -17,7 +17,7 @@ import sys
 
 import common
 from iabf import metrics as M
-from iabf import stacked, train
+from iabf import train
 from iabf.config import Config
 
 
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         separate, together = [], []
         for _ in range(args.repeats):   # alternate, so a slow spell of a shared machine hits both
             separate.append(rate(train.run, cfg, data))
-            together.append(S * rate(stacked.run, Config(**{**cfg.to_dict(), "stack": S}), data))
+            together.append(S * rate(train.run, Config(**{**cfg.to_dict(), "stack": S}), data))
         ratio = statistics.median(t / s for t, s in zip(together, separate))
         med = statistics.median(together)
         print(f"{S:>3} {statistics.median(separate):14.0f} {med:25.0f} {med / S:9.0f} {ratio:19.2f}", flush=True)

@@ -25,6 +25,15 @@ def bernoulli_log_prob(y: torch.Tensor, p: torch.Tensor, mask: torch.Tensor | No
     return (lp if mask is None else lp * mask).sum(-1)
 
 
+def bernoulli(p: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """A Bernoulli(p) draw as uniform noise below p. Unlike torch.bernoulli, which checks p in
+    [0, 1] on some CPU code paths and not on others (and asserts on the GPU), a NaN p gives a
+    finite bit here and a NaN loss downstream, so a diverged run fails the same way everywhere
+    (train.Diverged). Under vmap (gen None) the noise is rand_like's, batched per seed."""
+    u = torch.rand_like(p) if gen is None else torch.rand(p.shape, generator=gen, device=p.device, dtype=p.dtype)
+    return (u < p).to(p.dtype)
+
+
 def bsc(y: torch.Tensor, eps, gen: torch.Generator | None = None) -> torch.Tensor:
     """Binary symmetric channel (eq. 17): each bit flipped independently with probability eps."""
     flips = torch.rand(y.shape, generator=gen, device=y.device) < eps
@@ -40,7 +49,7 @@ def bec(y: torch.Tensor, eps, gen: torch.Generator | None = None) -> torch.Tenso
 def transmit(p: torch.Tensor, eps, channel: str, gen: torch.Generator | None = None):
     """One code per image through the channel, as at test time (the reference's one sample at the
     test noise). Returns (sent bits, received symbols), both (B, M)."""
-    y = torch.bernoulli(p, generator=gen)
+    y = bernoulli(p, gen)
     return y, (bsc if channel == "bsc" else bec)(y, eps, gen)
 
 
@@ -54,9 +63,9 @@ def sample_noisy(p: torch.Tensor, eps, channel: str, K: int, gen: torch.Generato
     pk = p.detach().expand(K, *p.shape)
     if channel == "bsc":
         q = compose(p, eps)
-        y = torch.bernoulli(compose(pk, eps), generator=gen)
+        y = bernoulli(compose(pk, eps), gen)
         return y, bernoulli_log_prob(y, q)
-    y = torch.bernoulli(pk, generator=gen)
+    y = bernoulli(pk, gen)
     received = bec(y, eps, gen)
     return received, bernoulli_log_prob(y, p, mask=(received != ERASED).to(p.dtype))
 

@@ -5,7 +5,10 @@ code's behaviour is an option (each such field says so).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
+import reprlib
 from dataclasses import dataclass, field, fields
 
 DATASETS = ("digits", "binary_mnist", "mnist", "omniglot", "cifar10")
@@ -22,8 +25,38 @@ ARCH_KIND = {"digits": "mlp", "binary_mnist": "mlp", "mnist": "mlp", "omniglot":
 DEFAULT_BITS = {"digits": 16, "binary_mnist": 100, "mnist": 100, "omniglot": 200, "cifar10": 500}
 
 
+INT_MAX = 2**31 - 1   # every integer setting fits in 32 bits (seeds included): larger is a typo or a fuzz
+
+class _Short(reprlib.Repr):
+    def __init__(self):
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother, self.maxlong = 3, 60, 60, 40
+        self.maxlist = self.maxdict = self.maxtuple = self.maxset = 6
+
+    def repr_int(self, x, level):   # repr() of an int beyond 4300 digits raises; its size is what matters
+        return super().repr_int(x, level) if x.bit_length() < 4000 else f"<an integer of {x.bit_length()} bits>"
+
+
+def short(value) -> str:
+    """repr() cut to a bounded size and time: a value from a file may be deep, huge or self-referential."""
+    return _Short().repr(value)
+
+
+_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text: str) -> str:
+    """text with every character that breaks a line (str.splitlines' set) escaped, as in repr()."""
+    return str(text).translate(_BREAKS)
+
+
 class ConfigError(ValueError):
-    """A configuration value that is not allowed; the message names the key and what is allowed."""
+    """A configuration value that is not allowed; the message names the key and what is allowed.
+    `key` is the Config field, so a command line can name its option."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 def _f(default, help):  # a field with its documentation, shown by `--help`
@@ -89,13 +122,18 @@ class Config:
     def validate(self) -> None:
         def need(ok: bool, key: str, allowed: str):
             if not ok:
-                raise ConfigError(f"{key}={getattr(self, key)!r} is not allowed: {allowed}")
+                raise ConfigError(f"{key}={short(getattr(self, key))} is not allowed: {allowed}", key)
 
         for f in fields(self):  # types first, so the range checks below can compare
             v = getattr(self, f.name)
             want = {"int": int, "float": (int, float), "str": str, "bool": bool}[f.type]
             if isinstance(v, bool) and f.type != "bool" or not isinstance(v, want):
-                raise ConfigError(f"{f.name}={v!r} is not allowed: expected {f.type}")
+                raise ConfigError(f"{f.name}={short(v)} is not allowed: expected {f.type}", f.name)
+            # NaN passes every range check below (all comparisons are False), so finiteness comes first
+            if f.type == "float":
+                need(math.isfinite(v), f.name, "a finite number")
+            if f.type == "int":
+                need(abs(v) <= INT_MAX, f.name, f"an integer of at most {INT_MAX}")
         need(self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
         need(self.method in METHODS, "method", f"one of {', '.join(METHODS)}")
         need(self.channel in CHANNELS, "channel", f"one of {', '.join(CHANNELS)}")
@@ -122,6 +160,8 @@ class Config:
         need(self.stack == 1 or ARCH_KIND.get(self.dataset) == "mlp", "stack",
              f"1 for {self.dataset} (stacked seeds need an MLP dataset: {', '.join(d for d, k in ARCH_KIND.items() if k == 'mlp')})")
         need(self.max_train_examples >= 0, "max_train_examples", "0 (all) or a positive integer")
+        need(self.seed >= 0, "seed", "an integer >= 0")
+        need("\0" not in self.data_dir, "data_dir", "a path without NUL characters")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -130,12 +170,50 @@ class Config:
     def from_dict(cls, d: dict) -> "Config":
         """Build from a mapping; an unknown key is an error, never silently dropped."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(map(str, set(d) - names))
         if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {', '.join(sorted(names))}")
-        d = {k: float(v) if FIELD_TYPES[k] == "float" and isinstance(v, int) and not isinstance(v, bool) else v
+            raise ConfigError(f"unknown config key(s) {short(unknown)}; known keys: {', '.join(sorted(names))}")
+        def as_float(k, v):   # an int where a float is expected; one beyond float's range is no number
+            try:
+                return float(v)
+            except OverflowError:
+                raise ConfigError(f"{k}={short(v)} is not allowed: a finite number", k) from None
+
+        d = {k: as_float(k, v) if FIELD_TYPES[k] == "float" and isinstance(v, int) and not isinstance(v, bool) else v
              for k, v in d.items()}
         return cls(**d)
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def seed_configs(cfg: Config) -> list[Config]:
+    """The configuration of each seed a run trains: cfg.seed, cfg.seed + 1, ... (cfg.stack of them),
+    each as its own separate run would have it."""
+    return [dataclasses.replace(cfg, seed=cfg.seed + i) for i in range(cfg.stack)]
+
+
+# --- command line: one option per field ----------------------------------------------------------
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def config_parser(prog: str, description: str) -> Parser:
+    """An argparse parser with one option per Config field, documented by the field itself."""
+    p = Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type],
+                           default=f.default, help=f.metadata["help"])
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})

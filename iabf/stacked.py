@@ -15,25 +15,21 @@ separate results agree statistically, not bit for bit:
   decoder (autograd.grad cannot run inside vmap); per seed it is the same computation.
 
 MLP datasets only: the conv models' BatchNorm updates running statistics in place, which vmap
-cannot batch (Config refuses stack > 1 for them).
+cannot batch (Config refuses stack > 1 for them). `train.run` drives the epochs for any number of
+seeds; this module is the step, the stacking and the unstacking for more than one.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
-import time
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import metrics as M
+from .channels import bernoulli
 from .config import Config
-from .data import Splits, load, to_float
 from .losses import adversary, discriminator_loss, objective, tc_input
-from .models import build
-from .train import Diverged, Report, end_of_epoch, optimizer_states, resolve_device, snapshot
 
 NAMES = ("encoder", "decoder", "discriminator")
 
@@ -57,11 +53,6 @@ def batched(module: nn.Module, params: dict):
     return lambda x: vmap(lambda p, xs: functional_call(module, p, (xs,)))(params, x)
 
 
-def seed_configs(cfg: Config) -> list[Config]:
-    """The configuration of each seed in the stack, as its separate run would have it."""
-    return [dataclasses.replace(cfg, seed=cfg.seed + i) for i in range(cfg.stack)]
-
-
 def stack_models(models: list[dict], lr: float) -> tuple[dict, dict, dict]:
     """S seeds' {encoder, decoder, discriminator} -> (skeleton: the modules without weights, to call;
     params: model -> name -> (S, ...) stacked weights; opts: the two Adams of train.run over them)."""
@@ -78,7 +69,7 @@ def train_step(x: torch.Tensor, skeleton: dict, params: dict, opts: dict, binary
     enc, dec, disc = (skeleton[k] for k in NAMES)
     P = params
     p = torch.sigmoid(batched(enc, P["encoder"])(x))                             # (S, B, M)
-    y = None if cfg.method == "necst" else torch.bernoulli(p.detach())          # line 5
+    y = None if cfg.method == "necst" else bernoulli(p.detach())              # line 5
     stats = {}
     if cfg.method == "iabf":  # lines 6-8: the classifiers first
         d_loss = vmap(lambda q, t: discriminator_loss(Bound(disc, q), t), randomness="different")(
@@ -134,7 +125,9 @@ def set_rng_state(device: torch.device, state: torch.Tensor) -> None:
 
 def seed_metrics(per_seed: list[dict], seeds: list[int]) -> dict:
     """One flat result for Tune: the mean over seeds under the usual names (what ASHA and the
-    searcher compare) and each seed's own values under seed<N>/..."""
+    searcher compare) and each seed's own values under seed<N>/... One seed: its metrics as they are."""
+    if len(per_seed) == 1:
+        return per_seed[0]
     out = {k: per_seed[0][k] if all(m[k] == per_seed[0][k] for m in per_seed) else   # the epoch stays an int
            sum(m[k] for m in per_seed) / len(per_seed) for k in per_seed[0]}
     for s, m in zip(seeds, per_seed):
@@ -142,94 +135,31 @@ def seed_metrics(per_seed: list[dict], seeds: list[int]) -> dict:
     return out
 
 
-def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = None,
-        data: Splits | None = None) -> tuple[dict, list[dict]]:
-    """`train.run` for the cfg.stack seeds cfg.seed, cfg.seed + 1, ... at once. `report` gets
-    `seed_metrics` each epoch and a function returning the S single-seed checkpoints; `resume`
-    takes those. Returns (final metrics, final checkpoints)."""
-    t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    cfgs = seed_configs(cfg)
-    seeds = [c.seed for c in cfgs]
-    if data is None:
-        data = load(cfg.dataset, cfg.data_dir, device, cfg.max_train_examples, cfg.download)
-    models = []
-    for c in cfgs:
-        torch.manual_seed(c.seed)                      # the same initialisation as the seed's own run
-        models.append(dict(zip(NAMES, (m.to(device) for m in build(c.dataset, data.image_shape, c.bits)))))
-    gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]   # batch orders
-    torch.manual_seed(cfg.seed)                        # the stack's channel noise (global generator)
-    start, wall_before = 0, 0.0
-    bests = [{"val": math.inf, "epoch": 0, "model": None} for _ in cfgs]
-    if resume is not None:
-        for m, g, st in zip(models, gens, resume):
-            for k in NAMES:
-                m[k].load_state_dict(st["model"][k])
-            g.set_state(st["generator"].cpu())
+def engine(models: list[dict], cfg: Config, resume: list[dict] | None, device: torch.device):
+    """The stacked seeds as train.run drives them: (step, sync, optimizer_states, extra_state).
+    The stack's channel noise comes from the global generator, seeded with the first seed (or
+    restored from the checkpoints' `rng`)."""
+    if resume is None:
+        torch.manual_seed(cfg.seed)
+    else:
         set_rng_state(device, resume[0]["rng"])
-        start, wall_before = resume[0]["epoch"], resume[0].get("wall_seconds", 0.0) * len(cfgs)
-        bests = [{"val": st["best_val"], "epoch": st["best_epoch"], "model": st["best_model"]} for st in resume]
-
     skeleton, params, opts = stack_models(models, cfg.lr)
     if resume is not None:
         for k, o in opts.items():
             o.load_state_dict(stack_optimizer_states([st["optimizer"][k] for st in resume]))
 
-    def unstack() -> None:  # the stacked weights into each seed's own modules (for evaluation, checkpoints)
+    def step(x: torch.Tensor, binary: bool) -> dict:
+        return train_step(x, skeleton, params, opts, binary, cfg)
+
+    def sync() -> None:  # the stacked weights into each seed's own modules (for evaluation, checkpoints)
         with torch.no_grad():
             for k in NAMES:
                 for name, w in params[k].items():
                     for i, m in enumerate(models):
                         m[k].get_parameter(name).copy_(w[i])
 
-    def checkpoints(epoch: int, bests: list, wall: float) -> list[dict]:
-        stacked_states = optimizer_states(opts)                             # once, not once per seed
-        states = [{k: unstack_optimizer_state(st, i) for k, st in stacked_states.items()} for i in range(len(cfgs))]
-        rng = rng_state(device)
-        # a stacked trial's wall time is split evenly between its seeds (what each one cost)
-        return [{**snapshot(m, s, g, epoch, b, c, wall / len(cfgs)), "rng": rng}
-                for m, s, g, b, c in zip(models, states, gens, bests, cfgs)]
+    def optimizer_states() -> list[dict]:
+        stacked_states = {k: o.state_dict() for k, o in opts.items()}     # once, not once per seed
+        return [{k: unstack_optimizer_state(st, i) for k, st in stacked_states.items()} for i in range(len(models))]
 
-    n, S, per_seed = len(data.train), len(cfgs), []
-    for epoch in range(start + 1, cfg.epochs + 1):
-        t_epoch = time.perf_counter()
-        sums: dict[str, torch.Tensor] = {}
-        perms = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])     # (S, n)
-        try:
-            for i in range(0, n, cfg.batch_size):
-                x = to_float(data.train[perms[:, i:i + cfg.batch_size]])                       # (S, B, *image)
-                for k, v in train_step(x, skeleton, params, opts, data.binary, cfg).items():
-                    sums[k] = sums.get(k, 0) + v * x.shape[1]
-        except RuntimeError as e:
-            if all(torch.isfinite(w).all() for k in NAMES for w in params[k].values()):
-                raise
-            raise Diverged(epoch, f"non-finite weights ({str(e).splitlines()[0][:80]})") from None
-        values = torch.stack(list(sums.values())).div(n).T.tolist()            # one sync per epoch
-        trains = [dict(zip(sums, v)) for v in values]
-        for s, t in zip(seeds, trains):
-            if not math.isfinite(t["loss"]):
-                raise Diverged(epoch, f"non-finite training loss ({t['loss']}) for seed {s}")
-        train_seconds = time.perf_counter() - t_epoch
-
-        t_eval = time.perf_counter()
-        unstack()
-        per_seed = []
-        for i, c in enumerate(cfgs):
-            metrics, bests[i] = end_of_epoch(epoch, trains[i], models[i], bests[i], data, c)
-            per_seed.append(metrics)
-        now = time.perf_counter()                                   # one clock reading for every seed
-        wall = wall_before + now - t_start
-        for metrics in per_seed:
-            metrics[M.EXAMPLES_PER_S] = n / train_seconds           # per seed; the stack does S times this
-            metrics[M.EVAL_SECONDS] = (now - t_eval) / S
-            metrics[M.EPOCH_SECONDS] = (now - t_epoch) / S
-            metrics[M.WALL_SECONDS] = wall / S
-        if report is not None:
-            report(seed_metrics(per_seed, seeds), lambda e=epoch, b=list(bests), w=wall: checkpoints(e, b, w))
-    if start >= cfg.epochs:  # resumed from the final checkpoints: report the end again, as train.run does
-        per_seed = [{**end_of_epoch(cfg.epochs, {}, m, b, data, c)[0], M.WALL_SECONDS: wall_before / S}
-                    for m, b, c in zip(models, bests, cfgs)]
-        if report is not None:
-            report(seed_metrics(per_seed, seeds), lambda: checkpoints(cfg.epochs, bests, wall_before))
-    wall = wall_before + time.perf_counter() - t_start
-    return seed_metrics(per_seed, seeds), checkpoints(cfg.epochs, bests, wall)
+    return step, sync, optimizer_states, lambda: {"rng": rng_state(device)}

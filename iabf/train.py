@@ -5,13 +5,13 @@ with that epoch's metrics and a function that returns the full training state, t
 
     python -m iabf.train --dataset mnist --method iabf --eps 0.1 --lam 0.01 --K 5 --epochs 10
     python -m iabf.train --dataset mnist --stack 4      # seeds 0-3 as one stacked model (stacked.py)
+
+The same loop trains one seed or a stack of seeds (`Config.stack`): per seed the initialisation,
+batch order, validation, best epoch and checkpoint of its own separate run.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
-import io
 import json
 import math
 import os
@@ -23,14 +23,16 @@ from typing import Callable
 import torch
 
 from . import metrics as M
-from .channels import transmit
-from .config import Config, ConfigError
+from . import stacked
+from .channels import bernoulli, transmit
+from .config import Config, ConfigError, config_from_args, config_parser, seed_configs
 from .data import IMAGE_SHAPE, DataError, Splits, load, to_float
 from .losses import binary_entropy, discriminator_loss, objective, tc_input
 from .models import build
+from .stacked import NAMES, seed_metrics
 
 CHECKPOINT_VERSION = 1
-Report = Callable[[dict, Callable[[], dict]], None]
+Report = Callable[[dict, Callable[[], list[dict]]], None]
 
 
 class CheckpointError(RuntimeError):
@@ -38,7 +40,7 @@ class CheckpointError(RuntimeError):
 
 
 class Diverged(FloatingPointError):
-    """Training produced a non-finite loss or weights. Deterministic: a retry would fail the same way."""
+    """Training produced a non-finite loss. Deterministic: a retry would fail the same way."""
 
     def __init__(self, epoch: int, what: str):
         super().__init__(f"training diverged at epoch {epoch}: {what}")
@@ -139,7 +141,7 @@ def train_step(x: torch.Tensor, models: dict, opts: dict, binary: bool, cfg: Con
     eq. 29. Returns detached per-batch statistics, left on the device."""
     enc, dec, disc = models["encoder"], models["decoder"], models["discriminator"]
     p = torch.sigmoid(enc(x))                                                  # (B, M)
-    y = None if cfg.method == "necst" else torch.bernoulli(p.detach(), generator=gen)   # line 5
+    y = None if cfg.method == "necst" else bernoulli(p.detach(), gen)          # line 5
     stats = {}
     if cfg.method == "iabf":  # lines 6-8: the classifier first, on this batch's codes
         d_loss = discriminator_loss(disc, tc_input(p, y, cfg.tc_input).detach(), gen)
@@ -177,23 +179,10 @@ def end_of_epoch(epoch: int, train: dict, models: dict, best: dict, data: Splits
     return metrics, best
 
 
-def optimizer_states(opts: dict) -> dict:
-    return {k: o.state_dict() for k, o in opts.items()}
-
-
-def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
-        data: Splits | None = None) -> tuple[dict, dict]:
-    """Train `cfg` for cfg.epochs, validating every epoch; test the best-by-validation model at the
-    end. `resume`: a checkpoint dict to continue from. Returns (final metrics, final checkpoint)."""
-    t_start = time.perf_counter()
-    # --- seed -> data -> model ---
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)                        # initialisation
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # batches and channel noise
-    if data is None:
-        data = load(cfg.dataset, cfg.data_dir, device, cfg.max_train_examples, cfg.download)
-    enc, dec, disc = (m.to(device) for m in build(cfg.dataset, data.image_shape, cfg.bits))
-    models = {"encoder": enc, "decoder": dec, "discriminator": disc}
+def plain_engine(models: dict, gen: torch.Generator, cfg: Config, resume: dict | None):
+    """One seed as train.run drives it: (step, sync, optimizer_states, extra_state). Its channel
+    noise comes from the run's own generator, which also draws its batches."""
+    enc, dec, disc = models["encoder"], models["decoder"], models["discriminator"]
     # what the training step calls: compiled wrappers of the same modules (weights shared), so
     # checkpoints and evaluation keep using the plain modules and their state_dict keys
     step_models = models if cfg.compile == "off" else \
@@ -201,78 +190,98 @@ def run(cfg: Config, report: Report | None = None, resume: dict | None = None,
     # Adam is per-parameter, so one optimizer over encoder+decoder equals the reference's two.
     opts = {"model": torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr),
             "discriminator": torch.optim.Adam(disc.parameters(), lr=cfg.lr)}
-    start, best, wall_before = 0, {"val": math.inf, "epoch": 0, "model": None}, 0.0
     if resume is not None:
-        for k, m in models.items():
-            m.load_state_dict(resume["model"][k])
         for k, o in opts.items():
             o.load_state_dict(resume["optimizer"][k])
-        gen.set_state(resume["generator"].cpu())
-        start = resume["epoch"]
-        best = {"val": resume["best_val"], "epoch": resume["best_epoch"], "model": resume["best_model"]}
-        wall_before = resume.get("wall_seconds", 0.0)   # wall time is cumulative across restarts
 
-    n, metrics = len(data.train), {}
+    def step(x: torch.Tensor, binary: bool) -> dict:   # x: (1, B, *image), the stack of one
+        return {k: v.reshape(1) for k, v in train_step(x[0], step_models, opts, binary, cfg, gen).items()}
+
+    return step, lambda: None, lambda: [{k: o.state_dict() for k, o in opts.items()}], dict
+
+
+def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = None,
+        data: Splits | None = None) -> tuple[dict, list[dict]]:
+    """Train `cfg` for cfg.epochs, validating every epoch, and test the best-by-validation model at
+    the end; cfg.stack > 1 trains the seeds cfg.seed, cfg.seed + 1, ... together as one stacked
+    model (stacked.py), each still its own run. `report(metrics, checkpoints)` is called every
+    epoch (metrics: stacked.seed_metrics; checkpoints(): one state per seed). `resume`: those
+    states, to continue from. Returns (final metrics, final states, one per seed)."""
+    t_start = time.perf_counter()
+    # --- seed -> data -> model, per seed as its separate run does it ---
+    device = resolve_device(cfg.device)
+    cfgs = seed_configs(cfg)
+    seeds, S = [c.seed for c in cfgs], len(cfgs)
+    if data is None:
+        data = load(cfg.dataset, cfg.data_dir, device, cfg.max_train_examples, cfg.download)
+    models, gens = [], []
+    for c in cfgs:
+        torch.manual_seed(c.seed)                                         # initialisation
+        models.append(dict(zip(NAMES, (m.to(device) for m in build(c.dataset, data.image_shape, c.bits)))))
+        gens.append(torch.Generator(device=device).manual_seed(c.seed))   # batch order (one seed: its noise too)
+    start, wall_before = 0, 0.0
+    bests = [{"val": math.inf, "epoch": 0, "model": None} for _ in cfgs]
+    if resume is not None:
+        for m, g, st in zip(models, gens, resume):
+            for k in NAMES:
+                m[k].load_state_dict(st["model"][k])
+            g.set_state(st["generator"].cpu())
+        bests = [{"val": st["best_val"], "epoch": st["best_epoch"], "model": st["best_model"]} for st in resume]
+        # wall time is cumulative across restarts; a stack's is split evenly between its seeds
+        start, wall_before = resume[0]["epoch"], resume[0].get("wall_seconds", 0.0) * S
+    step, sync, optimizer_states, extra_state = (
+        plain_engine(models[0], gens[0], cfg, resume and resume[0]) if S == 1 else
+        stacked.engine(models, cfg, resume, device))
+
+    def checkpoints(epoch: int, bests: list, wall: float) -> list[dict]:
+        return [{**snapshot(m, o, g, epoch, b, c, wall / S), **extra_state()}
+                for m, o, g, b, c in zip(models, optimizer_states(), gens, bests, cfgs)]
+
+    n, per_seed = len(data.train), []
     for epoch in range(start + 1, cfg.epochs + 1):
-        # --- one epoch of Algorithm 1 ---
+        # --- one epoch of Algorithm 1, every seed on its own batch order ---
         t_epoch = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        perm = torch.randperm(n, generator=gen, device=device)
-        try:
-            for i in range(0, n, cfg.batch_size):
-                x = to_float(data.train[perm[i:i + cfg.batch_size]])
-                for k, v in train_step(x, step_models, opts, data.binary, cfg, gen).items():
-                    sums[k] = sums.get(k, 0) + v * len(x)
-        except RuntimeError as e:  # e.g. torch.bernoulli on NaN probabilities; checked only on failure
-            if all(torch.isfinite(q).all() for m in models.values() for q in m.parameters()):
-                raise
-            raise Diverged(epoch, f"non-finite weights ({str(e).splitlines()[0][:80]})") from None
-        train = {k: v.item() / n for k, v in sums.items()}             # one sync per epoch
-        if not math.isfinite(train["loss"]):
-            raise Diverged(epoch, f"non-finite training loss ({train['loss']})")
+        perms = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])     # (S, n)
+        for i in range(0, n, cfg.batch_size):
+            x = to_float(data.train[perms[:, i:i + cfg.batch_size]])                         # (S, B, *image)
+            for k, v in step(x, data.binary).items():
+                sums[k] = sums.get(k, 0) + v * x.shape[1]
+        trains = [dict(zip(sums, v)) for v in torch.stack(list(sums.values())).div(n).T.tolist()]  # one sync
+        for s, t in zip(seeds, trains):
+            # NaN or inf anywhere in a step (probabilities, activations, loss) reaches the loss; nothing
+            # raises before (channels.bernoulli), so every CPU and GPU ends here, at the same epoch
+            if not math.isfinite(t["loss"]):
+                raise Diverged(epoch, "non-finite training loss" + (f" for seed {s}" if S > 1 else "") +
+                               f" (lr={cfg.lr:g}): the weights, the encoder's probabilities or the loss became NaN or inf")
         train_seconds = time.perf_counter() - t_epoch
 
         # --- validation on the whole validation split, the best state, the test after the last epoch ---
         t_eval = time.perf_counter()
-        metrics, best = end_of_epoch(epoch, train, models, best, data, cfg)
-        metrics[M.EXAMPLES_PER_S] = n / train_seconds
-        metrics[M.EVAL_SECONDS] = time.perf_counter() - t_eval
-        metrics[M.EPOCH_SECONDS] = time.perf_counter() - t_epoch
-        metrics[M.WALL_SECONDS] = wall = wall_before + time.perf_counter() - t_start
+        sync()
+        per_seed = []
+        for i, c in enumerate(cfgs):
+            metrics, bests[i] = end_of_epoch(epoch, trains[i], models[i], bests[i], data, c)
+            per_seed.append(metrics)
+        now = time.perf_counter()                                   # one clock reading for every seed
+        wall = wall_before + now - t_start
+        for metrics in per_seed:
+            metrics[M.EXAMPLES_PER_S] = n / train_seconds           # per seed; a stack does S times this
+            metrics[M.EVAL_SECONDS] = (now - t_eval) / S
+            metrics[M.EPOCH_SECONDS] = (now - t_epoch) / S
+            metrics[M.WALL_SECONDS] = wall / S
         if report is not None:
-            report(metrics, lambda e=epoch, b=best, w=wall: snapshot(models, optimizer_states(opts), gen, e, b, cfg, w))
+            report(seed_metrics(per_seed, seeds), lambda e=epoch, b=list(bests), w=wall: checkpoints(e, b, w))
     if start >= cfg.epochs:  # resumed from the final checkpoint (its report may have been lost): report the end again;
         # validation of the restored last-epoch weights repeats that epoch's numbers (fixed-seed evaluation)
-        metrics = {**end_of_epoch(cfg.epochs, {}, models, best, data, cfg)[0], M.WALL_SECONDS: wall_before}
+        per_seed = [{**end_of_epoch(cfg.epochs, {}, m, b, data, c)[0], M.WALL_SECONDS: wall_before / S}
+                    for m, b, c in zip(models, bests, cfgs)]
         if report is not None:
-            report(metrics, lambda: snapshot(models, optimizer_states(opts), gen, cfg.epochs, best, cfg, wall_before))
-    return metrics, snapshot(models, optimizer_states(opts), gen, cfg.epochs, best, cfg,
-                             wall_before + time.perf_counter() - t_start)
+            report(seed_metrics(per_seed, seeds), lambda: checkpoints(cfg.epochs, bests, wall_before))
+    return seed_metrics(per_seed, seeds), checkpoints(cfg.epochs, bests, wall_before + time.perf_counter() - t_start)
 
 
 # --- command line ---------------------------------------------------------------------------
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def config_parser(prog: str, description: str) -> _Parser:
-    """An argparse parser with one option per Config field, documented by the field itself."""
-    p = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            p.add_argument(flag, action="store_true", help=f.metadata["help"])
-        else:
-            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type],
-                           default=f.default, help=f.metadata["help"])
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
-
 
 def run_name(cfg: Config) -> str:
     """What the run is, e.g. mnist-iabf-eps0.1-lam0.01-K5-s0."""
@@ -295,19 +304,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"(epoch {m[M.BEST_EPOCH]})  {m[M.EXAMPLES_PER_S]:7.0f} ex/s", file=sys.stderr, flush=True)
 
         print(f"training {name} on {resolve_device(cfg.device)}", file=sys.stderr, flush=True)
-        if cfg.stack == 1:
-            final, state = run(cfg, progress)
-            saved = [save_checkpoint(state, out / "best.pt")]
-        else:  # one folder per seed, each a normal single-seed run's; the progress lines show the mean
-            from .stacked import run as run_stacked
-
-            final, states = run_stacked(cfg, progress)
-            saved = [save_checkpoint(s, out / f"seed{s['config']['seed']}" / "best.pt") for s in states]
+        final, states = run(cfg, progress)   # a stack's progress lines show the mean over its seeds
+        # one seed: best.pt; a stack: one folder per seed, each a normal single-seed run's
+        saved = [save_checkpoint(s, out / ("" if cfg.stack == 1 else f"seed{s['config']['seed']}") / "best.pt")
+                 for s in states]
         (out / "metrics.json").write_text(json.dumps(final, indent=2))
         print(f"saved {', '.join(map(str, saved))}", file=sys.stderr)
-    except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
+    except ConfigError as e:   # named by its option, as the user typed it
+        print(f"error: --{e.key.replace('_', '-')}: {e}" if e.key else f"error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -1,36 +1,47 @@
 """The Ray Tune trainable: the one module of `iabf` that imports Ray, kept thin because Ray's API
-moves between versions. It wraps `iabf.train.run` (`iabf.stacked.run` for stacked seeds): a report
-and a checkpoint every epoch, a resume from the checkpoint when Ray restarts the trial, the GPU
-when the trial was given one.
+moves between versions. It wraps `iabf.train.run` (one seed, or a stack of seeds): a report every
+epoch, the GPU when the trial was given one, and resumable state that the trial owns:
+
+- every epoch the trial writes its full training state, atomically, to the study's storage
+  (`<storage>/<experiment>/state/<trial id>.pt`, through pyarrow.fs, so `s3://` works as a
+  folder does). A restarted trial (a lost node, a killed process, a resumed study) continues from
+  it, whatever Tune's checkpoints say;
+- Tune gets one checkpoint, after the last epoch: the final states with the artifacts, which the
+  tracking layer copies to MLflow. Fewer checkpoints mean no forced experiment snapshots, and no
+  checkpoint that Tune deletes can be the one a resumed study needs.
 """
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs
+
 import torch
 from ray import tune
 
 from . import metrics as M
-from . import stacked
-from .config import Config
+from .config import Config, seed_configs
 from .data import load, to_float
 from .sampling import markov_chain, reconstructions, save_grid
-from .stacked import seed_configs
 from .train import Diverged, load_checkpoint, models_from_state, run, save_checkpoint
 
+REPLAYED = "replayed"     # a result reported again on resume (see `trainable`), not a new epoch
 STATE = "checkpoint.pt"   # inside every Tune checkpoint; the final one also holds the artifacts below
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
 
 
 def config_from_params(params: dict) -> Config:
-    """A trial's Config: the sampled parameters, with its arm (a JSON string) merged in."""
+    """A trial's Config: the sampled parameters, with its arm (a mapping, or for Optuna a JSON
+    string) merged in; an arm's None is a key that arm leaves alone."""
     params = dict(params)
-    arm = json.loads(params.pop("variant", "{}"))
-    return Config.from_dict({**params, **arm})
+    arm = params.pop("variant", {})
+    arm = json.loads(arm) if isinstance(arm, str) else arm
+    return Config.from_dict({**params, **{k: v for k, v in arm.items() if v is not None}})
 
 
 def trial_device(cfg: Config) -> str:
@@ -69,29 +80,69 @@ def parts(cfg: Config) -> list[Part]:
     return [Part(c, M.seed_key(c.seed, ""), f"seed{c.seed}") for c in seed_configs(cfg)]
 
 
-def trainable(params: dict, chain_steps: int = 9000) -> None:
+class TrialState:
+    """A trial's own resumable state on the study's storage (a local folder or a URI such as
+    s3://bucket/prefix): one file, replaced atomically, holding the per-seed training states and
+    every epoch's reported metrics (the history, replayed on resume: see `trainable`)."""
+
+    def __init__(self, root: str, trial_id: str):
+        self.fs, folder = pyarrow.fs.FileSystem.from_uri(root) if "://" in root else \
+            (pyarrow.fs.LocalFileSystem(), str(Path(root).resolve()))
+        self.path = f"{folder}/{trial_id}.pt"
+        self.fs.create_dir(folder, recursive=True)
+
+    def save(self, states: list[dict], history: list[dict]) -> None:
+        buffer = io.BytesIO()
+        torch.save({"states": states, "history": history}, buffer)
+        tmp = self.path + ".tmp"
+        with self.fs.open_output_stream(tmp) as f:   # write, then rename: never half a state
+            f.write(buffer.getbuffer())
+        self.fs.move(tmp, self.path)
+
+    def load(self, device: str) -> dict | None:
+        if self.fs.get_file_info(self.path).type != pyarrow.fs.FileType.File:
+            return None
+        with self.fs.open_input_file(self.path) as f:
+            return torch.load(io.BytesIO(f.read()), map_location=device, weights_only=True)
+
+
+def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = None) -> None:
     cfg = config_from_params(params)
     cfg.device = trial_device(cfg)
     data = load(cfg.dataset, cfg.data_dir, cfg.device, cfg.max_train_examples, cfg.download)
     seeds = parts(cfg)
-    resume = None
-    if (ckpt := tune.get_checkpoint()) is not None:   # Ray restarted this trial: continue it
+    context = tune.get_context()
+    own = TrialState(state_root, context.get_trial_id()) if state_root else None
+    saved = (own and own.load(cfg.device)) or {"states": None, "history": []}
+    resume, history = saved["states"], saved["history"]
+    if (ckpt := tune.get_checkpoint()) is not None:   # Tune restored the trial's final checkpoint
         with ckpt.as_directory() as d:
-            resume = [load_checkpoint(Path(d) / s.folder / STATE, map_location=cfg.device) for s in seeds]
+            final = [load_checkpoint(Path(d) / s.folder / STATE, map_location=cfg.device) for s in seeds]
+        if resume is None or final[0]["epoch"] > resume[0]["epoch"]:
+            resume = final
+    # The trial's state can be ahead of what the driver recorded: a driver that dies takes the results
+    # it had not yet handled with it. Report the past epochs again, marked; the tracking layer logs
+    # each epoch once, and ASHA, whose rungs a resumed study rebuilds, sees them all.
+    for past in history:
+        tune.report({**past, REPLAYED: True})
 
-    gpu = tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0)
+    gpu = context.get_trial_resources().required_resources.get("GPU", 0.0)
 
     def report(metrics: dict, checkpoint) -> None:
+        t0 = time.perf_counter()
+        states = checkpoint()
+        if own is not None:
+            history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+            own.save(states, history)
+        final = M.TEST_DISTORTION in metrics
         with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter()
-            states = checkpoint()
-            states = states if isinstance(states, list) else [states]
             for s, state in zip(seeds, states):
-                save_checkpoint(state, Path(d) / s.folder / STATE)
+                if final:                     # Tune's one checkpoint: the final states
+                    save_checkpoint(state, Path(d) / s.folder / STATE)
             share = (time.perf_counter() - t0) / len(seeds)
             for s, state in zip(seeds, states):
                 metrics[s.prefix + M.CHECKPOINT_SECONDS] = share
-                if M.TEST_DISTORTION in metrics:  # the last epoch: artifacts of the best model
+                if final:                     # ... with the artifacts of the best model
                     t0 = time.perf_counter()
                     _, enc, dec = models_from_state(state, device=cfg.device)
                     write_artifacts(Path(d) / s.folder, s.cfg, enc, dec, data.test, chain_steps)
@@ -100,12 +151,9 @@ def trainable(params: dict, chain_steps: int = 9000) -> None:
                 metrics[prefix + M.GPU_SECONDS] = metrics[prefix + M.WALL_SECONDS] * gpu
                 if cfg.device == "cuda":  # what packing several trials on one GPU has to fit
                     metrics[prefix + M.GPU_PEAK_MB] = torch.cuda.max_memory_allocated() / 2**20
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d) if final else None)
 
     try:
-        if cfg.stack > 1:
-            stacked.run(cfg, report, resume=resume, data=data)
-        else:
-            run(cfg, report, resume=resume and resume[0], data=data)
+        run(cfg, report, resume=resume, data=data)
     except Diverged as e:  # end the trial here: Ray's retry from the checkpoint would diverge again
         tune.report({M.EPOCH: e.epoch, M.VAL_DISTORTION: float("nan"), M.TRAIN_LOSS: float("nan"), "failure": str(e)})

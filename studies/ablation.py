@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import socket
 import sys
 import time
 import warnings
@@ -18,16 +18,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from iabf.config import ConfigError  # noqa: E402
+from iabf.config import INT_MAX, ConfigError, Parser, short  # noqa: E402
 from iabf.data import DataError, check_available  # noqa: E402
-from studies import tracking  # noqa: E402
-from studies.space import SpaceError, check_stack, load_study, param_space, scheduler, searcher, smoke  # noqa: E402
+from studies import cluster, tracking  # noqa: E402
+from studies.space import (SpaceError, check_gpu, check_stack, load_study, param_space, scheduler,  # noqa: E402
+                          searcher, smoke, table_columns)
 
 DEFAULT_SPACE = ROOT / "search_spaces" / "quick.yaml"
 
 
+def bounded(kind, lo: float, hi: float = INT_MAX):
+    """An argparse type: a finite number of `kind` in [lo, hi]. NaN, inf and the like are never valid."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"{short(value)} is not allowed: a number in [{lo:g}, {hi:g}]")
+        return value
+    parse.__name__ = kind.__name__   # what argparse names in its messages
+    return parse
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search-space YAML (default: %(default)s)")
     p.add_argument("--address", default=None, help="Ray cluster address; 'auto' on a cluster (default: a local Ray)")
     p.add_argument("--tracking-uri", default=None,
@@ -38,13 +53,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="EXPERIMENT_DIR",
                    help="continue an interrupted study: its folder, or the latest of this space's study")
     p.add_argument("--smoke", action="store_true", help="shrink the space to 2 tiny CPU trials (for tests)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
-    p.add_argument("--stack", type=int, default=None, metavar="S",
+    p.add_argument("--max-concurrent", type=bounded(int, 1), default=None, help="at most this many trials at once")
+    p.add_argument("--stack", type=bounded(int, 1, 1024), default=None, metavar="S",
                    help="train S consecutive seeds as one stacked model per trial (overrides the space's stack)")
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="override resources.gpu (fractions share a GPU)")
-    p.add_argument("--tracking-grace", type=float, default=120,
+    p.add_argument("--gpus-per-trial", type=bounded(float, 0, 10_000), default=None,
+                   help="override resources.gpu (fractions share a GPU)")
+    p.add_argument("--tracking-grace", type=bounded(float, 0, 86_400), default=120,
                    help="seconds to wait at the end for an unreachable tracking server to return (default: %(default)s)")
-    p.add_argument("--chain-steps", type=int, default=None,
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray's full output on the console (default: a status table; the rest in the study's log file)")
+    p.add_argument("--chain-steps", type=bounded(int, 0, 10**7), default=None,
                    help="Markov-chain steps for each finished trial's samples (default: 9000, the paper's; 90 with --smoke)")
     return p.parse_args(argv)
 
@@ -59,49 +77,40 @@ def main(argv=None) -> int:
 
     # --- validate everything before anything starts ---
     try:
-        study = load_study(args.space)
-        if args.stack is not None:
-            study = check_stack(replace(study, stack=args.stack))
-        if args.smoke:
-            study = smoke(study)
-        if args.gpus_per_trial is not None:
-            study.resources["gpu"] = args.gpus_per_trial
-        if args.max_concurrent is not None:
-            study.max_concurrent = args.max_concurrent
-        data_dir = str(Path(args.data_dir).expanduser().resolve())
-        study.fixed["data_dir"] = data_dir
-        for name in study.datasets():
-            check_available(name, data_dir)
-        uri = tracking.check_uri(args.tracking_uri or tracking.default_tracking_uri())
-        check_address(args.address)
-        experiment_dir = resolve_experiment(args, study)
+        study, uri, experiment_dir = prepare(args)
     except (SpaceError, ConfigError, DataError, tracking.TrackingError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    import ray
     from ray import tune
 
     from iabf.tune import trainable
+    from studies import console
 
+    held = None if args.verbose else console.capture_logs()   # Ray's and MLflow's messages: the log file
     try:
-        if args.address:
-            ray.init(address=args.address, include_dashboard=False)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        print(f"error: cannot reach the Ray cluster at {args.address!r}: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(cluster.connect(args.address, include_dashboard=False, log_to_driver=args.verbose), flush=True)
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    if held is not None:
+        console.to_file(held, experiment_dir)
 
     exp_id, parent = tracking.start_study(uri, study, experiment_dir, resume=args.resume is not None)
     print(f"study {study.name}: {study.n_trials() or study.num_samples} trials, tracked in {uri} "
           f"(experiment {study.name!r}, parent run {parent})", flush=True)
+    if held is not None:
+        print(f"Ray's and MLflow's messages: {Path(experiment_dir) / console.LOG_NAME}", flush=True)
     chain_steps = args.chain_steps or (90 if args.smoke else 9000)
-    fn = tune.with_resources(tune.with_parameters(trainable, chain_steps=chain_steps),
-                             {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, chain_steps=chain_steps, state_root=f"{experiment_dir}/state"),
+        {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
     tracker = tracking.MLflowTracking(uri, exp_id, parent, study.name)
-    if args.resume:  # Tune restores the original run config, callbacks included
+    columns = table_columns(study)
+    if args.resume:  # Tune restores the original run config, callbacks and reporter included
         tracker = None
+        if held is not None:
+            console.reporter(columns, study.metric)   # the classic output engine, as when the study began
         tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(
@@ -112,11 +121,10 @@ def main(argv=None) -> int:
                                         reuse_actors=True),  # a trial's process is reused: no re-import of torch
             run_config=tune.RunConfig(
                 name=Path(experiment_dir).name, storage_path=str(Path(experiment_dir).parent),
-                callbacks=[tracker],
-                # 3, not 1: Tune deletes a trial's oldest checkpoint before its next experiment snapshot,
-                # so a driver killed in between resumes from a checkpoint that is gone; keeping 3 makes
-                # that window rare (a snapshot is forced after num_to_keep checkpoints) and bounds disk
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+                callbacks=[tracker, console.StopLines(columns)],
+                progress_reporter=None if args.verbose else console.reporter(columns, study.metric),
+                # Tune checkpoints only a trial's end (iabf/tune.py): the trial keeps its own state every epoch
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 failure_config=tune.FailureConfig(max_failures=2), verbose=1))
     try:
         tuner.fit()   # Ctrl-C: Tune saves its state and returns; the study can be resumed
@@ -143,18 +151,26 @@ def main(argv=None) -> int:
     return 0
 
 
-def check_address(address: str | None) -> None:
-    """Fail fast on a cluster address nobody answers at (Ray itself retries for minutes)."""
-    if address in (None, "auto", "local"):
-        return
-    hostport = address.removeprefix("ray://")
-    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
-    try:
-        with socket.create_connection((host, int(port or (10001 if address.startswith("ray://") else 6379))), timeout=3):
-            pass
-    except (OSError, ValueError) as e:
-        raise ConnectionError(f"cannot reach the Ray cluster at {address!r} ({type(e).__name__}: {e}); "
-                              f"use --address auto on the head node, or HOST:PORT of a running Ray head") from None
+def prepare(args: argparse.Namespace):
+    """Everything checked before anything starts or is written: the space with the command line's
+    overrides, the datasets, the tracking URI, the cluster address. Returns (study, tracking URI,
+    experiment folder); raises one of the errors `main` turns into one line and exit code 2."""
+    study = load_study(args.space)
+    if args.stack is not None:
+        study = check_stack(replace(study, stack=args.stack))
+    if args.smoke:
+        study = smoke(study)
+    if args.gpus_per_trial is not None:
+        study.resources["gpu"] = check_gpu(args.gpus_per_trial, "--gpus-per-trial")
+    if args.max_concurrent is not None:
+        study.max_concurrent = args.max_concurrent
+    data_dir = str(Path(args.data_dir).expanduser().resolve())
+    study.fixed["data_dir"] = data_dir
+    for name in study.datasets():
+        check_available(name, data_dir)
+    uri = tracking.check_uri(args.tracking_uri or tracking.default_tracking_uri())
+    cluster.check_address(args.address)
+    return study, uri, resolve_experiment(args, study)
 
 
 def resolve_experiment(args, study) -> str:

@@ -105,6 +105,20 @@ def log_report(uri: str, parent_run_id: str, folder: Path) -> None:
     MlflowClient(uri).log_artifacts(parent_run_id, str(folder), "report")
 
 
+def end_of(trial, error: bool = False) -> tuple[str, str | None]:
+    """How a trial ended, from what Tune knows when it ends: (stop_reason, failure or None).
+    error: Tune reports the trial as errored (its process raised, retries used up)."""
+    if error:
+        lines = (trial.get_error() or "unknown error").strip().splitlines()
+        return "failed", lines[-1] if lines else "unknown error"
+    last = trial.last_result or {}
+    if "failure" in last:   # the trainable ended a diverged trial itself
+        return "failed", last["failure"]
+    if last.get(M.EPOCH, 0) >= config_from_params(trial.config).epochs:
+        return "completed", None
+    return "early_stopped", None
+
+
 def _timed(hook):
     def timed(self, *args, **kwargs):
         t0 = time.perf_counter()
@@ -248,22 +262,15 @@ class MLflowTracking(tune.Callback):
 
     @_timed
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        if "failure" in last:   # the trainable ended a diverged trial itself
-            end = ("failed", last["failure"], None)
-        elif last.get(M.EPOCH, 0) >= config_from_params(trial.config).epochs:
-            end = ("completed", None, trial.checkpoint)
-        else:
-            end = ("early_stopped", None, None)
+        reason, failure = end_of(trial)
         for log in self._log(trial):
-            log.end = end
+            log.end = (reason, failure, trial.checkpoint if reason == "completed" else None)
         self._sync()
 
     @_timed
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = (trial.get_error() or "unknown error").strip().splitlines()
         for log in self._log(trial):
-            log.end = ("failed", error[-1] if error else "unknown error", None)
+            log.end = (*end_of(trial, error=True), None)
         self._sync()
 
     @_timed

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from iabf.channels import (ERASED, adversarial_eps, bec, bsc, budget_eps, compose, flip_mask, sample_noisy,
-                           topk_eps, transmit)
+from iabf.channels import (ERASED, adversarial_eps, bec, bernoulli, bsc, budget_eps, compose, flip_mask,
+                           sample_noisy, topk_eps, transmit)
 
 
 def gen(seed=0):
@@ -27,6 +27,20 @@ def test_bec_erasure_rate_within_3_sigma_and_keeps_the_rest(eps):
     erased = r == ERASED
     assert abs(erased.float().mean().item() - eps) <= 3 * math.sqrt(eps * (1 - eps) / y.numel())
     assert torch.equal(r[~erased], y[~erased])  # an erasure channel never flips
+
+
+def test_bernoulli_draws_at_rate_p_and_never_raises_on_nan():
+    """The one Bernoulli sampler of training and evaluation: the right rate (3 sigma), reproducible
+    from its generator, and a NaN probability gives a finite bit instead of an error that some CPUs
+    raise and others do not (the NaN then reaches the loss, where divergence is detected)."""
+    p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]).expand(20000, 5)
+    y = bernoulli(p, gen(3))
+    assert set(y.unique().tolist()) <= {0.0, 1.0}
+    for j, q in enumerate([0.0, 0.1, 0.5, 0.9, 1.0]):
+        assert abs(y[:, j].mean().item() - q) <= 3 * math.sqrt(q * (1 - q) / len(y)) + 1e-12
+    assert torch.equal(y, bernoulli(p, gen(3)))
+    bad = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5])
+    assert torch.isfinite(bernoulli(bad, gen(0))).all() and torch.isfinite(bernoulli(bad)).all()
 
 
 def test_channel_noise_is_reproducible_from_the_generator_and_differs_across_seeds():

@@ -1,8 +1,19 @@
-"""cluster.yaml against the schema Ray ships, its security rules, and fractional GPUs in Ray."""
+"""cluster.yaml against the schema Ray ships, its security rules, fractional GPUs in Ray, and the
+study driver's choice of Ray cluster (a real `ray start --head`)."""
+import contextlib
 import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import jsonschema
+import psutil
 import pytest
 import ray
 import yaml
@@ -67,3 +78,97 @@ def test_fractional_gpu_trials_share_one_declared_gpu(ray_with_a_gpu, tmp_path):
     assert all(m["device"] == "cpu" for m in results)            # ... but no CUDA here: CPU, no crash
     a, b = sorted(results, key=lambda m: m["start"])
     assert b["start"] < a["end"]                                 # 0.5 + 0.5: both ran at once
+
+
+# --- the study's default address: join the cluster this machine belongs to, else a local Ray ---
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything it started (a Ray node: GCS, raylet, workers), by pid."""
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(procs, timeout=30)
+
+
+@pytest.fixture
+def ray_head():
+    """A real `ray start --head` (what `ray up` leaves on a head node) on its own port and in its own
+    temp dir (RAY_TMPDIR, short: Ray's socket paths must fit in 107 bytes); ended by process id."""
+    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    port = free_port()
+    env = {**os.environ, "RAY_TMPDIR": tmp}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
+                             "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard=false",
+                             "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    address_file = Path(tmp) / "ray" / "ray_current_cluster"
+    deadline = time.time() + 60
+    while not (address_file.exists() and address_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.5)
+    assert address_file.exists(), "ray start --head did not come up"
+    yield {"env": env, "port": port, "pid": head.pid, "tmp": Path(tmp)}
+    kill_tree(head.pid)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def study(env, tmp_path, *args):
+    return subprocess.run([sys.executable, str(ROOT / "studies" / "ablation.py"), "--smoke", "--chain-steps", "5",
+                           "--storage", str(tmp_path / "results"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                           *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def sessions(tmp: Path) -> list[str]:
+    return sorted(p.name for p in (tmp / "ray").glob("session_2*"))
+
+
+@pytest.mark.slow
+def test_without_address_a_study_joins_this_machines_cluster_and_survives_a_dead_one(ray_head, tmp_path):
+    """`ray up` then `python studies/ablation.py` on the head: the study joins the running cluster
+    (no second Ray is started). Once that cluster has died, its address is stale: a warning, and
+    the study runs on a local Ray."""
+    env, port, tmp = ray_head["env"], ray_head["port"], ray_head["tmp"]
+    out = study(env, tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # Ray names the head by this machine's address, which may not be loopback
+    assert re.fullmatch(rf"joined the Ray cluster at [\d.]+:{port}: 1 node\(s\), 2 CPUs, 0 GPUs", out.stdout.splitlines()[0])
+    assert "2 completed" in out.stdout
+    assert len(sessions(tmp)) == 1                      # the head's own session: no local Ray was started
+
+    kill_tree(ray_head["pid"])                           # the cluster dies; its address file stays behind
+    out = study(env, tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.splitlines()[0] == "started a local Ray with 2 CPUs"
+    assert re.search(rf"warning: the Ray cluster last started on this machine \(at [\d.]+:{port}\) is gone", out.stderr)
+    assert len(sessions(tmp)) == 2
+
+
+def test_ray_address_comes_before_this_machines_cluster(ray_head, monkeypatch):
+    """RAY_ADDRESS names the cluster to join, as for ray.init(); with neither it and nor a cluster
+    on this machine, a local Ray starts."""
+    from studies import cluster
+
+    empty = tempfile.mkdtemp(prefix="re", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", empty)             # this machine's own address file: none
+    monkeypatch.setenv("RAY_ADDRESS", (ray_head["tmp"] / "ray" / "ray_current_cluster").read_text().strip())
+    try:
+        line = cluster.connect(None, include_dashboard=False, log_to_driver=False)
+        assert re.match(rf"joined the Ray cluster at [\d.]+:{ray_head['port']}: 1 node", line), line
+    finally:
+        ray.shutdown()
+    monkeypatch.delenv("RAY_ADDRESS")
+    try:
+        assert cluster.connect(None, include_dashboard=False, log_to_driver=False).startswith("started a local Ray")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(empty, ignore_errors=True)

@@ -20,7 +20,7 @@ def test_markov_chain_shapes_range_and_reproducibility():
 
 
 def test_sampling_cli_writes_a_grid_from_a_checkpoint(tmp_path):
-    _, state = run(Config(dataset="digits", method="necst", epochs=1))
+    _, [state] = run(Config(dataset="digits", method="necst", epochs=1))
     ckpt = save_checkpoint(state, tmp_path / "best.pt")
     out = tmp_path / "chain.png"
     assert main([str(ckpt), "--steps", "20", "--every", "5", "--n", "6", "--out", str(out)]) == 0

@@ -10,7 +10,7 @@ from scipy import stats
 
 from iabf import metrics as M
 from iabf import stacked, train
-from iabf.config import Config, ConfigError
+from iabf.config import Config, ConfigError, seed_configs
 from iabf.data import load, to_float
 from iabf.models import build
 
@@ -74,8 +74,8 @@ def test_stacked_run_matches_separate_runs_statistically():
     initialisation per seed, different noise streams, so equal in distribution: the means agree
     within the seeds' spread (Welch's t-test), and every seed improves on its untrained start."""
     cfg = Config(dataset="digits", method="necst", epochs=4, K=3, stack=4, seed=10)
-    final, states = stacked.run(cfg)
-    seeds = [c.seed for c in stacked.seed_configs(cfg)]
+    final, states = train.run(cfg)
+    seeds = [c.seed for c in seed_configs(cfg)]
     stacked_test = [final[M.seed_key(s, M.TEST_DISTORTION)] for s in seeds]
     separate_test = [train.run(c)[0][M.TEST_DISTORTION] for c in (Config(**{**cfg.to_dict(), "stack": 1, "seed": s})
                                                                   for s in seeds)]
@@ -94,7 +94,7 @@ def test_stacked_run_matches_separate_runs_statistically():
 
 def test_stacked_seeds_start_from_their_separate_runs_initialisation():
     cfg = Config(dataset="digits", method="iabf", epochs=1, stack=2, seed=5, lr=1e-12)  # lr ~ 0: weights stay
-    _, states = stacked.run(cfg)
+    _, states = train.run(cfg)
     for st, seed in zip(states, (5, 6)):
         ref = models_for(seed)
         for k in stacked.NAMES:
@@ -105,9 +105,9 @@ def test_stacked_seeds_start_from_their_separate_runs_initialisation():
 def test_stacked_resume_continues_exactly():
     cfg = Config(dataset="digits", method="iabf", epochs=3, K=3, stack=2)
     straight = []
-    stacked.run(cfg, lambda m, c: straight.append((m, copy.deepcopy(c()))))
+    train.run(cfg, lambda m, c: straight.append((m, copy.deepcopy(c()))))
     resumed = []
-    stacked.run(cfg, lambda m, _: resumed.append(m), resume=straight[0][1])
+    train.run(cfg, lambda m, _: resumed.append(m), resume=straight[0][1])
     assert [m[M.EPOCH] for m in resumed] == [2, 3]
     for (a, _), b in zip(straight[1:], resumed):
         for key in (M.seed_key(0, M.TRAIN_LOSS), M.seed_key(1, M.VAL_DISTORTION), M.TEST_DISTORTION):
@@ -139,4 +139,4 @@ def test_cli_writes_one_single_seed_checkpoint_per_seed(tmp_path, capsys):
 
 def test_a_diverging_stack_is_one_clear_error():
     with pytest.raises(train.Diverged, match="training diverged at epoch 1: non-finite"):
-        stacked.run(Config(dataset="digits", method="iabf", epochs=2, K=2, stack=2, lr=1e30))
+        train.run(Config(dataset="digits", method="iabf", epochs=2, K=2, stack=2, lr=1e30))

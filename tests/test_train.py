@@ -1,4 +1,5 @@
 """The training loop on real data, checkpoints and resume, the command line."""
+import copy
 import json
 import math
 import subprocess
@@ -11,7 +12,7 @@ from iabf import metrics as M
 from iabf.config import Config, ConfigError
 from iabf.data import load
 from iabf.models import build
-from iabf.train import CheckpointError, evaluate, load_checkpoint, load_models, main, models_from_state, run, save_checkpoint
+from iabf.train import CheckpointError, Diverged, evaluate, load_checkpoint, load_models, main, models_from_state, run, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_short_training_on_real_mnist_lowers_validation_distortion(method, mnist
     enc, dec, _ = build("mnist", mnist_small.image_shape, cfg.bits)
     start = evaluate(enc, dec, mnist_small.val, False, cfg, seed=0)["distortion"]
     history = []
-    final, state = run(cfg, lambda m, _: history.append(m), data=mnist_small)
+    final, [state] = run(cfg, lambda m, _: history.append(m), data=mnist_small)
     assert [m[M.EPOCH] for m in history] == [1, 2, 3, 4]
     # untrained: ~190 (sigmoid(0) = 0.5 on every pixel); after 4 short epochs: ~45
     assert final[M.BEST_VAL_DISTORTION] < 0.4 * start
@@ -40,7 +41,7 @@ def test_short_training_on_real_mnist_lowers_validation_distortion(method, mnist
 def test_test_metrics_come_from_the_best_validation_epoch(data_dir):
     cfg = Config(dataset="digits", method="necst", epochs=6, lr=3e-2, seed=3)  # a large lr: noisy epochs
     history = []
-    final, state = run(cfg, lambda m, _: history.append(m))
+    final, _ = run(cfg, lambda m, _: history.append(m))
     vals = [m[M.VAL_DISTORTION] for m in history]
     assert final[M.BEST_VAL_DISTORTION] == min(vals)
     assert final[M.BEST_EPOCH] == 1 + vals.index(min(vals))
@@ -55,7 +56,8 @@ def test_checkpoint_round_trip_and_resume_continues_exactly(tmp_path):
     saved = {}
     def stop_after_2(m, checkpoint):
         if m[M.EPOCH] == 2:
-            saved["path"] = save_checkpoint(checkpoint(), tmp_path / "ckpt.pt")
+            [state] = checkpoint()
+            saved["path"] = save_checkpoint(state, tmp_path / "ckpt.pt")
             raise KeyboardInterrupt  # the process dies here
     with pytest.raises(KeyboardInterrupt):
         run(cfg, stop_after_2)
@@ -65,7 +67,7 @@ def test_checkpoint_round_trip_and_resume_continues_exactly(tmp_path):
     assert set(state["optimizer"]) == {"model", "discriminator"}
 
     resumed = []
-    run(cfg, lambda m, _: resumed.append(m), resume=state)
+    run(cfg, lambda m, _: resumed.append(m), resume=[state])
     assert [m[M.EPOCH] for m in resumed] == [3, 4]
     for a, b in zip(straight[2:], resumed):                # same numbers as never having stopped
         assert a[M.VAL_DISTORTION] == pytest.approx(b[M.VAL_DISTORTION], rel=1e-5)
@@ -76,9 +78,9 @@ def test_resume_from_the_final_checkpoint_reports_the_end_again():
     """A trial restored from its last checkpoint (the driver died after it finished) trains no more
     but reports its final metrics again, so a tracker sees it completed."""
     cfg = Config(dataset="digits", method="necst", epochs=2)
-    final, state = run(cfg)
+    final, states = run(cfg)
     again = []
-    final2, _ = run(cfg, lambda m, _: again.append(m), resume=state)
+    run(cfg, lambda m, _: again.append(m), resume=states)
     assert len(again) == 1 and again[0][M.EPOCH] == 2
     assert again[0][M.VAL_DISTORTION] == pytest.approx(final[M.VAL_DISTORTION])   # the metric Tune requires
     assert again[0][M.TEST_DISTORTION] == pytest.approx(final[M.TEST_DISTORTION])
@@ -151,12 +153,40 @@ def test_divergence_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def poisoned(state: dict) -> dict:
+    """A digits checkpoint whose encoder weights are finite but whose probabilities are NaN on
+    every CPU: the first layer sends every (non-negative, partly bright) image to +inf, whatever the
+    summation order, and the second adds +inf and -inf for every bit."""
+    state = copy.deepcopy(state)
+    enc = state["model"]["encoder"]
+    w1, w2 = (k for k in enc if k.endswith("weight"))
+    enc[w1].fill_(3e38)
+    enc[w2].copy_(torch.tensor([1.0, -1.0]).repeat(enc[w2].shape[1] // 2).expand_as(enc[w2]))
+    assert all(torch.isfinite(w).all() for w in enc.values())
+    return state
+
+
+@pytest.mark.parametrize("method", ["necst", "iabf"])
+def test_nan_probabilities_with_finite_weights_are_divergence_at_that_epoch(method):
+    """What failed on some CPUs: NaN probabilities while the weights are still finite. Plain and
+    stacked runs end with Diverged at the epoch it happened, naming the seed in a stack."""
+    cfg = Config(dataset="digits", method=method, epochs=3, K=2, max_train_examples=300)
+    _, [state] = run(Config(**{**cfg.to_dict(), "epochs": 1}))
+    state["config"] = cfg.to_dict()
+    with pytest.raises(Diverged, match=r"^training diverged at epoch 2: non-finite training loss \(lr=0.001\)"):
+        run(cfg, resume=[poisoned(state)])
+    stack = Config(**{**cfg.to_dict(), "stack": 2})
+    _, states = run(Config(**{**stack.to_dict(), "epochs": 1}))
+    with pytest.raises(Diverged, match=r"^training diverged at epoch 2: non-finite training loss for seed 1 "):
+        run(stack, resume=[states[0], poisoned(states[1])])
+
+
 def test_compiled_training_keeps_plain_checkpoints_and_matches_uncompiled():
     """Config.compile wraps the networks for the training step only: the same numbers as
     uncompiled training (up to float reassociation), and checkpoints with the plain module keys."""
     cfg = Config(dataset="digits", method="abf", epochs=2, K=2, max_train_examples=500)
     plain, _ = run(cfg)
-    compiled, state = run(Config(**{**cfg.to_dict(), "compile": "default"}))
+    compiled, [state] = run(Config(**{**cfg.to_dict(), "compile": "default"}))
     assert compiled[M.TRAIN_LOSS] == pytest.approx(plain[M.TRAIN_LOSS], rel=1e-3)
     assert compiled[M.TEST_DISTORTION] == pytest.approx(plain[M.TEST_DISTORTION], rel=1e-3)
     assert not any("_orig_mod" in k for k in state["model"]["decoder"])

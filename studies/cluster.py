@@ -1,0 +1,89 @@
+"""Connecting the study driver to Ray, the way Ray users expect of `ray.init()`.
+
+- `--address HOST:PORT` (or `auto`, or `RAY_ADDRESS`): join that cluster, or fail with one line.
+- no address: join the cluster started on this machine (`ray start`, which `ray up` runs on the
+  head), else start a local Ray. An address left behind by a cluster that has died is said in a
+  warning, and the study goes on locally.
+- Token authentication (Ray's default once a token exists): a driver joining a cluster by address
+  sends the token this machine has (`RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`),
+  by Ray's documented switch `RAY_AUTH_MODE=token`. A refused token is said as such, with the fix.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+TOKEN_HELP = ("the cluster uses token authentication and this machine has no matching token: copy the head's "
+              "~/.ray/auth_token here (or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), then run again")
+
+
+def reachable(address: str, timeout: float = 3.0) -> bool:
+    """Does anything answer at HOST:PORT? (Ray itself retries a dead address for a long time.)"""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or address, int(port or 6379)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def check_address(address: str | None) -> None:
+    """Fail fast, before anything is written, on an explicit address nobody answers at."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "auto", "local") or reachable(address):
+        return
+    raise ConnectionError(f"cannot reach the Ray cluster at {address!r}; use --address auto on the head node, "
+                          f"HOST:PORT of a running Ray head, or no --address for a local Ray")
+
+
+def local_cluster() -> str | None:
+    """The address of the cluster last started on this machine (`ray start`), as `ray.init()`
+    finds it: Ray's address file in its temp dir ($RAY_TMPDIR, else /tmp/ray)."""
+    from ray._private.utils import read_ray_address   # Ray's own lookup; no public API exposes it
+
+    return read_ray_address()
+
+
+def has_token() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or any(
+        Path(p).expanduser().is_file() for p in (os.environ.get("RAY_AUTH_TOKEN_PATH", ""), "~/.ray/auth_token") if p)
+
+
+def connect(address: str | None, **init) -> str:
+    """ray.init() for a study; returns the line that says what happened (printed first). Raises
+    ConnectionError with one line (that names the address and, for a refused token, the fix)."""
+    import ray
+
+    explicit = address or os.environ.get("RAY_ADDRESS") or None
+    if explicit is None:
+        found = local_cluster()
+        if found and not reachable(found):
+            print(f"warning: the Ray cluster last started on this machine (at {found}) is gone; starting a local "
+                  f"Ray instead (`ray stop` forgets the old address)", file=sys.stderr, flush=True)
+            found = None
+        target = found or "local"
+    else:
+        target = explicit
+        # Ray turns token authentication on for an address it finds itself, not for one it is
+        # given; a cluster without authentication ignores the token, so sending it is always safe
+        if target != "local" and "RAY_AUTH_MODE" not in os.environ and has_token():
+            os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        ray.init(address=None if target != "local" and explicit is None else target, **init)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        chain, cause = [], e
+        while cause is not None:
+            chain.append(str(cause))
+            cause = cause.__cause__ or cause.__context__
+        why = TOKEN_HELP if any("Authentication" in c or "auth token" in c.lower() for c in chain) else \
+            " ".join(str(e).split())[:300]
+        raise ConnectionError(f"cannot join the Ray cluster at {target!r}: {why}") from None
+    resources = ray.cluster_resources()
+    cpus, gpus = int(resources.get("CPU", 0)), resources.get("GPU", 0)
+    if target == "local":
+        return f"started a local Ray with {cpus} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    where = ray.get_runtime_context().gcs_address
+    return f"joined the Ray cluster at {where}: {nodes} node(s), {cpus} CPUs, {gpus:g} GPUs"

@@ -1,0 +1,91 @@
+"""What a study prints, and what it only logs.
+
+The console gets a short view: the line saying which Ray the study runs on, Ray Tune's own
+CLIReporter as one status table (the parameters that differ between trials as columns, the
+metric, refreshed at most once a minute), one line for each trial that ASHA stops or that fails,
+and the summary. Everything else that Ray, Ray Tune and MLflow say goes to the study's log file,
+`<results>/<study>-<time>/study.log`. `--verbose` gives Ray's own full output back instead.
+"""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from pathlib import Path
+
+from ray import tune
+
+from iabf import metrics as M
+from studies.tracking import end_of
+
+LOGGERS = ("ray", "mlflow", "alembic", "optuna")
+LOG_NAME = "study.log"
+
+
+def capture_logs() -> logging.handlers.MemoryHandler:
+    """From now on, Ray's, MLflow's and Optuna's log records are held back, not printed; `to_file`
+    writes them (and all later ones) to the study's log once the study really starts, so a study
+    refused at the start leaves no log behind."""
+    held = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    held.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in LOGGERS:
+        log = logging.getLogger(name)
+        log.handlers[:] = [held]
+        log.propagate = False
+    return held
+
+
+def to_file(held: logging.handlers.MemoryHandler, experiment_dir: str | Path) -> Path:
+    path = Path(experiment_dir) / LOG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(held.formatter)
+    held.setTarget(handler)
+    held.flush()
+    for name in LOGGERS:
+        logging.getLogger(name).handlers[:] = [handler]
+    return path
+
+
+def reporter(columns: dict[str, str], metric: str) -> tune.CLIReporter:
+    """Ray Tune's CLIReporter: one table, a column per parameter that varies, the metric and epoch.
+    It is Ray's classic output engine, which the new one replaces unless RAY_AIR_NEW_OUTPUT=0."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    return tune.CLIReporter(parameter_columns=columns, metric_columns={metric: metric, M.EPOCH: "epoch"},
+                            max_report_frequency=60, max_column_length=24, sort_by_metric=False)
+
+
+class StopLines(tune.Callback):
+    """One console line for each trial that ASHA stops early or that fails."""
+
+    def __init__(self, columns: dict[str, str]):
+        self.columns = columns
+
+    def describe(self, trial) -> str:
+        flat = _flatten(trial.config)
+        shown = " ".join(f"{name}={flat[key]}" for key, name in self.columns.items() if key in flat)
+        return f"trial {trial.trial_id} ({shown})"
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        reason, failure = end_of(trial)
+        last = trial.last_result or {}
+        if reason == "early_stopped":
+            print(f"{self.describe(trial)}: stopped by ASHA after epoch {last.get(M.EPOCH, '?')} "
+                  f"({M.VAL_DISTORTION} {last.get(M.VAL_DISTORTION, float('nan')):.4g})", flush=True)
+        elif reason == "failed":
+            print(f"{self.describe(trial)}: failed: {failure}", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"{self.describe(trial)}: failed: {end_of(trial, error=True)[1]} (error file: {trial.error_file})",
+              file=sys.stdout, flush=True)
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
