@@ -8,7 +8,7 @@ from iabf import metrics as M
 from iabf.config import FIELD_TYPES, Config
 
 COLUMNS = ["dataset", "bits", "method", "eps", "lam", "K", "seed", "stop_reason", "val", "test",
-           "run_id", "config_hash", "run_name", "failure"]
+           "run_id", "config_hash", "run_name", "failure", "phase", "cell", "arm", "uid", "confirms", "epochs"]
 
 
 class FetchError(LookupError):
@@ -44,19 +44,46 @@ def fetch_runs(tracking_uri: str, study: str, parent: str | None = None, include
     rows = []
     for r in runs:
         cfg = Config.from_dict(_typed(r.data.params))
-        rows.append({"dataset": cfg.dataset, "bits": cfg.bits, "method": cfg.method, "eps": cfg.eps,
+        tags = r.data.tags
+        rows.append({"dataset": cfg.dataset, "bits": cfg.bits, "method": cfg.method, "eps": cfg.eval_eps,
                      "lam": cfg.lam if cfg.method == "iabf" else float("nan"), "K": cfg.K, "seed": cfg.seed,
                      "stop_reason": r.data.tags.get("stop_reason", "running"),
                      "val": r.data.metrics.get(M.BEST_VAL_DISTORTION, float("nan")),
                      "test": r.data.metrics.get(M.TEST_DISTORTION, float("nan")),
                      "run_id": r.info.run_id, "config_hash": r.data.tags.get("config_hash", ""),
                      "run_name": r.info.run_name, "failure": r.data.tags.get("failure", ""),
+                     # the protocol's labels (studies/protocol.py); a run from before them is a search run
+                     # of its own cell, in the arm of its method
+                     "phase": tags.get("phase", "search"), "arm": tags.get("arm", cfg.method),
+                     "cell": tags.get("cell", f"{cfg.dataset}/{cfg.channel}/{cfg.bits}b/eps{cfg.eval_eps:g}"),
+                     "uid": tags.get("uid", ""), "confirms": tags.get("confirms", ""),
+                     "epochs": r.data.metrics.get(M.EPOCH, 0.0),
                      **{f"param.{k}": v for k, v in cfg.to_dict().items()},
                      **{f"metric.{k}": v for k, v in r.data.metrics.items()}})
     df = pd.DataFrame(rows, columns=None if rows else COLUMNS)
     if not include_unfinished and len(df):
         df = df[df.stop_reason == "completed"]
-    return df.sort_values(["dataset", "method", "eps", "lam", "seed"], na_position="first").reset_index(drop=True)
+    return df.sort_values(["dataset", "method", "eps", "arm", "lam", "seed"], na_position="first").reset_index(drop=True)
+
+
+def table_runs(trials: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """The runs a table reports: the confirmation runs when the study has them (each cell and arm
+    then has all its seeds), else every completed run (search results). Returns (runs, confirmed)."""
+    confirmed = trials[trials.phase == "confirm"]
+    return (confirmed, True) if len(confirmed) else (trials, False)
+
+
+def study_plan(tracking_uri: str, study: str, parent: str | None = None) -> dict | None:
+    """The plan the study logged when it started (studies/protocol.cell_plan), if it did."""
+    client = MlflowClient(tracking_uri)
+    _, par = parent_run(client, study, parent)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.artifacts.load_dict(f"{par.info.artifact_uri}/plan.json")
+    except (MlflowException, OSError, ValueError):   # a study from before plans: no plan to show
+        return None
 
 
 def metric_history(tracking_uri: str, run_ids, key: str = M.VAL_DISTORTION) -> pd.DataFrame:

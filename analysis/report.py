@@ -9,6 +9,7 @@ hyperparameter. Prints the LaTeX table.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -21,10 +22,10 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from analysis import figures, tables
-from analysis.fetch import FetchError, fetch_runs, metric_history
+from analysis.fetch import FetchError, fetch_runs, metric_history, study_plan, table_runs
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-NOT_SEARCHED = ("param.seed", "param.data_dir", "param.device", "param.download")
+NOT_SEARCHED = ("param.seed", "param.stack", "param.data_dir", "param.device", "param.download")
 
 
 def searched_params(trials: pd.DataFrame) -> list[str]:
@@ -35,9 +36,9 @@ def searched_params(trials: pd.DataFrame) -> list[str]:
 
 
 def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
-    """One axis plot per searched parameter. Across several cells, distortion is shown relative to
-    the best of its (dataset, eps, method) cell, so scales are comparable; edge notes are per cell."""
-    notes, cell = [], ["dataset", "eps", "method"]
+    """One axis plot per searched parameter. Across several groups (cell and arm), distortion is shown
+    relative to the best of its group, so scales are comparable; edge notes are per group."""
+    notes, cell = [], ["cell", "arm"]
     for param in searched_params(trials):
         df = trials.copy()
         several = df.groupby(cell).ngroups > 1
@@ -49,7 +50,7 @@ def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
         for key, group in trials.groupby(cell):
             note = figures.edge_note(group[param], group.val, param.removeprefix("param."))
             if note:
-                notes.append(f"{'/'.join(map(str, key))}: {note}")
+                notes.append(f"{key[0]} {key[1]}: {note}")
     return notes
 
 
@@ -59,16 +60,18 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     everything = fetch_runs(uri, study, parent, include_unfinished=True)
-    trials = everything[everything.stop_reason == "completed"].reset_index(drop=True)
+    completed = everything[everything.stop_reason == "completed"].reset_index(drop=True)
     written: dict[str, Path] = {}
-    if trials.empty:
+    if completed.empty:
         warnings.warn(f"study {study!r} has no completed trial yet: nothing to tabulate", stacklevel=2)
         return written
-    cells = tables.select_cells(trials)
-    latex = tables.to_latex(cells)           # warns once per missing cell
+    trials, confirmed = table_runs(completed)   # confirmation runs only, where the study has them
+    trials = trials.reset_index(drop=True)
+    cells = tables.select_cells(trials, context=everything)   # what a group searched: all its runs
+    latex = tables.to_latex(cells, confirmed=confirmed)           # warns once per missing cell
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # ... and the other formats need not say it again
-        markdown = tables.to_markdown(cells)
+        markdown = tables.to_markdown(cells, confirmed=confirmed)
     for name, text in (("table1.tex", latex), ("table1.md", markdown), ("table1.csv", tables.to_csv(cells))):
         written[name] = out / name
         written[name].write_text(text)
@@ -83,37 +86,51 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     for dataset, dcells in cells.groupby("dataset"):
         runs = dcells.explode("run_ids")
         hist = metric_history(uri, runs.run_ids).merge(
-            trials[["run_id", "method", "eps", "seed"]], on="run_id")
+            trials[["run_id", "method", "arm", "eps", "seed"]], on="run_id")
+        hist = hist[hist.arm == hist.method]      # Fig. 2 is the paper's NECST against its IABF
         if {"necst", "iabf"} & set(hist.method):
             figures.save(figures.validation_curves(hist, dataset), out, f"fig2_val_curves_{dataset}")
         eps0 = dcells.eps.min()
         grids = {}
-        first = dcells[dcells.eps == eps0].sort_values("method", key=lambda m: m.map(tables.METHODS.index))
+        first = dcells[dcells.eps == eps0]
         for row in first.itertuples():
             with tempfile.TemporaryDirectory() as d:
                 try:
                     path = client.download_artifacts(row.run_ids[0], "markov_chain.png", d)
                 except Exception as e:  # an artifact store that lost a file must not sink the report
-                    warnings.warn(f"no Markov-chain samples for {dataset} {row.method}: {e}", stacklevel=2)
+                    warnings.warn(f"no Markov-chain samples for {dataset} {row.arm}: {e}", stacklevel=2)
                     continue
-                grids[row.method] = np.asarray(Image.open(path).convert("L"))
+                grids[tables.arm_label(row.arm)] = np.asarray(Image.open(path).convert("L"))
         if grids:
             fig = figures.sample_grids(grids, f"Markov-chain samples, {dataset}, eps = {eps0:g} (rows: every 1/9 of the chain)")
             figures.save(fig, out, f"fig3_markov_chain_{dataset}")
-    notes = axis_figures(trials, out)
-    spent = tables.cost(everything)
+    # the axes of the search: every completed search run against what it searched
+    notes = axis_figures(completed[completed.phase == "search"] if confirmed else trials, out)
+    spent = tables.cost(everything, study_plan(uri, study, parent))
     failed = everything[everything.stop_reason == "failed"]
     written["cost.csv"] = out / "cost.csv"
     spent.to_csv(written["cost.csv"], index=False)
 
-    report = [f"# Study {study}", "", f"{len(trials)} completed trials; tracking: {uri}", "",
-              "## Table 1", "", markdown, "## Notes on the search ranges", ""]
+    phases = (f"{len(trials)} confirmation runs (every configuration chosen in the search, on every seed) and "
+              f"{len(completed) - len(trials)} completed search runs" if confirmed else
+              f"{len(trials)} completed runs (search results: no confirmation phase)")
+    report = [f"# Study {study}", "", f"{phases}; tracking: {uri}", "",
+              "## Table 1", "", markdown, "## The chosen configurations", "",
+              "| dataset | bits | eps | arm | configuration | n | val | test | std |", "|---|---|---|---|---|---|---|---|---|"]
+    report += [f"| {c.dataset} | {c.bits} | {c.eps:g} | {c.arm} | {c.config} | {c.n} | "
+               f"{c.val:.4g} | {c.test:.4g} | {c.std:.3g} |" for c in cells.itertuples()]
+    report += ["", "## Notes on the search ranges", ""]
     report += [f"- {n}" for n in notes] or ["- no searched hyperparameter has its best value at an edge"]
     report += ["", "## Failed trials", ""]
     report += [f"- {f.run_name} ({f.run_id}): {f.failure or 'no reason recorded'}" for f in failed.itertuples()] or ["- none"]
-    report += ["", "## Cost per cell (all trials, early-stopped ones included)", "",
-               "| dataset | bits | method | eps | trials | trial-hours | GPU-hours |", "|---|---|---|---|---|---|---|"]
-    report += [f"| {c.dataset} | {c.bits} | {c.method} | {c.eps:g} | {c.trials} | {c.trial_hours:.3f} | {c.gpu_hours:.3f} |"
+    report += ["", "## Cost per cell (every run, early-stopped ones included)", "",
+               "Trial-epochs count one per seed and epoch. The full grid is every configuration on every seed, "
+               "to the end, without early stopping.", "",
+               "| cell | runs | search epochs | confirmation epochs | full grid epochs | spent / full grid | trial-hours | GPU-hours |",
+               "|---|---|---|---|---|---|---|---|"]
+    report += [f"| {c.cell} | {c.runs} | {c.search_epochs:.0f} | {c.confirm_epochs:.0f} | "
+               f"{'--' if math.isnan(c.full_grid_epochs) else f'{c.full_grid_epochs:.0f}'} | "
+               f"{'--' if math.isnan(c.of_full_grid) else f'{c.of_full_grid:.0%}'} | {c.trial_hours:.3f} | {c.gpu_hours:.3f} |"
                for c in spent.itertuples()]
     report += ["", tables.reproduction_markdown(rep).replace("# Reproduction", "## Reproduction", 1)]
     written["report.md"] = out / "report.md"

@@ -35,13 +35,16 @@ STATE = "checkpoint.pt"   # inside every Tune checkpoint; the final one also hol
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
 
 
+# A study's labels of a trial (studies/protocol.py), not Config fields: its phase, cell, arm, its
+# identity (uid: the same for the same trial suggested again after a resume) and, for a
+# confirmation, the uid of the search trial it confirms.
+STUDY_KEYS = ("phase", "cell", "arm", "uid", "confirms")
+
+
 def config_from_params(params: dict) -> Config:
-    """A trial's Config: the sampled parameters, with its arm (a mapping, or for Optuna a JSON
-    string) merged in; an arm's None is a key that arm leaves alone."""
-    params = dict(params)
-    arm = params.pop("variant", {})
-    arm = json.loads(arm) if isinstance(arm, str) else arm
-    return Config.from_dict({**params, **{k: v for k, v in arm.items() if v is not None}})
+    """A trial's Config: its parameters without the study's labels; None is a parameter the trial
+    leaves at its default (a study names every varying parameter in every trial)."""
+    return Config.from_dict({k: v for k, v in params.items() if k not in STUDY_KEYS and v is not None})
 
 
 def trial_device(cfg: Config) -> str:
@@ -108,11 +111,12 @@ class TrialState:
 
 def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = None) -> None:
     cfg = config_from_params(params)
+    artifacts = params.get("phase") != "search"   # a search trial is a means to a choice: no samples drawn
     cfg.device = trial_device(cfg)
     data = load(cfg.dataset, cfg.data_dir, cfg.device, cfg.max_train_examples, cfg.download)
     seeds = parts(cfg)
     context = tune.get_context()
-    own = TrialState(state_root, context.get_trial_id()) if state_root else None
+    own = TrialState(state_root, params.get("uid") or context.get_trial_id()) if state_root else None
     saved = (own and own.load(cfg.device)) or {"states": None, "history": []}
     resume, history = saved["states"], saved["history"]
     if (ckpt := tune.get_checkpoint()) is not None:   # Tune restored the trial's final checkpoint
@@ -142,7 +146,7 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
             share = (time.perf_counter() - t0) / len(seeds)
             for s, state in zip(seeds, states):
                 metrics[s.prefix + M.CHECKPOINT_SECONDS] = share
-                if final:                     # ... with the artifacts of the best model
+                if final and artifacts:       # ... with the artifacts of the best model
                     t0 = time.perf_counter()
                     _, enc, dec = models_from_state(state, device=cfg.device)
                     write_artifacts(Path(d) / s.folder, s.cfg, enc, dec, data.test, chain_steps)

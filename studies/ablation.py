@@ -21,8 +21,9 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from iabf.config import INT_MAX, ConfigError, Parser, short  # noqa: E402
 from iabf.data import DataError, check_available  # noqa: E402
 from studies import cluster, tracking  # noqa: E402
-from studies.space import (SpaceError, check_gpu, check_stack, load_study, param_space, scheduler,  # noqa: E402
-                          searcher, smoke, table_columns)
+from studies.protocol import groups, plan  # noqa: E402
+from studies.space import (SpaceError, check_gpu, check_stack, load_study, scheduler, searcher,  # noqa: E402
+                           smoke, table_columns)
 
 DEFAULT_SPACE = ROOT / "search_spaces" / "quick.yaml"
 
@@ -97,7 +98,9 @@ def main(argv=None) -> int:
         console.to_file(held, experiment_dir)
 
     exp_id, parent = tracking.start_study(uri, study, experiment_dir, resume=args.resume is not None)
-    print(f"study {study.name}: {study.n_trials() or study.num_samples} trials, tracked in {uri} "
+    planned = plan(study)
+    print(f"study {study.name}: {len(groups(study))} groups (cell x arm), {planned['trials']} trials: "
+          f"{planned['search_trials']} search, {planned['confirm_trials']} confirmation; tracked in {uri} "
           f"(experiment {study.name!r}, parent run {parent})", flush=True)
     if held is not None:
         print(f"Ray's and MLflow's messages: {Path(experiment_dir) / console.LOG_NAME}", flush=True)
@@ -113,9 +116,9 @@ def main(argv=None) -> int:
             console.reporter(columns, study.metric)   # the classic output engine, as when the study began
         tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=False)
     else:
-        tuner = tune.Tuner(
-            fn, param_space=param_space(study),
-            tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, num_samples=study.num_samples,
+        tuner = tune.Tuner(   # the searcher suggests what varies (both phases); the fixed values are the same for all
+            fn, param_space=dict(study.fixed),
+            tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, num_samples=planned["trials"],
                                         search_alg=searcher(study), scheduler=scheduler(study),
                                         max_concurrent_trials=study.max_concurrent or None,
                                         reuse_actors=True),  # a trial's process is reused: no re-import of torch
@@ -191,7 +194,8 @@ def resolve_experiment(args, study) -> str:
 
 def summarize(study, uri, parent, experiment_dir, counts) -> None:
     """How the trials ended, the configuration chosen per cell (from the report), where things are."""
-    print(f"\ntrials: {', '.join(f'{counts[k]} {k}' for k in ('completed', 'early_stopped', 'failed', 'interrupted'))}"
+    print(f"\nruns (one per trial and seed): "
+          f"{', '.join(f'{counts[k]} {k}' for k in ('completed', 'early_stopped', 'failed', 'interrupted'))}"
           f"; {counts['trial_hours']:.3f} trial-hours, {counts['gpu_hours']:.3f} GPU-hours")
     report_dir = Path(experiment_dir) / "report"
     if counts["completed"]:  # the paper's table and figures, also kept on the study's parent run
@@ -201,9 +205,15 @@ def summarize(study, uri, parent, experiment_dir, counts) -> None:
 
         written = write_report(uri, study.name, report_dir, parent=parent, quiet=True)
         tracking.log_report(uri, parent, report_dir)
-        cells = pd.read_csv(written["table1.csv"])
-        print("\nbest configuration per (dataset, method, eps), chosen by validation; test distortion:")
-        print(cells[["dataset", "bits", "method", "eps", "lam", "K", "n", "val", "test", "std"]].to_string(index=False))
+        if "table1.csv" in written:
+            entries = pd.read_csv(written["table1.csv"])
+            what = "confirmed on every seed" if study.confirm else "search results, no confirmation phase"
+            print(f"\nthe configuration chosen per cell and arm by validation ({what}); test distortion:")
+            print(entries[["dataset", "bits", "eps", "arm", "config", "n", "val", "test", "std"]].to_string(index=False))
+            cost = pd.read_csv(written["cost.csv"])
+            print("\ntrial-epochs per cell: " + "; ".join(
+                f"{c.cell}: {c.search_epochs:.0f} search + {c.confirm_epochs:.0f} confirmation "
+                f"(full grid without early stopping: {c.full_grid_epochs:.0f})" for c in cost.itertuples()))
         print(f"\nTable 1, reproduction report and figures: {report_dir} (and on the parent run in MLflow)")
     print(f"MLflow: {uri}  experiment {study.name!r}, parent run {parent}")
     if uri.startswith("sqlite:"):

@@ -1,5 +1,5 @@
 """Search spaces: a YAML file per study (schema in search_spaces/README.md), validated in full
-before anything starts, then turned into Ray Tune's param_space, searcher and scheduler.
+before anything starts. `studies/protocol.py` turns a Study into trials (cells, search, confirmation).
 
 Every error names the file, the key and what is allowed, as one line (`SpaceError`).
 """
@@ -17,18 +17,18 @@ from pathlib import Path
 import yaml
 
 from iabf import metrics as M
-from iabf.config import INT_MAX, Config, ConfigError, FIELD_TYPES, one_line, short
+from iabf.config import ARCH_KIND, FIELD_TYPES, INT_MAX, Config, ConfigError, one_line, short
 
 SEARCHERS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
-TOP_KEYS = ("study", "description", "dataset", "fixed", "search", "variants", "seeds", "stack", "searcher",
-            "scheduler", "metric", "mode", "num_samples", "resources", "max_concurrent")
+TOP_KEYS = ("study", "description", "dataset", "fixed", "search", "variants", "seeds", "search_seeds", "stack",
+            "confirm", "cells", "searcher", "scheduler", "metric", "mode", "num_samples", "resources",
+            "max_concurrent")
+ARM_KEYS = ("name", "search")                    # besides Config fields
 ASHA_KEYS = ("name", "max_t", "grace_period", "reduction_factor")
 RESOURCE_KEYS = ("cpu", "gpu")
 METRICS = tuple(v for k, v in vars(M).items() if k.isupper() and isinstance(v, str))
 NOT_SEARCHABLE = ("seed", "stack", "data_dir", "device", "download")  # set by `seeds`, `stack`, the command line
-
-
 MAX_BYTES = 1 << 20   # a search space is a short YAML file; anything bigger is not one
 
 
@@ -41,38 +41,55 @@ class SpaceError(ValueError):
 
 
 @dataclass
+class Arm:
+    """One variant of the method (a row of the table): the values it fixes and what it searches."""
+    name: str
+    fixed: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)
+
+
+@dataclass
 class Study:
     name: str
     path: str
     fixed: dict = field(default_factory=dict)        # Config field -> value
-    search: dict = field(default_factory=dict)       # Config field -> {distribution: args}
-    variants: list = field(default_factory=list)     # list of {Config field: value}, one arm each
-    seeds: list = field(default_factory=lambda: [0])
-    stack: int = 1                                   # seeds trained together in one trial (Config.stack)
+    search: dict = field(default_factory=dict)       # Config field -> {distribution: args}, every arm
+    arms: list = field(default_factory=lambda: [Arm("")])   # list of Arm; one unnamed arm if none
+    seeds: list = field(default_factory=lambda: [0])          # confirmation seeds (n per table entry)
+    search_seeds: list = field(default_factory=lambda: [1])   # a search trial's seeds (a stack if several)
+    stack: int | str = "auto"                        # seeds per confirmation trial; auto: all where possible
+    confirm: bool = True
+    cells: list | None = None                        # Config fields making a table cell; None: the paper's
     searcher: str = "grid"
     scheduler: dict | None = None                    # {"max_t", "grace_period", "reduction_factor"}
     metric: str = M.VAL_DISTORTION
     mode: str = "min"
-    num_samples: int = 1
+    num_samples: int = 1                             # samples per group (random, optuna)
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     max_concurrent: int = 0
     description: str = ""
 
     def datasets(self) -> list[str]:
-        spec = self.search.get("dataset", {})
-        found = {*next(iter(spec.values()), [])} if spec else {self.fixed.get("dataset", Config().dataset)}
-        return sorted(found | {v["dataset"] for v in self.variants if "dataset" in v})
+        found = {*next(iter(self.search["dataset"].values()))} if "dataset" in self.search else \
+            {self.fixed.get("dataset", Config().dataset)}
+        return sorted(found)
 
-    def n_trials(self) -> int | None:
-        """Trials the grid makes (None when a distribution is sampled: then num_samples)."""
-        if any(next(iter(s)) in ("uniform", "loguniform", "randint") for s in self.search.values()):
-            return None
-        n = self.num_samples * len(self.seeds) // self.stack * max(1, len(self.variants))
-        for s in self.search.values():
-            kind, values = next(iter(s.items()))
-            n *= len(values) if kind == "grid" else 1
-        return n
+    def n_trials(self) -> int:
+        from studies.protocol import plan
 
+        return plan(self)["trials"]
+
+    def stack_for(self, dataset: str) -> int:
+        """Seeds per confirmation trial for a dataset: `stack`, or with auto every seed in one
+        stacked trial where the dataset's model can be stacked and the seeds are consecutive."""
+        if self.stack != "auto":
+            return self.stack
+        consecutive = self.seeds == list(range(self.seeds[0], self.seeds[0] + len(self.seeds)))
+        stackable = ARCH_KIND[dataset] == "mlp" and self.fixed.get("compile", "off") == "off"
+        return len(self.seeds) if consecutive and stackable else 1
+
+
+# --- reading a file ----------------------------------------------------------------------------------
 
 def load_study(path: str | Path) -> Study:
     """Read and validate a space file. Only a small regular file is read (never a FIFO, a device
@@ -123,6 +140,8 @@ def decode(data: bytes, path: Path) -> str:
     return text
 
 
+# --- validation ----------------------------------------------------------------------------------------
+
 def validate(raw, path: str) -> Study:
     def fail(key: str, msg: str):
         raise SpaceError(f"{path}: {key}: {msg}")
@@ -151,18 +170,70 @@ def validate(raw, path: str) -> Study:
             fail(key, f"expected {what}, got {short(value)}")
         return value
 
-    def check_value(name: str, value, key: str):
+    def check_value(name, value, key: str):
         """One Config field at one value: Config's own checks, plus no study at eps = 0.5."""
         if name not in FIELD_TYPES:
             fail(key, f"unknown parameter {short(name)}; parameters: {', '.join(FIELD_TYPES)}")
         if name in NOT_SEARCHABLE and key.split(".")[0] != "fixed" or name in ("seed", "stack"):
-            fail(key, f"{name} is set by {f'`{name}s`' if name == 'seed' else '`stack`' if name == 'stack' else 'the command line'}, not here")
+            where = "`seeds`" if name == "seed" else "`stack`" if name == "stack" else "the command line"
+            fail(key, f"{name} is set by {where}, not here")
         try:
             Config.from_dict({name: value})
         except ConfigError as e:
             fail(key, str(e))
         if name in ("eps", "test_eps") and value == 0.5:
             fail(key, f"{name}=0.5 is not allowed in a study: a channel at 0.5 carries nothing; use [0, 0.5)")
+
+    def check_search(spec_map, where: str, is_cell) -> dict:
+        """{parameter: {distribution: args}}; a parameter that makes cells takes a list of values."""
+        spec_map = want(spec_map or {}, dict, where, "a mapping of parameter: {distribution: values}")
+        for k, spec in spec_map.items():
+            key = f"{where}.{k}"
+            if k in fixed:
+                fail(key, "also set in fixed; a parameter is either fixed or searched")
+            if not isinstance(spec, dict) or len(spec) != 1:
+                fail(key, f"expected one of {{{', '.join(f'{d}: ...' for d in DISTRIBUTIONS)}}}")
+            kind, args = next(iter(spec.items()))
+            if kind not in DISTRIBUTIONS:
+                fail(key, f"unknown distribution {short(kind)}; allowed: {', '.join(DISTRIBUTIONS)}")
+            key = f"{key}.{kind}"
+            if not isinstance(args, list) or not args:
+                fail(key, "expected a non-empty list" + ("" if kind in ("grid", "choice") else " [low, high]"))
+            if is_cell(k) and kind not in ("grid", "choice"):
+                fail(key, f"{k} decides the table cell, so each of its values is a cell: give a list (grid)")
+            if not is_cell(k) and searcher == "grid" and kind != "grid":
+                fail(key, f"{kind} is sampled: use searcher: random or optuna, or a grid")
+            if not is_cell(k) and searcher != "grid" and kind == "grid":
+                fail(key, f"grid is not allowed with the {searcher} searcher (it samples); use choice")
+            if kind in ("grid", "choice"):
+                for i, v in enumerate(args):
+                    check_value(k, v, f"{key}[{i}]")
+                if len(set(map(repr, args))) != len(args):
+                    fail(key, f"repeated values in {short(args)}")
+                continue
+            if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                         and math.isfinite(a) for a in args):
+                fail(key, f"expected [low, high] finite numbers, got {short(args)}")
+            lo, hi = args
+            if not lo < hi:
+                fail(key, f"low {lo} must be below high {hi}")
+            if kind == "loguniform" and lo <= 0:
+                fail(key, f"loguniform needs low > 0, got {lo}")
+            if kind == "randint" and FIELD_TYPES.get(k) != "int":
+                fail(key, f"randint is for integer parameters; {k} is a {FIELD_TYPES.get(k)}")
+            if kind != "randint" and FIELD_TYPES.get(k) != "float":
+                fail(key, f"{kind} is for float parameters; {k} is a {FIELD_TYPES.get(k)}")
+            for v in (lo, hi - 1 if kind == "randint" else hi):
+                check_value(k, v, key)
+        return dict(spec_map)
+
+    def seed_list(value, key: str) -> list:
+        if not isinstance(value, list) or not value or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= INT_MAX for s in value):
+            fail(key, f"expected a non-empty list of integers >= 0, got {short(value)}")
+        if len(set(value)) != len(value):
+            fail(key, f"repeated seeds in {short(value)}")
+        return value
 
     if raw is None:
         fail("top level", "the file is empty")
@@ -183,59 +254,54 @@ def validate(raw, path: str) -> Study:
     if searcher not in SEARCHERS:
         fail("searcher", f"{short(searcher)} is not allowed: one of {', '.join(SEARCHERS)}")
 
-    search = want(raw.get("search") or {}, dict, "search", "a mapping of parameter: {distribution: values}")
-    for k, spec in search.items():
-        key = f"search.{k}"
-        if k in fixed:
-            fail(key, "also set in fixed; a parameter is either fixed or searched")
-        if not isinstance(spec, dict) or len(spec) != 1:
-            fail(key, f"expected one of {{{', '.join(f'{d}: ...' for d in DISTRIBUTIONS)}}}")
-        kind, args = next(iter(spec.items()))
-        if kind not in DISTRIBUTIONS:
-            fail(key, f"unknown distribution {short(kind)}; allowed: {', '.join(DISTRIBUTIONS)}")
-        key = f"{key}.{kind}"
-        if kind == "grid" and searcher == "optuna":
-            fail(key, "grid is not allowed with the optuna searcher (Optuna samples); use choice")
-        if not isinstance(args, list) or not args:
-            fail(key, "expected a non-empty list" + ("" if kind in ("grid", "choice") else " [low, high]"))
-        if kind in ("grid", "choice"):
-            for i, v in enumerate(args):
-                check_value(k, v, f"{key}[{i}]")
-            if len(set(map(repr, args))) != len(args):
-                fail(key, f"repeated values in {args}")
-            continue
-        if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
-                                     and math.isfinite(a) for a in args):
-            fail(key, f"expected [low, high] finite numbers, got {short(args)}")
-        lo, hi = args
-        if not lo < hi:
-            fail(key, f"low {lo} must be below high {hi}")
-        if kind == "loguniform" and lo <= 0:
-            fail(key, f"loguniform needs low > 0, got {lo}")
-        if kind == "randint" and FIELD_TYPES[k] != "int":
-            fail(key, f"randint is for integer parameters; {k} is a {FIELD_TYPES[k]}")
-        if kind != "randint" and FIELD_TYPES[k] != "float":
-            fail(key, f"{kind} is for float parameters; {k} is a {FIELD_TYPES[k]}")
-        for v in (lo, hi - 1 if kind == "randint" else hi):
-            check_value(k, v, key)
+    cells = raw.get("cells")
+    if cells is not None:
+        if not isinstance(cells, list) or not cells or len(set(map(repr, cells))) != len(cells) or \
+                not all(isinstance(c, str) and c in FIELD_TYPES and c not in NOT_SEARCHABLE for c in cells):
+            fail("cells", f"expected a list of distinct parameters ({', '.join(FIELD_TYPES)}), got {short(cells)}")
 
-    variants = want(raw.get("variants") or [], list, "variants", "a list of {parameter: value} arms")
-    for i, arm in enumerate(variants):
-        check_keys(arm, tuple(FIELD_TYPES), f"variants[{i}]")
-        for k, v in arm.items():
+    def is_cell(k) -> bool:   # the same rule as studies.protocol.is_cell_key, before the Study exists
+        if cells is not None:
+            return k in cells
+        return k in ("dataset", "channel", "n_bits", "test_eps") or (k == "eps" and fixed.get("test_eps", -1.0) < 0)
+
+    search = check_search(raw.get("search"), "search", is_cell)
+
+    arms = []
+    for i, arm in enumerate(want(raw.get("variants") or [], list, "variants", "a list of arms {parameter: value}")):
+        where = f"variants[{i}]"
+        check_keys(arm, (*FIELD_TYPES, *ARM_KEYS), where)
+        own = {k: v for k, v in arm.items() if k not in ARM_KEYS}
+        for k, v in own.items():
             if k in search:
-                fail(f"variants[{i}].{k}", "also searched; an arm fixes parameters the search does not touch")
-            check_value(k, v, f"variants[{i}].{k}")
-    if len(set(json.dumps(a, sort_keys=True) for a in variants)) != len(variants):
+                fail(f"{where}.{k}", "also searched; an arm fixes parameters the search does not touch")
+            if is_cell(k):
+                fail(f"{where}.{k}", f"{k} decides the table cell; set it in fixed or search, for every arm")
+            check_value(k, v, f"{where}.{k}")
+        arm_search = check_search(arm.get("search"), f"{where}.search", lambda k: False)
+        for k in arm_search:
+            if k in search or k in own or is_cell(k):
+                fail(f"{where}.search.{k}", "already fixed or searched for every arm, or a cell parameter")
+        label = arm.get("name", None)
+        if label is not None and (not isinstance(label, str) or not re.fullmatch(r"[\w .=+-]{1,40}", label)):
+            fail(f"{where}.name", f"{short(label)} is not allowed: up to 40 letters, digits, spaces and . = + -")
+        arms.append(Arm(label or "", own, arm_search))
+    if len({json.dumps([a.fixed, a.search], sort_keys=True) for a in arms}) != len(arms):
         fail("variants", "two arms are the same")
+    arms = name_arms(arms)
+    if len({a.name for a in arms}) != len(arms):
+        fail("variants", f"two arms have the same name {short(sorted(a.name for a in arms))}; name them (name: ...)")
 
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                          and 0 <= s <= INT_MAX for s in seeds):
-        fail("seeds", f"expected a non-empty list of integers >= 0, got {short(seeds)}")
-    if len(set(seeds)) != len(seeds):
-        fail("seeds", f"repeated seeds in {seeds}")
-    stack = raw.get("stack", 1)
+    seeds = seed_list(raw.get("seeds", [0]), "seeds")
+    default_search = [max(seeds) + 1]
+    search_seeds = seed_list(raw.get("search_seeds", default_search), "search_seeds")
+    if set(search_seeds) & set(seeds):
+        fail("search_seeds", f"{short(search_seeds)} overlaps seeds {short(seeds)}: the confirmation would report "
+                             f"numbers the choice was made on; use other seeds")
+    confirm = raw.get("confirm", True)
+    if not isinstance(confirm, bool):
+        fail("confirm", f"expected true or false, got {short(confirm)}")
+    stack = raw.get("stack", "auto")
 
     scheduler = raw.get("scheduler", "none")
     if scheduler == "none" or scheduler == {"name": "none"}:
@@ -260,6 +326,8 @@ def validate(raw, path: str) -> Study:
     if mode not in ("min", "max"):
         fail("mode", f"{short(mode)} is not allowed: min or max")
     num_samples = number(raw.get("num_samples", 1), "num_samples", 1, integer=True, hi=100_000)
+    if searcher == "grid" and num_samples != 1:
+        fail("num_samples", "a grid is run once (repeats are `seeds`); num_samples is for random and optuna")
     resources = {"cpu": 1, "gpu": 0, **want(raw.get("resources") or {}, dict, "resources", "{cpu: N, gpu: N}")}
     check_keys(resources, RESOURCE_KEYS, "resources")
     number(resources["cpu"], "resources.cpu", 0, above=True, hi=10_000)
@@ -267,10 +335,28 @@ def validate(raw, path: str) -> Study:
     check_gpu(resources["gpu"], f"{path}: resources.gpu")
     max_concurrent = number(raw.get("max_concurrent", 0), "max_concurrent", 0, integer=True)
     description = want(raw.get("description", ""), str, "description", "text")
-    return check_stack(Study(name=name, path=path, fixed=fixed, search=search, variants=variants, seeds=seeds,
-                             stack=stack, searcher=searcher, scheduler=scheduler, metric=metric, mode=mode,
+    arms = arms or [Arm(fixed.get("method", Config().method))]   # no variants: one arm, named by its method
+    return check_stack(Study(name=name, path=path, fixed=fixed, search=search, arms=arms,
+                             seeds=seeds, search_seeds=search_seeds, stack=stack, confirm=confirm, cells=cells,
+                             searcher=searcher, scheduler=scheduler, metric=metric, mode=mode,
                              num_samples=num_samples, resources=resources, max_concurrent=max_concurrent,
                              description=description))
+
+
+def name_arms(arms: list[Arm]) -> list[Arm]:
+    """An unnamed arm is named by its method, and by the values that tell it from the other arms of
+    that method when there are several (`iabf flip=topk`)."""
+    out = []
+    for arm in arms:
+        if arm.name:
+            out.append(arm)
+            continue
+        method = arm.fixed.get("method", "")
+        same = [a for a in arms if a.fixed.get("method", "") == method]
+        extra = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(arm.fixed.items())
+                         if k != "method" and len(same) > 1)
+        out.append(replace(arm, name=" ".join(p for p in (method, extra) if p) or "default"))
+    return out
 
 
 def check_gpu(gpu: float, where: str) -> float:
@@ -281,104 +367,89 @@ def check_gpu(gpu: float, where: str) -> float:
 
 
 def check_stack(study: Study) -> Study:
-    """`stack: S` trains the seeds in groups of S consecutive ones (seed, seed+1, ...), each group one
-    trial; stacking needs MLP datasets (Config says which)."""
+    """`stack: S` trains the confirmation seeds in groups of S consecutive ones, each group one trial
+    (auto: all of them where the dataset allows); a search on several seeds is one stacked trial.
+    Stacking needs MLP datasets (Config says which). Seeds are repeats, never contestants: ASHA and
+    sampled searches judge a configuration on one trial."""
+    fail = lambda key, msg: (_ for _ in ()).throw(SpaceError(f"{study.path}: {key}: {msg}"))  # noqa: E731
     seeds, stack = study.seeds, study.stack
-    if isinstance(stack, bool) or not isinstance(stack, int) or not 1 <= stack <= 1024:
-        raise SpaceError(f"{study.path}: stack: expected an integer >= 1 (seeds trained together in one trial), got {short(stack)}")
-    if study.searcher == "optuna" and len(seeds) > stack:
-        raise SpaceError(f"{study.path}: seeds: the optuna searcher takes one seed, or one stack of seeds (repeats of a "
-                         f"sampled point are not a search); re-run the best configurations with a grid study")
-    if stack == 1:
-        return study
-    groups = [seeds[i:i + stack] for i in range(0, len(seeds), stack)]
-    if len(seeds) % stack or any(g != list(range(g[0], g[0] + stack)) for g in groups):
-        raise SpaceError(f"{study.path}: stack: {stack} needs the seeds in runs of {stack} consecutive integers "
-                         f"(e.g. {list(range(stack))}), got seeds {seeds}")
-    for d in study.datasets():
-        try:
-            Config(dataset=d, stack=stack)
-        except ConfigError as e:
-            raise SpaceError(f"{study.path}: stack: {e}") from None
+    if stack != "auto" and (isinstance(stack, bool) or not isinstance(stack, int) or not 1 <= stack <= 1024):
+        fail("stack", f"expected auto or an integer >= 1 (seeds trained together in one trial), got {short(stack)}")
+    for key, group, size in (("stack", seeds, stack), ("search_seeds", study.search_seeds, len(study.search_seeds))):
+        if size == "auto" or size == 1:
+            continue
+        runs = [group[i:i + size] for i in range(0, len(group), size)]
+        if len(group) % size or any(r != list(range(r[0], r[0] + size)) for r in runs):
+            fail(key, f"{size} seeds per trial need the seeds in runs of {size} consecutive integers "
+                      f"(e.g. {list(range(size))}), got {short(group)}")
+        for d in study.datasets():
+            try:
+                Config(dataset=d, stack=size)
+            except ConfigError as e:
+                fail(key, str(e))
+    several = max(len(seeds) // (study.stack_for(d)) for d in study.datasets()) > 1
+    if not study.confirm and several and study.scheduler is not None:
+        fail("scheduler", "ASHA would stop some seeds of a configuration and keep others; stack every seed into "
+                          "one trial (stack: auto) or keep the confirmation phase (confirm: true)")
+    if not study.confirm and several and study.searcher != "grid":
+        fail("seeds", f"the {study.searcher} searcher judges a sampled point on one trial: stack the seeds "
+                      f"(stack: auto) or keep the confirmation phase (confirm: true)")
     return study
 
 
 def smoke(study: Study) -> Study:
-    """The same study shrunk to 2 tiny CPU trials: first values only, 2 epochs, 256 examples."""
+    """The same study, shrunk to a few tiny CPU trials through both phases: one cell; a group with
+    two configurations to search (then its confirmation), else two arms; one seed; 2 epochs."""
     s = copy.deepcopy(study)
-    s.search = {k: ({"grid": v["grid"][:1]} if "grid" in v else {"choice": v["choice"][:1]} if "choice" in v else v)
-                for k, v in s.search.items()}
-    two_arms = len(s.variants) >= 2
-    s.variants = s.variants[:2]
-    if s.stack > 1:   # one stack of seeds per trial, as in the study
-        s.seeds = s.seeds[:s.stack]
-        s.variants = s.variants[:2] if two_arms else s.variants
-    else:
-        s.seeds = s.seeds[:1] if two_arms or s.searcher == "optuna" else (s.seeds + [s.seeds[0] + 1])[:2]
-    s.num_samples = 2 if s.n_trials() is None or s.n_trials() < 2 else 1
+    from studies.protocol import cell_axes
+
+    for k in cell_axes(s):
+        kind, values = next(iter(s.search[k].items()))
+        s.search[k] = {kind: values[:1]}
+
+    def shrink(space: dict) -> dict:   # two values of the first searched parameter, one of the others
+        return {k: {kind: args[:2] if i == 0 else args[:1]} if kind in ("grid", "choice") else {kind: args}
+                for i, (k, spec) in enumerate(space.items()) for kind, args in spec.items()}
+
+    s.search = {**{k: v for k, v in s.search.items() if k in cell_axes(s)},
+                **shrink({k: v for k, v in s.search.items() if k not in cell_axes(s)})}
+    searching = [a for a in s.arms if a.search or any(k not in cell_axes(s) for k in s.search)]
+    s.arms = [replace(searching[0], search=shrink(searching[0].search))] if searching else s.arms[:2]
+    s.num_samples = min(s.num_samples, 2)
+    s.seeds, s.search_seeds, s.stack = s.seeds[:1], s.search_seeds[:1], 1
     s.fixed.update(epochs=2, max_train_examples=256, device="cpu")
-    # ASHA still runs, but with its only rung at the end it never stops a smoke trial: 2 complete
+    # ASHA still runs, but with its only rung at the end it never stops a smoke trial
     s.scheduler = {"max_t": 2, "grace_period": 2, "reduction_factor": 2} if s.scheduler else None
     s.resources = {"cpu": 1, "gpu": 0}
     return replace(s, name=f"{s.name}-smoke")
 
 
-# --- Ray Tune ---------------------------------------------------------------------------------
-
-def param_space(study: Study) -> dict:
-    """Ray Tune's param_space: constants for fixed values, Tune's samplers for searched ones.
-    Arms go in as mappings (`variant/method`, ... in Tune's tables), for Optuna as JSON strings
-    (a categorical of plain values)."""
-    from ray import tune
-
-    sampler = {"grid": tune.grid_search, "choice": tune.choice,
-               "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
-               "randint": lambda a: tune.randint(*a)}
-    space = dict(study.fixed)
-    for k, spec in study.search.items():
-        kind, args = next(iter(spec.items()))
-        space[k] = sampler[kind](args)
-    if study.variants and study.searcher == "optuna":
-        space["variant"] = tune.choice([json.dumps(v, sort_keys=True) for v in study.variants])
-    elif study.variants:   # every arm names every arm key (None: not set) for Tune's table columns
-        keys = sorted({k for v in study.variants for k in v})
-        space["variant"] = tune.grid_search([{k: v.get(k) for k in keys} for v in study.variants])
-    starts = study.seeds[::study.stack]           # one trial per stack of seeds (one per seed without stacking)
-    space["seed"] = starts[0] if len(starts) == 1 else tune.grid_search(starts)
-    if study.stack > 1:
-        space["stack"] = study.stack
-    return space
-
+# --- Ray Tune -------------------------------------------------------------------------------------------
 
 def table_columns(study: Study) -> dict[str, str]:
-    """The trial parameters that differ between a study's trials, as Tune's (flattened) config keys
-    -> column names: what the status table shows."""
-    arm_keys = sorted({k for v in study.variants for k in v})
-    columns = {k: k for k in study.search}
-    if study.searcher == "optuna" and arm_keys:
-        columns["variant"] = "arm"
-    else:
-        columns.update({f"variant/{k}": k for k in arm_keys})
-    if len(study.seeds) > study.stack:
+    """The trial parameters that differ between a study's trials, as Tune config keys -> column
+    names: what the status table shows."""
+    searched = [*study.search, *sorted({k for a in study.arms for k in (*a.search, *a.fixed)} - set(study.search))]
+    columns = {k: k for k in searched if k != "method"}
+    if len(study.arms) > 1:
+        columns = {"arm": "arm", **columns}
+    columns["phase"] = "phase"
+    if len(study.seeds) > 1:
         columns["seed"] = "seed"
     return columns
 
 
 def searcher(study: Study):
-    if study.searcher != "optuna":
-        return None  # Tune's BasicVariantGenerator: grids crossed, distributions sampled
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+    """The study's trials, both phases (studies/protocol.py)."""
+    from studies.protocol import StudySearcher
 
-    # TPE with a fixed seed, so a study's sequence of suggestions is reproducible
-    return OptunaSearch(metric=study.metric, mode=study.mode, sampler=optuna.samplers.TPESampler(seed=0))
+    return StudySearcher(study)
 
 
 def scheduler(study: Study):
+    """Ray's ASHA, one per group (studies/protocol.py); none without early stopping."""
     if study.scheduler is None:
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from studies.protocol import GroupASHA
 
-    # our epoch, not Tune's training_iteration: a trial restarted from its own state (iabf/tune.py)
-    # goes on counting epochs, where Tune's count would start again
-    return ASHAScheduler(time_attr=M.EPOCH, **study.scheduler)
+    return GroupASHA(study.metric, study.mode, **study.scheduler)

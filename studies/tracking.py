@@ -6,7 +6,11 @@ driver writes to MLflow (a single writer: no races between trials), through Mlfl
 A stacked trial (Config.stack seeds in one model) gets one child run per seed, like separate trials.
 
 Child-run tags: study, trial_id, seed, config_hash, git_commit, stop_reason in
-{completed, early_stopped, failed}. A resumed study finds its runs again by these tags.
+{completed, early_stopped, failed}, and the protocol's labels (studies/protocol.py): phase (search
+or confirm), cell, arm, uid and, on a confirmation run, confirms (the uid of the search trial whose
+configuration it confirms; empty when the group had one configuration, so nothing to search).
+A resumed study finds its runs again by uid and seed: a trial that Tune suggests again after a
+driver died keeps its run, even under a new trial id.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from ray import tune
 
 from iabf import metrics as M
 from iabf.train import run_name
-from iabf.tune import ARTIFACTS, STATE, config_from_params, parts
+from iabf.tune import ARTIFACTS, STATE, STUDY_KEYS, config_from_params, parts
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
 STOP_REASONS = ("completed", "early_stopped", "failed")
@@ -70,12 +74,18 @@ def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str
         "mlflow.note.content": study.description or f"study {study.name} from {study.path}"})
     run_id = parent.info.run_id
     params = {"searcher": study.searcher, "metric": study.metric, "mode": study.mode, "num_samples": study.num_samples,
-              "seeds": study.seeds, "scheduler": study.scheduler or "none", "resources": study.resources,
+              "seeds": study.seeds, "search_seeds": study.search_seeds, "confirm": study.confirm,
+              "cells": study.cells or "dataset, channel, bits, test eps", "stack": study.stack,
+              "arms": [a.name for a in study.arms],
+              "scheduler": study.scheduler or "none", "resources": study.resources,
               **{f"fixed.{k}": v for k, v in study.fixed.items()},
               **{f"search.{k}": v for k, v in study.search.items()}}
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     if study.path and Path(study.path).is_file():
-        client.log_text(run_id, Path(study.path).read_text(), "space.yaml")
+        client.log_text(run_id, Path(study.path).read_text(errors="replace"), "space.yaml")
+    from studies.protocol import cell_plan
+
+    client.log_dict(run_id, {"confirm": study.confirm, "cells": cell_plan(study)}, "plan.json")
     return exp_id, run_id
 
 
@@ -136,6 +146,7 @@ class _TrialLog:
     trial_id: str
     run_name: str
     params: dict
+    labels: dict                                    # the protocol's: phase, cell, arm, uid, confirms
     prefix: str = ""                                # of its metrics in the trial's results
     folder: str = ""                                # of its checkpoint and artifacts
     run_id: str | None = None
@@ -181,25 +192,31 @@ class MLflowTracking(tune.Callback):
 
     def _log(self, trial) -> list[_TrialLog]:
         if trial.trial_id not in self._logs:
-            self._logs[trial.trial_id] = [_TrialLog(trial.trial_id, run_name(p.cfg), p.cfg.to_dict(), p.prefix, p.folder)
-                                          for p in parts(config_from_params(trial.config))]
+            labels = {k: str(trial.config[k]) for k in STUDY_KEYS if k in trial.config}
+            self._logs[trial.trial_id] = [
+                _TrialLog(trial.trial_id, run_name(p.cfg) + ("-search" if labels.get("phase") == "search" else ""),
+                          p.cfg.to_dict(), labels, p.prefix, p.folder) for p in parts(config_from_params(trial.config))]
         return self._logs[trial.trial_id]
 
     def _open(self, log: _TrialLog) -> None:
-        """Find the trial's run (a resumed trial keeps its run) or create it."""
+        """Find the trial's run (a resumed trial keeps its run, found by what it is: its uid; by its
+        trial id before uids) or create it."""
+        who = f"tags.uid = '{log.labels['uid']}'" if "uid" in log.labels else f"tags.trial_id = '{log.trial_id}'"
         found = self.client.search_runs(
             [self.experiment_id], max_results=1,
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.trial_id = '{log.trial_id}' "
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and {who} "
                           f"and tags.seed = '{log.params['seed']}'")
         if found:  # never log an epoch twice
             run_id = found[0].info.run_id
             last = max((m.step for m in self.client.get_metric_history(run_id, M.EPOCH)), default=0)
             self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "trial_id", log.trial_id)
         else:
             cfg = log.params
             run_id = self.client.create_run(self.experiment_id, run_name=log.run_name, tags={
                 "mlflow.parentRunId": self.parent_run_id, "study": self.study, "trial_id": log.trial_id,
-                "seed": str(cfg["seed"]), "config_hash": config_hash(cfg), "git_commit": git_commit()}).info.run_id
+                "seed": str(cfg["seed"]), "config_hash": config_hash(cfg), "git_commit": git_commit(),
+                **log.labels}).info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in cfg.items()])
             last = 0
         log.run_id, log.epoch = run_id, max(log.epoch, last)
@@ -249,7 +266,7 @@ class MLflowTracking(tune.Callback):
 
     @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        for log in self._log(trial):
+        for log in self._log(trial):   # a replayed result (iabf/tune.py) fills epochs this run lacks
             mine = {k[len(log.prefix):]: v for k, v in result.items() if k.startswith(log.prefix)}
             epoch = int(mine.get(M.EPOCH, 0))
             if epoch > log.epoch:

@@ -93,8 +93,8 @@ def test_reproduction_deltas_and_ordering_on_known_numbers():
     assert rep.loc[("mnist", "iabf", 0.1), "paper"] == 13.251
     assert len(tables.paper_table1()) == 48
     md = tables.reproduction_markdown(rep.reset_index())
-    assert "| mnist | 100 | necst | 0.1 | 15.439 | 1 | 14.439 | +1.000 | +6.9% |" in md
-    assert "| mnist | 100 | 0.1 | yes | yes |" in md        # 13.0 <= 13.369 <= 15.439, and the paper's
+    assert "| mnist | 100 | necst | necst | 0.1 | 15.439 | 1 | 14.439 | +1.000 | +6.9% | yes |" in md
+    assert "| mnist | 100 | 0.1 | paper | yes | yes |" in md   # 13.0 <= 13.369 <= 15.439, and the paper's
     flipped = pd.DataFrame([trial("necst", 0.1, 12.0), trial("abf", 0.1, 13.0), trial("iabf", 0.1, 14.0)])
     order = tables.ordering(tables.select_cells(flipped), "test")
     assert order.test_ordered.tolist() == [False]
@@ -153,3 +153,38 @@ def test_report_writes_tables_reproduction_and_nonempty_figures(store, tmp_path,
     csv = pd.read_csv(out / "table1.csv")
     assert csv.set_index("method").loc["iabf", "lam"] == 0.01
     assert report_main(["--tracking-uri", store, "--study", "nope", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_arms_of_one_method_are_rows_of_their_own_and_versions_are_ordered_apart():
+    """The fidelity layout: each method by the paper's equations and by the authors' code (`reference`
+    arms). Rows per arm; IABF <= ABF <= NECST judged per version; per paper number the closest arm."""
+    rows = []
+    for arm, tests in (("necst", 14.0), ("abf", 14.2), ("iabf", 14.3), ("necst reference", 14.4),
+                       ("abf reference", 13.4), ("iabf reference", 13.2)):
+        t = trial(arm.split()[0], 0.1, tests)
+        rows.append({**t, "arm": arm, "run_id": arm})
+    cells = tables.select_cells(pd.DataFrame(rows))
+    assert tables.arms(cells) == ["necst", "necst reference", "abf", "abf reference", "iabf", "iabf reference"]
+    tex = tables.to_latex(cells, confirmed=True)
+    assert "100-bit iabf reference & \\textbf{13.200}" in tex and "100-bit IABF & 14.300" in tex
+    assert "in a search on other seeds, then trained on every seed reported here" in tex
+    order = tables.ordering(cells, "test").set_index("version").test_ordered
+    assert order.to_dict() == {"paper": False, "reference": True}
+    rep = tables.reproduction(cells, tables.paper_table1())
+    closest = rep[rep.closest].set_index("method").arm.to_dict()
+    assert closest == {"necst": "necst reference", "abf": "abf reference", "iabf": "iabf reference"}
+
+
+def test_tables_report_confirmation_runs_only_where_the_study_has_them():
+    from analysis.fetch import table_runs
+
+    search = [{**trial("iabf", 0.1, 10.0 + s, lam=lam, seed=9), "phase": "search", "arm": "iabf"}
+              for s, lam in enumerate((0.1, 0.01))]
+    confirm = [{**trial("iabf", 0.1, 12.0 + s, lam=0.1, seed=s), "phase": "confirm", "arm": "iabf"} for s in range(3)]
+    runs, confirmed = table_runs(pd.DataFrame(search + confirm))
+    assert confirmed and len(runs) == 3 and set(runs.seed) == {0, 1, 2}
+    cells = tables.select_cells(runs, context=pd.DataFrame(search + confirm))
+    assert cells.n.tolist() == [3] and cells.config.tolist() == ["lam=0.1"]
+    runs, confirmed = table_runs(pd.DataFrame(search))
+    assert not confirmed and len(runs) == 2
+    assert "search results, no confirmation phase" in tables.caption(tables.select_cells(runs))

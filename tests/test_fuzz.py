@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from iabf.config import FIELD_TYPES, INT_MAX, Config, ConfigError, one_line
 from iabf import train
 from studies import ablation
+from studies.protocol import grid_points, groups, plan
 from studies.space import SpaceError, Study, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,16 +124,18 @@ file_contents = st.one_of(st.binary(max_size=600), mutated_spaces(), hostile_tex
 # --- the properties --------------------------------------------------------------------------------
 
 def assert_valid(study: Study) -> None:
-    """An accepted space only ever makes valid trials: every number finite, every configuration a
-    Config (checked on every combination of its grid values, arms and seeds, up to 200)."""
-    grids = [[(k, v) for v in next(iter(spec.values()))] for k, spec in study.search.items()]
-    arms = study.variants or [{}]
-    for combo in itertools.islice(itertools.product(*grids, arms, study.seeds), 200):
-        *point, arm, seed = combo
-        Config.from_dict({**study.fixed, **dict(point), **arm, "seed": seed})
-    for k, spec in study.search.items():
-        for v in next(iter(spec.values())):
-            assert not isinstance(v, float) or math.isfinite(v), (k, v)
+    """An accepted space only ever makes valid trials: every number finite, every configuration of
+    every group (cell and arm) a Config, on its search and confirmation seeds (up to 50 groups and 20
+    configurations each), and a plan of trials that can be counted."""
+    for g in itertools.islice(groups(study), 50):
+        points = grid_points(g.space) or [{}]
+        for point in points[:20]:
+            for seed in [*study.seeds[:2], *study.search_seeds]:
+                Config.from_dict({**g.base, **point, "seed": seed})
+        for k, spec in g.space.items():
+            for v in next(iter(spec.values())):
+                assert not isinstance(v, float) or math.isfinite(v), (k, v)
+    assert plan(study)["trials"] >= 1
     assert all(math.isfinite(v) for v in study.resources.values())
     assert study.scheduler is None or all(math.isfinite(v) for v in study.scheduler.values())
 
@@ -172,7 +175,7 @@ def test_a_space_reads_the_same_in_utf8_and_in_utf16_or_32_with_a_byte_order_mar
         if encoding in ("utf-8", "utf-8-sig", "utf-16", "utf-32"):   # YAML's encodings: the same study
             assert (got is None) == (want is None)
             if got is not None:
-                assert (got.name, got.fixed, got.search, got.variants) == (want.name, want.fixed, want.search, want.variants)
+                assert (got.name, got.fixed, got.search, got.arms) == (want.name, want.fixed, want.search, want.arms)
 
 
 @settings(max_examples=30)

@@ -4,14 +4,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studies.space import SpaceError, load_study, param_space, smoke, validate
+from studies.protocol import groups, plan
+from studies.space import SpaceError, load_study, smoke, table_columns, validate
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
 GOOD = {"study": "t", "dataset": "digits", "fixed": {"epochs": 3}, "search": {"eps": {"grid": [0.1, 0.2]}}}
 
 
 def test_every_shipped_space_is_valid_and_has_a_header():
-    assert {p.stem for p in SPACES} >= {"quick", "table1", "ablation_k_flip", "lam_optuna"}
+    assert {p.stem for p in SPACES} >= {"quick", "table1", "ablation", "ablation_k_flip", "lam_optuna"}
     for p in SPACES:
         study = load_study(p)
         lines = p.read_text().splitlines()
@@ -19,19 +20,40 @@ def test_every_shipped_space_is_valid_and_has_a_header():
         assert all(w in header for w in ("scientific", "nuisance", "fixed")), p
 
 
-def test_table1_is_the_papers_grid():
-    s = load_study(next(p for p in SPACES if p.stem == "table1"))
+def space_named(stem):
+    return load_study(next(p for p in SPACES if p.stem == stem))
+
+
+def test_table1_is_the_papers_grid_searched_per_cell_and_confirmed():
+    s = space_named("table1")
     assert s.search["dataset"]["grid"] == ["binary_mnist", "mnist", "omniglot", "cifar10"]
     assert s.search["eps"]["grid"] == [0.1, 0.2, 0.3, 0.4]
-    assert {v.get("lam") for v in s.variants if v["method"] == "iabf"} == {0.1, 0.01, 0.001}
-    assert {v["method"] for v in s.variants} == {"necst", "abf", "iabf"} and s.fixed["K"] == 5
-    assert s.n_trials() == 4 * 4 * 5 * len(s.seeds) and 0 < s.resources["gpu"] < 1
+    iabf = next(a for a in s.arms if a.fixed["method"] == "iabf")
+    assert iabf.search == {"lam": {"grid": [0.1, 0.01, 0.001]}} and [a.name for a in s.arms] == ["necst", "abf", "iabf"]
+    assert s.fixed["K"] == 5 and s.confirm and s.scheduler is not None and 0 < s.resources["gpu"] < 1
+    g = groups(s)
+    assert len(g) == 16 * 3 and len({x.key for x in g}) == 48                   # 16 cells x 3 arms
+    assert {x.cell["eps"] for x in g} == {0.1, 0.2, 0.3, 0.4} and {x.cell["bits"] for x in g} == {100, 200, 500}
+    p = plan(s)
+    assert p["search_trials"] == 16 * 3                                          # lambda, in each cell
+    assert p["confirm_trials"] == 12 * 3 + 4 * 3 * 3      # MLP cells: 3 seeds stacked; CIFAR10: one per seed
+    assert p["full_grid_epochs"] == 16 * 5 * 3 * 200
+
+
+def test_the_missions_ablation_searches_k_and_lambda_per_cell_and_method():
+    s = space_named("ablation")
+    assert s.fixed["dataset"] == "mnist" and s.search["eps"]["grid"] == [0.1, 0.2, 0.3, 0.4]
+    assert s.search["K"]["grid"] == [1, 5, 10] and s.seeds == [0, 1, 2] and s.confirm and s.scheduler
+    g = groups(s)
+    assert len(g) == 4 * 3
+    sizes = {x.arm: len([1 for _ in __import__("itertools").product(*(v["grid"] for v in x.space.values()))]) for x in g}
+    assert sizes == {"necst": 3, "abf": 3, "iabf": 9}
 
 
 def test_optuna_space_is_continuous_under_asha():
-    s = load_study(next(p for p in SPACES if p.stem == "lam_optuna"))
+    s = space_named("lam_optuna")
     assert s.searcher == "optuna" and s.scheduler is not None
-    assert "loguniform" in s.search["lam"] and s.n_trials() is None
+    assert "loguniform" in s.search["lam"] and plan(s)["search_trials"] == s.num_samples
 
 
 def write(tmp_path, obj, name="space.yaml"):
@@ -65,14 +87,26 @@ BAD = [
     (with_(search={"eps": {"grid": [0.1, 0.5]}}), "search.eps.grid[1]: eps=0.5 is not allowed in a study"),
     (with_(search={"eps": {"grid": []}}), "search.eps.grid: expected a non-empty list"),
     (with_(search={"eps": {"normal": [0, 1]}}), "search.eps: unknown distribution 'normal'"),
-    (with_(search={"eps": {"uniform": [0.3, 0.1]}}), "search.eps.uniform: low 0.3 must be below high 0.1"),
-    (with_(search={"eps": {"uniform": [0.1, 0.6]}}), "search.eps.uniform: eps=0.6 is not allowed"),
-    (with_(search={"lam": {"loguniform": [0, 1]}}), "search.lam.loguniform: loguniform needs low > 0"),
-    (with_(search={"K": {"uniform": [1, 5]}}), "search.K.uniform: uniform is for float parameters"),
+    (with_(searcher="random", search={"lam": {"uniform": [0.3, 0.1]}}), "search.lam.uniform: low 0.3 must be below high 0.1"),
+    (with_(searcher="random", search={"flip_budget": {"uniform": [0.1, 0.6]}}), "search.flip_budget.uniform: flip_budget=0.6 is not allowed"),
+    (with_(searcher="random", search={"lam": {"loguniform": [0, 1]}}), "search.lam.loguniform: loguniform needs low > 0"),
+    (with_(searcher="random", search={"K": {"uniform": [1, 5]}}), "search.K.uniform: uniform is for float parameters"),
     (with_(search={"method": {"grid": ["necst", "gan"]}}), "search.method.grid[1]: method='gan' is not allowed"),
     (with_(search={"seed": {"grid": [1, 2]}}), "search.seed.grid[0]: seed is set by `seeds`"),
     (with_(search={"epochs": {"grid": [1]}}), "search.epochs: also set in fixed"),
-    (with_(searcher="optuna"), "search.eps.grid: grid is not allowed with the optuna searcher"),
+    (with_(searcher="optuna", search={"lam": {"grid": [0.1, 0.2]}}), "search.lam.grid: grid is not allowed with the optuna searcher"),
+    (with_(search={"lam": {"uniform": [0.1, 0.2]}}), "search.lam.uniform: uniform is sampled: use searcher: random or optuna"),
+    (with_(search={"eps": {"uniform": [0.1, 0.2]}}, searcher="optuna"), "search.eps.uniform: eps decides the table cell"),
+    (with_(variants=[{"method": "iabf", "dataset": "mnist"}]), "variants[0].dataset: dataset decides the table cell"),
+    (with_(variants=[{"method": "iabf", "search": {"lam": {"grid": []}}}]), "variants[0].search.lam.grid: expected a non-empty list"),
+    (with_(variants=[{"method": "iabf", "lam": 0.1, "search": {"lam": {"grid": [0.1]}}}]), "variants[0].search.lam: already fixed"),
+    (with_(variants=[{"method": "iabf", "name": "a\nb"}]), "variants[0].name: 'a\\nb' is not allowed"),
+    (with_(variants=[{"method": "iabf", "name": "x"}, {"method": "abf", "name": "x"}]), "two arms have the same name"),
+    (with_(search_seeds=[0]), "search_seeds: [0] overlaps seeds [0]"),
+    (with_(confirm="yes"), "confirm: expected true or false"),
+    (with_(cells=["dataset", "nope"]), "cells: expected a list of distinct parameters"),
+    (with_(num_samples=3), "num_samples: a grid is run once"),
+    (with_(confirm=False, seeds=[0, 2], scheduler={"name": "asha"}), "scheduler: ASHA would stop some seeds of a configuration"),
     (with_(searcher="bayes"), "searcher: 'bayes' is not allowed: one of grid, random, optuna"),
     (with_(scheduler={"name": "hyperband"}), "scheduler.name: 'hyperband' is not allowed: asha or none"),
     (with_(scheduler={"name": "asha", "grace": 1}), "scheduler.grace: unknown key"),
@@ -82,9 +116,10 @@ BAD = [
     (with_(num_samples=0), "num_samples: expected an integer >= 1"),
     (with_(seeds=[]), "seeds: expected a non-empty list"),
     (with_(seeds=[1, 1]), "seeds: repeated seeds"),
-    (with_(stack=0), "stack: expected an integer >= 1"),
-    (with_(stack=2, seeds=[0, 1, 2]), "stack: 2 needs the seeds in runs of 2 consecutive integers"),
-    (with_(stack=2, seeds=[0, 2]), "stack: 2 needs the seeds in runs of 2 consecutive integers"),
+    (with_(stack=0), "stack: expected auto or an integer >= 1"),
+    (with_(stack=2, seeds=[0, 1, 2]), "stack: 2 seeds per trial need the seeds in runs of 2 consecutive integers"),
+    (with_(stack=2, seeds=[0, 2]), "stack: 2 seeds per trial need the seeds in runs of 2 consecutive integers"),
+    (with_(search_seeds=[5, 7]), "search_seeds: 2 seeds per trial need the seeds in runs of 2 consecutive"),
     (with_(stack=2, seeds=[0, 1], dataset="cifar10"), "stack: stack=2 is not allowed: 1 for cifar10"),
     (with_(fixed={"stack": 2}), "fixed.stack: stack is set by `stack`, not here"),
     (with_(resources={"cpu": 0}), "resources.cpu: expected a number > 0"),
@@ -105,10 +140,12 @@ def test_bad_space_is_one_error_naming_file_key_and_allowed(tmp_path, content, m
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text
 
 
-def test_optuna_with_several_seeds_is_refused(tmp_path):
-    d = with_(searcher="optuna", search={"lam": {"loguniform": [1e-3, 1]}}, seeds=[0, 1])
-    with pytest.raises(SpaceError, match="seeds: the optuna searcher takes one seed"):
+def test_optuna_without_confirmation_takes_one_trial_per_point(tmp_path):
+    d = with_(searcher="optuna", search={"lam": {"loguniform": [1e-3, 1]}}, seeds=[0, 2], confirm=False)
+    with pytest.raises(SpaceError, match="seeds: the optuna searcher judges a sampled point on one trial"):
         load_study(write(tmp_path, d))
+    d["seeds"] = [0, 1]                                       # one stacked trial of both seeds: fine
+    assert load_study(write(tmp_path, d)).stack_for("digits") == 2
 
 
 def test_missing_file_is_named(tmp_path):
@@ -116,28 +153,27 @@ def test_missing_file_is_named(tmp_path):
         load_study(tmp_path / "nope.yaml")
 
 
-def test_smoke_shrinks_any_space_to_two_tiny_cpu_trials():
+def test_smoke_shrinks_any_space_to_a_few_tiny_cpu_trials_through_both_phases():
     for p in SPACES:
         s = smoke(load_study(p))
-        n = s.n_trials() or s.num_samples
-        assert n == 2, p
+        planned = plan(s)
+        assert 1 <= planned["trials"] <= 3 and len({g.cell["eps"] for g in groups(s)}) == 1, p
+        assert planned["search_trials"] in (0, 2) and planned["confirm_trials"] >= 1, p
         assert s.fixed["epochs"] == 2 and s.resources == {"cpu": 1, "gpu": 0} and s.name.endswith("-smoke")
 
 
-def test_param_space_uses_tunes_samplers_and_json_arms():
-    s = load_study(next(p for p in SPACES if p.stem == "quick"))
-    space = param_space(s)
-    assert space["dataset"] == "digits" and space["epochs"] == 40
-    assert len(space["variant"]["grid_search"]) == 5 and space["seed"] == {"grid_search": [0, 1, 2]}
+def test_arms_are_named_by_method_and_what_sets_them_apart():
+    s = validate(with_(variants=[{"method": "necst"}, {"method": "iabf", "flip": "topk"},
+                                 {"method": "iabf", "flip": "budget"}, {"method": "abf", "name": "ABF ref"}]), "s.yaml")
+    assert [a.name for a in s.arms] == ["necst", "iabf flip=topk", "iabf flip=budget", "ABF ref"]
+    assert table_columns(s) == {"arm": "arm", "eps": "eps", "flip": "flip", "phase": "phase"}
 
 
-def test_stack_groups_consecutive_seeds_into_trials():
-    s = validate(with_(seeds=[0, 1, 2, 3, 4, 5], stack=3), "space.yaml")
-    assert s.n_trials() == 2 * 2                             # 2 eps x 2 stacks of 3 seeds
-    space = param_space(s)
-    assert space["seed"] == {"grid_search": [0, 3]} and space["stack"] == 3
-    tiny = smoke(s)
-    assert tiny.seeds == [0, 1, 2] and tiny.stack == 3 and (tiny.n_trials() or tiny.num_samples) == 2
-    # optuna takes one stack of seeds: every sampled point averaged over it
-    o = validate(with_(searcher="optuna", search={"lam": {"loguniform": [1e-3, 1]}}, seeds=[0, 1], stack=2), "s.yaml")
-    assert param_space(o)["seed"] == 0 and param_space(o)["stack"] == 2
+def test_stack_is_all_seeds_where_the_model_allows_and_the_search_seeds_follow_the_seeds():
+    s = validate(with_(seeds=[0, 1, 2, 3, 4, 5]), "space.yaml")
+    assert s.stack == "auto" and s.stack_for("digits") == 6 and s.stack_for("cifar10") == 1
+    assert s.search_seeds == [6]                             # never a seed the table reports
+    three = validate(with_(seeds=[0, 1, 2, 3, 4, 5], stack=3), "space.yaml")
+    assert plan(three)["confirm_trials"] == 2 * 2            # 2 eps cells x 2 stacks of 3 seeds
+    gaps = validate(with_(seeds=[0, 2, 4]), "space.yaml")    # not consecutive: one trial per seed
+    assert gaps.stack_for("digits") == 1 and plan(gaps)["confirm_trials"] == 2 * 3

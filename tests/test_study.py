@@ -1,6 +1,7 @@
 """studies/ablation.py end to end: a real local Ray runs real trials, a real MLflow store records
 them (sqlite, and a real `mlflow server` on 127.0.0.1), and the test reads MLflow back."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -47,34 +48,49 @@ def space(tmp_path, **over):
 
 
 def test_smoke_study_tracks_parent_child_params_metrics_artifacts(tmp_path):
+    """quick.yaml --smoke: one cell, IABF's lambda searched (2 trials), then the choice confirmed."""
     out = study(tmp_path, "--smoke")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "best configuration per (dataset, method, eps)" in out.stdout
+    assert out.stdout.splitlines()[0].startswith("started a local Ray with")
+    assert "3 trials: 2 search, 1 confirmation" in out.stdout
+    assert "the configuration chosen per cell and arm by validation (confirmed on every seed)" in out.stdout
     assert "mlflow ui --backend-store-uri" in out.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (parent,), children = runs_of(client, "quick-smoke")
-    assert len(children) == 2 and parent.info.status == "FINISHED"
-    assert parent.data.metrics["study/completed"] == 2
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"space.yaml", "report"}
+    assert len(children) == 3 and parent.info.status == "FINISHED"
+    assert parent.data.metrics["study/completed"] == 3
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"space.yaml", "plan.json", "report"}
     assert "table1.tex" in {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "report")}
     report = next((tmp_path / "results").glob("quick-smoke-*/report"))
     assert "\\begin{tabular}" in (report / "table1.tex").read_text()
     assert (report / "fig3_markov_chain_digits.png").stat().st_size > 1000
+    search = [r for r in children if r.data.tags["phase"] == "search"]
+    (confirm,) = [r for r in children if r.data.tags["phase"] == "confirm"]
+    assert sorted(r.data.params["lam"] for r in search) == ["0.01", "0.1"]
     for run in children:
         tags, params = run.data.tags, run.data.params
-        assert tags["mlflow.parentRunId"] == parent.info.run_id
-        assert tags["study"] == "quick-smoke" and tags["stop_reason"] == "completed" and tags["seed"] == "0"
-        assert len(tags["config_hash"]) == 12 and tags["git_commit"]
+        assert tags["mlflow.parentRunId"] == parent.info.run_id and tags["cell"] == "digits/bsc/16b/eps0.1"
+        assert tags["study"] == "quick-smoke" and tags["stop_reason"] == "completed" and tags["arm"] == "iabf"
+        assert len(tags["config_hash"]) == 12 and tags["git_commit"] and tags["uid"]
         assert run.info.status == "FINISHED"
-        assert params["dataset"] == "digits" and params["epochs"] == "2" and params["method"] in ("necst", "abf")
-        assert run.info.run_name == f"digits-{params['method']}-eps0.1-K5-s0"
+        assert params["dataset"] == "digits" and params["epochs"] == "2" and params["method"] == "iabf"
         history = client.get_metric_history(run.info.run_id, M.VAL_DISTORTION)
         assert sorted(m.step for m in history) == [1, 2]                  # step = epoch, once each
         assert M.TEST_DISTORTION in run.data.metrics
-        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert arts == {"checkpoint.pt", "config.json", "reconstructions.png", "markov_chain.png"}
-    # tags distinguish the two arms
-    assert len({r.data.tags["config_hash"] for r in children}) == 2
+    # the search runs on a seed the table does not report; the confirmation names the trial it confirms
+    assert {r.data.tags["seed"] for r in search} == {"3"} and confirm.data.tags["seed"] == "0"
+    best = min(search, key=lambda r: r.data.metrics[M.BEST_VAL_DISTORTION])
+    assert confirm.data.tags["confirms"] == best.data.tags["uid"] and confirm.data.params["lam"] == best.data.params["lam"]
+    assert confirm.info.run_name == f"digits-iabf-eps0.1-lam{best.data.params['lam']}-K5-s0"
+    assert {a.path for a in client.list_artifacts(confirm.info.run_id)} == {
+        "checkpoint.pt", "config.json", "reconstructions.png", "markov_chain.png"}
+    for run in search:   # a means to a choice: its checkpoint, no samples drawn
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"checkpoint.pt"}
+        assert run.info.run_name.endswith("-s3-search")
+    # the status table, its columns, and nothing of Ray's own chatter on the console
+    assert "lam" in out.stdout and "phase" in out.stdout and "Trial status" not in out.stdout
+    assert len(out.stdout.splitlines()) < 80
+    assert (next((tmp_path / "results").glob("quick-smoke-*")) / "study.log").stat().st_size > 0
 
 
 def test_stacked_study_gives_every_seed_its_own_run(tmp_path):
@@ -82,7 +98,7 @@ def test_stacked_study_gives_every_seed_its_own_run(tmp_path):
     p = space(tmp_path, study="stacked", fixed={"epochs": 2, "K": 2, "method": "iabf"}, seeds=[0, 1, 2, 3], stack=2)
     out = study(tmp_path, "--space", str(p))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "study stacked: 2 trials" in out.stdout
+    assert "2 trials: 0 search, 2 confirmation" in out.stdout       # nothing to search: confirmed at once
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (parent,), children = runs_of(client, "stacked")
     assert sorted(int(r.data.tags["seed"]) for r in children) == [0, 1, 2, 3]
@@ -104,27 +120,38 @@ def test_stacked_study_gives_every_seed_its_own_run(tmp_path):
 
 
 def test_asha_stops_weak_trials_early_and_tracking_says_so(tmp_path):
-    # lr 1e-5 barely moves in 4 epochs: ASHA (one trial at a time, so the order is fixed) stops it
+    """ASHA inside the search: lr 1e-5 barely moves in 4 epochs and is stopped (one trial at a time,
+    so the order is fixed); the confirmation trains the winner on both seeds, never stopped."""
     p = space(tmp_path, study="asha", fixed={"epochs": 4, "K": 2, "method": "necst"},
               search={"lr": {"grid": [0.003, 0.00001]}}, seeds=[0, 1], max_concurrent=1,
               scheduler={"name": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2})
     out = study(tmp_path, "--space", str(p))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert re.search(r"trial \w+ \(.*lr=1e-05.*phase=search.*\): stopped by ASHA after epoch \d", out.stdout), out.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (parent,), children = runs_of(client, "asha")
-    reasons = Counter(r.data.tags["stop_reason"] for r in children)
-    assert len(children) == 4 and reasons["early_stopped"] >= 1 and reasons["completed"] >= 1
-    for r in children:
+    search = [r for r in children if r.data.tags["phase"] == "search"]
+    confirm = [r for r in children if r.data.tags["phase"] == "confirm"]
+    reasons = Counter(r.data.tags["stop_reason"] for r in search)
+    assert len(search) == 2 and reasons == {"early_stopped": 1, "completed": 1}
+    for r in search:
         epochs = len(client.get_metric_history(r.info.run_id, M.EPOCH))
         if r.data.tags["stop_reason"] == "early_stopped":
+            assert r.data.params["lr"] == "1e-05"
             assert r.info.status == "KILLED" and epochs < 4 and M.TEST_DISTORTION not in r.data.metrics
             assert not client.list_artifacts(r.info.run_id)
         else:
             assert r.info.status == "FINISHED" and epochs == 4
-    assert parent.data.metrics["study/early_stopped"] == reasons["early_stopped"]
+            winner = r
+    assert sorted(r.data.tags["seed"] for r in confirm) == ["0", "1"]   # both seeds, one stacked trial
+    for r in confirm:
+        assert r.data.tags["stop_reason"] == "completed" and r.data.params["lr"] == "0.003"
+        assert r.data.tags["confirms"] == winner.data.tags["uid"]
+    assert parent.data.metrics["study/early_stopped"] == 1
 
 
-def wait_for_completed(client, name: str, n: int, timeout: float = 300, next_started: bool = True) -> None:
+def wait_for(client, name: str, done, timeout: float = 300) -> None:
+    """Poll MLflow until done(child runs) holds."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         time.sleep(0.5)
@@ -132,30 +159,36 @@ def wait_for_completed(client, name: str, n: int, timeout: float = 300, next_sta
             _, children = runs_of(client, name)
         except Exception:
             continue
-        if sum(r.data.tags.get("stop_reason") == "completed" for r in children) >= n and \
-                (len(children) > n or not next_started):
+        if done(children):
             return
-    pytest.fail(f"no {n} completed trials in {timeout} s")
+    pytest.fail(f"study {name}: condition not reached in {timeout} s")
 
 
-def test_interrupted_then_killed_study_resumes_without_duplicate_runs(tmp_path):
-    """Ctrl-C after one trial, --resume, SIGKILL of the driver after another, --resume again:
-    the study completes with one MLflow run per trial, every epoch once, finished trials not rerun."""
+def completed(runs, phase=None):
+    return [r for r in runs if r.data.tags.get("stop_reason") == "completed" and phase in (None, r.data.tags["phase"])]
+
+
+def test_interrupted_then_killed_in_the_confirmation_study_resumes_without_duplicate_runs(tmp_path):
+    """Ctrl-C during the search, --resume, SIGKILL of the driver during the confirmation phase,
+    --resume again: the study completes with one MLflow run per trial and seed, every epoch once,
+    none left RUNNING, and finished trials not rerun."""
     p = space(tmp_path, study="resume", fixed={"epochs": 8, "K": 2, "method": "necst"},
-              search={"lr": {"grid": [0.001, 0.002, 0.003, 0.004]}}, max_concurrent=1)
+              search={"lr": {"grid": [0.001, 0.002, 0.003]}}, seeds=[0, 1], stack=1, max_concurrent=1)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     proc = study(tmp_path, "--space", str(p), wait=False)
-    wait_for_completed(client, "resume", 1)
-    proc.send_signal(signal.SIGINT)                                   # 1. a clean interrupt
+    wait_for(client, "resume", lambda runs: len(completed(runs)) >= 1 and len(runs) > 1)
+    proc.send_signal(signal.SIGINT)                                   # 1. a clean interrupt, mid-search
     first, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "--resume" in first, first[-3000:]
     _, before = runs_of(client, "resume")
     assert all(r.info.status != "RUNNING" for r in before)          # nothing left RUNNING
-    done = {r.data.tags["trial_id"]: r.info.run_id for r in before if r.data.tags.get("stop_reason")}
+    done = {r.data.tags["uid"]: r.info.run_id for r in before if r.data.tags.get("stop_reason")}
 
     proc = study(tmp_path, "--space", str(p), "--resume", wait=False)
-    wait_for_completed(client, "resume", 2, next_started=False)      # mid-study: 2 of 4 trials done
+    # the confirmation phase: a confirmation run has logged an epoch
+    wait_for(client, "resume", lambda runs: any(r.data.tags["phase"] == "confirm" and M.EPOCH in r.data.metrics
+                                                for r in runs))
     proc.kill()                                                       # 2. the driver dies: SIGKILL
     proc.communicate(timeout=60)
     time.sleep(3)                                                     # its local Ray goes down with it
@@ -164,14 +197,17 @@ def test_interrupted_then_killed_study_resumes_without_duplicate_runs(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (parent,), children = runs_of(client, "resume")
     assert parent.info.status == "FINISHED"
-    trial_ids = [r.data.tags["trial_id"] for r in children]
-    assert len(trial_ids) == 4 and len(set(trial_ids)) == 4               # one run per trial, no duplicate
+    keys = Counter((r.data.tags["uid"], r.data.tags["seed"]) for r in children)
+    assert len(keys) == 5 and set(keys.values()) == {1}                 # 3 search + 2 confirmation, no duplicate
+    assert Counter(r.data.tags["phase"] for r in children) == {"search": 3, "confirm": 2}
     for r in children:
         assert r.info.status == "FINISHED" and r.data.tags["stop_reason"] == "completed"
         steps = [m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)]
         assert sorted(steps) == list(range(1, 9))                      # every epoch once: none doubled
-    for trial, run_id in done.items():                                 # finished trials kept their runs
-        assert next(r for r in children if r.data.tags["trial_id"] == trial).info.run_id == run_id
+    for uid, run_id in done.items():                                   # finished trials kept their runs
+        assert next(r for r in children if r.data.tags["uid"] == uid).info.run_id == run_id
+    confirmed = {r.data.tags["confirms"] for r in children if r.data.tags["phase"] == "confirm"}
+    assert len(confirmed) == 1 and confirmed <= {r.data.tags["uid"] for r in children}
 
 
 def free_port() -> int:
@@ -217,9 +253,11 @@ def test_remote_tracking_against_a_real_mlflow_server(tmp_path, mlflow_server):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client = MlflowClient(mlflow_server)
     (parent,), children = runs_of(client, "quick-smoke")
-    assert len(children) == 2 and all(r.data.tags["stop_reason"] == "completed" for r in children)
+    assert len(children) == 3 and all(r.data.tags["stop_reason"] == "completed" for r in children)
     # artifacts went through the server into its artifact store, not into a local folder
-    assert {a.path for a in client.list_artifacts(children[0].info.run_id)} >= {"checkpoint.pt", "markov_chain.png"}
+    confirm = next(r for r in children if r.data.tags["phase"] == "confirm")
+    assert {a.path for a in client.list_artifacts(confirm.info.run_id)} >= {"checkpoint.pt", "markov_chain.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"plan.json", "space.yaml", "report"}
     assert any((tmp_path / "server-artifacts").rglob("checkpoint.pt"))
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
@@ -233,7 +271,7 @@ def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
 
 def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path):
     p = space(tmp_path, study="nan", fixed={"epochs": 2, "K": 2, "method": "necst"},
-              search={"lr": {"grid": [0.001, 1.0e30]}}, max_concurrent=1)
+              search={"lr": {"grid": [0.001, 1.0e30]}}, max_concurrent=1, confirm=False)
     out = study(tmp_path, "--space", str(p))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "1 completed, 0 early_stopped, 1 failed" in out.stdout
@@ -252,7 +290,7 @@ def test_tracking_server_lost_mid_study_trials_go_on_and_nothing_is_lost(tmp_pat
     uri = f"http://127.0.0.1:{port}"
     server = start_server(tmp_path, port)
     p = space(tmp_path, study="outage", fixed={"epochs": 10, "K": 2, "method": "necst"},
-              search={"lr": {"grid": [0.001, 0.002, 0.003]}}, max_concurrent=1)
+              search={"lr": {"grid": [0.001, 0.002, 0.003]}}, max_concurrent=1, confirm=False)
     proc = study(tmp_path, "--space", str(p), uri=uri, wait=False)
     client = MlflowClient(uri)
     deadline = time.time() + 300
@@ -297,7 +335,7 @@ def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(tmp_path, dat
 
     p = space(tmp_path, study="kill", dataset="mnist", max_concurrent=1, search={"lr": {"grid": [0.001, 0.002]}},
               fixed={"epochs": 6, "K": 2, "method": "necst", "max_train_examples": 3000},
-              seeds=list(range(stack)), stack=stack)
+              seeds=list(range(stack)), stack=stack, confirm=False)
     proc = study(tmp_path, "--space", str(p), "--data-dir", str(data_dir), wait=False)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     killed, deadline = False, time.time() + 300
