@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv study smoke test bench bench-gpu clean
+.PHONY: venv study smoke test bench bench-gpu gpu-check clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,9 @@ bench-gpu: $(STAMP)   ## the GPU measurements still missing from benchmarks/READ
 	$(PY) benchmarks/packing.py --data-dir $${DATA_DIR:-../shared/data}
 	$(PY) benchmarks/stacked_seeds.py --data-dir $${DATA_DIR:-../shared/data} --device cuda
 	$(PY) benchmarks/compile.py --data-dir $${DATA_DIR:-../shared/data} --device cuda
+
+gpu-check: $(STAMP)   ## on a lent GPU: the cuda tests and every GPU figure at reduced repeats, into $$OUT (benchmarks/gpu_check.sh)
+	OUT=$${OUT:-gpu-check} DATA_DIR=$${DATA_DIR:-../shared/data} PY=$(PY) bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info

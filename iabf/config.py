@@ -16,6 +16,7 @@ METHODS = ("necst", "abf", "iabf")
 CHANNELS = ("bsc", "bec")
 FLIPS = ("budget", "topk")
 TC_INPUTS = ("bits", "probs")
+VIMCO_SIGNALS = ("loglik", "loss")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
@@ -85,6 +86,9 @@ class Config:
     # --- reference-code extras, off by default (not in eq. 29) ---
     clean_weight: float = _f(0.0, "weight of the decoder's reconstruction from the encoder's clean probabilities "
                                   "(reference code `denoising_decoder_v2`, 0.1 there); 0 = the paper's objective")
+    vimco_signal: str = _f("loglik", "VIMCO's per-sample signal (eq. 31): loglik, the paper's log-likelihood, whose "
+                                     "weights favour the best samples; loss, NECST's and the IABF authors' code, which "
+                                     "puts the positive loss in the log-sum-exp, so its weights favour the worst")
     # --- optimisation (reference main.py defaults) ---
     epochs: int = _f(200, "training epochs; the best epoch by validation distortion is kept")
     batch_size: int = _f(100, "training batch size")
@@ -93,6 +97,8 @@ class Config:
     max_train_examples: int = _f(0, "use only the first N training examples; 0 = all")
     # --- evaluation ---
     eval_batch_size: int = _f(1000, "batch size for validation and test (no effect on the numbers)")
+    val_batch: int = _f(0, "validation images per epoch, which choose the best epoch: 0 = the whole validation split; "
+                           "N = one batch of N drawn afresh each epoch (NECST's and the IABF authors' code: 100)")
     # --- run ---
     seed: int = _f(0, "seed for initialisation, batches and channel noise")
     stack: int = _f(1, "train seeds seed, seed+1, ..., seed+stack-1 together as one stacked (vmapped) model, "
@@ -139,6 +145,8 @@ class Config:
         need(self.channel in CHANNELS, "channel", f"one of {', '.join(CHANNELS)}")
         need(self.flip in FLIPS, "flip", f"one of {', '.join(FLIPS)}")
         need(self.tc_input in TC_INPUTS, "tc_input", f"one of {', '.join(TC_INPUTS)}")
+        need(self.vimco_signal in VIMCO_SIGNALS, "vimco_signal", f"one of {', '.join(VIMCO_SIGNALS)}")
+        need(self.val_batch >= 0, "val_batch", "0 (the whole validation split) or a positive integer")
         need(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
         need(0.0 <= self.eps <= 0.5, "eps", "a probability in [0, 0.5]")
         need(self.test_eps == -1.0 or 0.0 <= self.test_eps <= 0.5, "test_eps", "-1 or a probability in [0, 0.5]")
@@ -168,7 +176,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        """Build from a mapping; an unknown key is an error, never silently dropped."""
+        """Build from a mapping; an unknown key is an error, never silently dropped. A `preset` key
+        (PRESETS) gives the values its name stands for; the mapping's own values override them."""
+        d = with_preset(d)
         names = {f.name for f in fields(cls)}
         unknown = sorted(map(str, set(d) - names))
         if unknown:
@@ -185,6 +195,31 @@ class Config:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+
+# Named versions of the method: where the paper and its authors' code differ, `paper` is the paper
+# (the defaults), `reference` the authors' code (reference spec: "Objectives", "Optimisation").
+PRESETS = {
+    "paper": {},
+    "reference": {
+        "flip": "topk",            # perturb_latent_code: Gumbel top-k from softmax(g^2), eps_i = 1 (vs eq. 30's budget)
+        "flip_k": 10,              # flip_samples = 10 (10% of 100 bits)
+        "tc_input": "probs",       # the TC discriminator sees Bernoulli probabilities (vs Algorithm 1's bits)
+        "clean_weight": 0.1,       # denoising_decoder_v2 with denw = 0.1: a term eq. 29 does not have
+        "vimco_signal": "loss",    # the positive loss in VIMCO's log-sum-exp (vs eq. 31's log-likelihood)
+        "val_batch": 100,          # the best epoch chosen on one validation batch of 100 (vs the whole split)
+    },
+}
+
+
+def with_preset(d: dict) -> dict:
+    """d with its `preset` replaced by the values it stands for (d's own values win)."""
+    if "preset" not in d:
+        return d
+    d = dict(d)
+    name = d.pop("preset")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"preset={short(name)} is not allowed: one of {', '.join(PRESETS)}", "preset")
+    return {**PRESETS[name], **d}
 
 
 def seed_configs(cfg: Config) -> list[Config]:
@@ -203,17 +238,24 @@ class Parser(argparse.ArgumentParser):
 
 
 def config_parser(prog: str, description: str) -> Parser:
-    """An argparse parser with one option per Config field, documented by the field itself."""
-    p = Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An argparse parser with one option per Config field, documented by the field itself, and
+    --preset. Options left out are absent from the namespace (not filled with defaults), so that a
+    preset's values apply unless an option overrides them."""
+    p = Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                   help="paper: the paper's equations (the defaults); reference: every choice of the authors' code "
+                        "(" + ", ".join(f"{k}={v}" for k, v in PRESETS["reference"].items()) + "); "
+                        "options given with it override it (default: paper)")
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
+        helptext = f"{f.metadata['help']} (default: {f.default})"
         if f.type == "bool":
-            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+            p.add_argument(flag, action="store_true", help=helptext)
         else:
-            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type],
-                           default=f.default, help=f.metadata["help"])
+            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type], help=helptext)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
+    return Config.from_dict({"preset": args.preset, **given})

@@ -130,7 +130,10 @@ def objective(dec: nn.Module, disc: nn.Module, enc: nn.Module, x: torch.Tensor, 
         eps = adversary(dec, x, y, binary, cfg, gen)
     codes, log_q = sample_noisy(p, eps, cfg.channel, cfg.K, gen)     # (K, B, M), (K, B)
     log_lik = log_likelihood(dec(codes), x, binary)                  # (K, B)
-    rec = vimco(log_lik, log_q).mean()                               # L_rec, eq. 28/31
+    if cfg.vimco_signal == "loglik":
+        rec = vimco(log_lik, log_q).mean()                           # L_rec, eq. 28/31
+    else:  # the reference code: VIMCO on the positive loss, minimised; its weights favour the worst samples
+        rec = -vimco(-log_lik, log_q).mean()
     loss = -rec
     stats["distortion"] = table1_scale(-log_lik.detach(), x, binary).mean()
     # --- infomax (eq. 27), iabf only ---

@@ -163,11 +163,21 @@ def test_best(enc, dec, best: dict, data: Splits, cfg: Config) -> dict:
     return {f"test/{k}": v for k, v in evaluate(enc_b, dec_b, data.test, data.binary, cfg, seed=cfg.seed + 2).items()}
 
 
+def validation_images(data: Splits, cfg: Config, epoch: int) -> torch.Tensor:
+    """The whole validation split, or (cfg.val_batch, as the reference code) one batch of that many
+    images drawn afresh each epoch, reproducibly from the seed and the epoch."""
+    if not cfg.val_batch:
+        return data.val
+    gen = torch.Generator(device=data.val.device).manual_seed(cfg.seed * 100_003 + epoch)
+    return data.val[torch.randperm(len(data.val), generator=gen, device=data.val.device)[:cfg.val_batch]]
+
+
 def end_of_epoch(epoch: int, train: dict, models: dict, best: dict, data: Splits, cfg: Config) -> tuple[dict, dict]:
-    """After an epoch's training: validate on the whole validation split, keep the best state, and
-    after the last epoch test the best-by-validation model (Table 1). Returns (metrics, best)."""
+    """After an epoch's training: validate (on the whole validation split by default), keep the
+    best state, and after the last epoch test the best-by-validation model (Table 1).
+    Returns (metrics, best)."""
     enc, dec = models["encoder"], models["decoder"]
-    val = evaluate(enc, dec, data.val, data.binary, cfg, seed=cfg.seed + 1)
+    val = evaluate(enc, dec, validation_images(data, cfg, epoch), data.binary, cfg, seed=cfg.seed + 1)
     if val["distortion"] < best["val"]:
         best = {"val": val["distortion"], "epoch": epoch,
                 "model": {k: copy.deepcopy(m.state_dict()) for k, m in models.items()}}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from .sampling import markov_chain, reconstructions, save_grid
 from .train import Diverged, load_checkpoint, models_from_state, run, save_checkpoint
 
 REPLAYED = "replayed"     # a result reported again on resume (see `trainable`), not a new epoch
+NODE_ID, HOSTNAME = "node_id", "hostname"   # in every result: the Ray node and host that trained it
 STATE = "checkpoint.pt"   # inside every Tune checkpoint; the final one also holds the artifacts below
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
 
@@ -51,8 +53,6 @@ def trial_device(cfg: Config) -> str:
     """cuda when Ray gave this trial a GPU (Ray sets CUDA_VISIBLE_DEVICES to it) and one is usable."""
     if cfg.device != "auto":
         return cfg.device
-    import ray
-
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
@@ -131,6 +131,7 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
         tune.report({**past, REPLAYED: True})
 
     gpu = context.get_trial_resources().required_resources.get("GPU", 0.0)
+    where = {NODE_ID: ray.get_runtime_context().get_node_id(), HOSTNAME: socket.gethostname()}   # who ran it
 
     def report(metrics: dict, checkpoint) -> None:
         t0 = time.perf_counter()
@@ -155,7 +156,7 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
                 metrics[prefix + M.GPU_SECONDS] = metrics[prefix + M.WALL_SECONDS] * gpu
                 if cfg.device == "cuda":  # what packing several trials on one GPU has to fit
                     metrics[prefix + M.GPU_PEAK_MB] = torch.cuda.max_memory_allocated() / 2**20
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d) if final else None)
+            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(d) if final else None)
 
     try:
         run(cfg, report, resume=resume, data=data)

@@ -1,7 +1,8 @@
-"""Run a study: a search space (YAML) -> Ray Tune trials (ASHA, Optuna where continuous) -> MLflow.
+"""Run a study: a search space (YAML) -> Ray Tune trials (studies/protocol.py: a search per table
+cell with ASHA, Optuna where continuous, then a confirmation on every seed) -> MLflow.
 
-    python studies/ablation.py                                   # the default: quick.yaml, local
-    python studies/ablation.py --space search_spaces/table1.yaml --address auto   # on a cluster
+    python studies/ablation.py                                   # the default: quick.yaml, here
+    python studies/ablation.py --space search_spaces/table1.yaml # on a cluster's head: joins it
     python studies/ablation.py --resume                          # finish the latest interrupted one
 """
 from __future__ import annotations
@@ -45,15 +46,19 @@ def bounded(kind, lo: float, hi: float = INT_MAX):
 def parse_args(argv=None) -> argparse.Namespace:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search-space YAML (default: %(default)s)")
-    p.add_argument("--address", default=None, help="Ray cluster address; 'auto' on a cluster (default: a local Ray)")
+    p.add_argument("--address", default=None,
+                   help="a Ray cluster's HOST:PORT (default: RAY_ADDRESS, else the cluster started on this machine, "
+                        "else a new local Ray)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
     p.add_argument("--data-dir", default="data", help="folder of <dataset>.npz (default: %(default)s)")
-    p.add_argument("--storage", default=str(Path("results").resolve()),
-                   help="where Ray Tune keeps trials and checkpoints (shared storage on a multi-node cluster)")
+    p.add_argument("--storage", default="results",
+                   help="where Ray Tune keeps its results and the trials their state: a folder, or a URI such as "
+                        "s3://bucket/prefix (shared storage on a multi-node cluster; default: %(default)s)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="EXPERIMENT_DIR",
                    help="continue an interrupted study: its folder, or the latest of this space's study")
-    p.add_argument("--smoke", action="store_true", help="shrink the space to 2 tiny CPU trials (for tests)")
+    p.add_argument("--smoke", action="store_true",
+                   help="shrink the space to a few tiny CPU trials through both phases (to check an install)")
     p.add_argument("--max-concurrent", type=bounded(int, 1), default=None, help="at most this many trials at once")
     p.add_argument("--stack", type=bounded(int, 1, 1024), default=None, metavar="S",
                    help="train S consecutive seeds as one stacked model per trial (overrides the space's stack)")
@@ -94,8 +99,9 @@ def main(argv=None) -> int:
     except ConnectionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    local = local_dir(experiment_dir)   # the log and the report: on this machine, whatever the storage
     if held is not None:
-        console.to_file(held, experiment_dir)
+        console.to_file(held, local)
 
     exp_id, parent = tracking.start_study(uri, study, experiment_dir, resume=args.resume is not None)
     planned = plan(study)
@@ -103,7 +109,7 @@ def main(argv=None) -> int:
           f"{planned['search_trials']} search, {planned['confirm_trials']} confirmation; tracked in {uri} "
           f"(experiment {study.name!r}, parent run {parent})", flush=True)
     if held is not None:
-        print(f"Ray's and MLflow's messages: {Path(experiment_dir) / console.LOG_NAME}", flush=True)
+        print(f"Ray's and MLflow's messages: {local / console.LOG_NAME}", flush=True)
     chain_steps = args.chain_steps or (90 if args.smoke else 9000)
     fn = tune.with_resources(
         tune.with_parameters(trainable, chain_steps=chain_steps, state_root=f"{experiment_dir}/state"),
@@ -123,7 +129,7 @@ def main(argv=None) -> int:
                                         max_concurrent_trials=study.max_concurrent or None,
                                         reuse_actors=True),  # a trial's process is reused: no re-import of torch
             run_config=tune.RunConfig(
-                name=Path(experiment_dir).name, storage_path=str(Path(experiment_dir).parent),
+                name=experiment_dir.rsplit("/", 1)[1], storage_path=experiment_dir.rsplit("/", 1)[0],
                 callbacks=[tracker, console.StopLines(columns)],
                 progress_reporter=None if args.verbose else console.reporter(columns, study.metric),
                 # Tune checkpoints only a trial's end (iabf/tune.py): the trial keeps its own state every epoch
@@ -143,7 +149,7 @@ def main(argv=None) -> int:
               f"({type(e).__name__}); {tracker.unlogged() if tracker else 'some'} trial updates are not logged",
               file=sys.stderr)
         return 1
-    summarize(study, uri, parent, experiment_dir, counts)
+    summarize(study, uri, parent, experiment_dir, counts, local)
     if left:
         print(f"error: {left} trial updates could not be written to MLflow at {uri}", file=sys.stderr)
         return 1
@@ -176,28 +182,54 @@ def prepare(args: argparse.Namespace):
     return study, uri, resolve_experiment(args, study)
 
 
+def storage_of(path: str) -> str:
+    """A folder made absolute, or a URI (s3://, gs://, file://) as given; no trailing slash."""
+    return path.rstrip("/") if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def local_dir(experiment_dir: str) -> Path:
+    """Where this machine keeps a study's log and report: its folder, or ./results/<study>-<time>
+    when the study's storage is a URI."""
+    return Path(experiment_dir) if "://" not in experiment_dir else Path("results").resolve() / experiment_dir.rsplit("/", 1)[1]
+
+
 def resolve_experiment(args, study) -> str:
-    """A new study gets a fresh folder <storage>/<study>-<time>; --resume finds an existing one."""
-    storage = Path(args.storage).expanduser().resolve()
+    """A new study gets a fresh folder <storage>/<study>-<time>; --resume finds an existing one
+    (through pyarrow.fs, so a URI storage is searched like a folder)."""
+    import pyarrow.fs as pafs
+
+    storage = storage_of(args.storage)
     if args.resume is None:
-        return str(storage / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        return f"{storage}/{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def fs_of(where: str):
+        return pafs.FileSystem.from_uri(where) if "://" in where else (pafs.LocalFileSystem(), where)
+
+    def resumable(where: str) -> bool:
+        fs, path = fs_of(where)
+        return fs.get_file_info(f"{path}/tuner.pkl").type == pafs.FileType.File
+
     if args.resume != "latest":
-        path = Path(args.resume).expanduser().resolve()
-        if not (path / "tuner.pkl").exists():
+        path = storage_of(args.resume)
+        if not resumable(path):
             raise SpaceError(f"{path}: not a study folder to resume (no tuner.pkl)")
-        return str(path)
-    found = sorted(storage.glob(f"{study.name}-*/tuner.pkl"))
+        return path
+    fs, root = fs_of(storage)
+    prefix = storage[:storage.index("://") + 3] if "://" in storage else ""
+    found = sorted(prefix + info.path for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                   if info.type == pafs.FileType.Directory and info.base_name.startswith(f"{study.name}-"))
+    found = [f for f in found if resumable(f)]
     if not found:
         raise SpaceError(f"{storage}: no earlier run of study {study.name!r} to resume")
-    return str(found[-1].parent)
+    return found[-1]
 
 
-def summarize(study, uri, parent, experiment_dir, counts) -> None:
+def summarize(study, uri, parent, experiment_dir, counts, local: Path) -> None:
     """How the trials ended, the configuration chosen per cell (from the report), where things are."""
     print(f"\nruns (one per trial and seed): "
           f"{', '.join(f'{counts[k]} {k}' for k in ('completed', 'early_stopped', 'failed', 'interrupted'))}"
           f"; {counts['trial_hours']:.3f} trial-hours, {counts['gpu_hours']:.3f} GPU-hours")
-    report_dir = Path(experiment_dir) / "report"
+    report_dir = local / "report"
     if counts["completed"]:  # the paper's table and figures, also kept on the study's parent run
         import pandas as pd
 

@@ -46,9 +46,21 @@ def local_cluster() -> str | None:
     return read_ray_address()
 
 
-def has_token() -> bool:
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or any(
-        Path(p).expanduser().is_file() for p in (os.environ.get("RAY_AUTH_TOKEN_PATH", ""), "~/.ray/auth_token") if p)
+def send_token_if_any() -> None:
+    """Turn token authentication on for this driver when it has a token (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset: Ray's own rule for a
+    cluster it finds itself, applied to one given by address. A cluster without authentication
+    ignores the token, so sending it is always safe."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:   # Ray's helper: it also refreshes Ray's already loaded settings, which the variable alone does not
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    except ImportError:   # a Ray without it: the documented variable, before Ray reads its settings
+        if os.environ.get("RAY_AUTH_TOKEN") or any(Path(p).expanduser().is_file() for p in (
+                os.environ.get("RAY_AUTH_TOKEN_PATH", ""), "~/.ray/auth_token") if p):
+            os.environ["RAY_AUTH_MODE"] = "token"
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def connect(address: str | None, **init) -> str:
@@ -56,7 +68,7 @@ def connect(address: str | None, **init) -> str:
     ConnectionError with one line (that names the address and, for a refused token, the fix)."""
     import ray
 
-    explicit = address or os.environ.get("RAY_ADDRESS") or None
+    explicit, found = address or os.environ.get("RAY_ADDRESS") or None, None
     if explicit is None:
         found = local_cluster()
         if found and not reachable(found):
@@ -66,12 +78,11 @@ def connect(address: str | None, **init) -> str:
         target = found or "local"
     else:
         target = explicit
-        # Ray turns token authentication on for an address it finds itself, not for one it is
-        # given; a cluster without authentication ignores the token, so sending it is always safe
-        if target != "local" and "RAY_AUTH_MODE" not in os.environ and has_token():
-            os.environ["RAY_AUTH_MODE"] = "token"
+        if target != "local":
+            send_token_if_any()
     try:
-        ray.init(address=None if target != "local" and explicit is None else target, **init)
+        # the cluster of this machine: let ray.init find it (and turn on its token, if this machine has one)
+        ray.init(address=None if target == found else target, **init)
     except (ConnectionError, RuntimeError, ValueError) as e:
         chain, cause = [], e
         while cause is not None:

@@ -17,14 +17,14 @@ from pathlib import Path
 import yaml
 
 from iabf import metrics as M
-from iabf.config import ARCH_KIND, FIELD_TYPES, INT_MAX, Config, ConfigError, one_line, short
+from iabf.config import ARCH_KIND, FIELD_TYPES, INT_MAX, Config, ConfigError, one_line, short, with_preset
 
 SEARCHERS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 TOP_KEYS = ("study", "description", "dataset", "fixed", "search", "variants", "seeds", "search_seeds", "stack",
             "confirm", "cells", "searcher", "scheduler", "metric", "mode", "num_samples", "resources",
             "max_concurrent")
-ARM_KEYS = ("name", "search")                    # besides Config fields
+ARM_KEYS = ("name", "search", "preset")          # besides Config fields
 ASHA_KEYS = ("name", "max_t", "grace_period", "reduction_factor")
 RESOURCE_KEYS = ("cpu", "gpu")
 METRICS = tuple(v for k, v in vars(M).items() if k.isupper() and isinstance(v, str))
@@ -244,9 +244,17 @@ def validate(raw, path: str) -> Study:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         fail("study", f"{short(name)} is not allowed: letters, digits, '-' and '_' only")
 
+    def preset(values: dict, where: str) -> dict:
+        """values with a `preset` (iabf.config.PRESETS) replaced by what it stands for."""
+        try:
+            return with_preset(values)
+        except ConfigError as e:
+            fail(f"{where}.preset", str(e))
+
     fixed = dict(want(raw.get("fixed") or {}, dict, "fixed", "a mapping of parameter: value"))
     if "dataset" in raw:
         fixed["dataset"] = raw["dataset"]
+    fixed = preset(fixed, "fixed")
     for k, v in fixed.items():
         check_value(k, v, f"fixed.{k}")
 
@@ -271,7 +279,8 @@ def validate(raw, path: str) -> Study:
     for i, arm in enumerate(want(raw.get("variants") or [], list, "variants", "a list of arms {parameter: value}")):
         where = f"variants[{i}]"
         check_keys(arm, (*FIELD_TYPES, *ARM_KEYS), where)
-        own = {k: v for k, v in arm.items() if k not in ARM_KEYS}
+        shown = {k: v for k, v in arm.items() if k not in ("name", "search")}   # what names it
+        own = preset(shown, where)
         for k, v in own.items():
             if k in search:
                 fail(f"{where}.{k}", "also searched; an arm fixes parameters the search does not touch")
@@ -285,10 +294,10 @@ def validate(raw, path: str) -> Study:
         label = arm.get("name", None)
         if label is not None and (not isinstance(label, str) or not re.fullmatch(r"[\w .=+-]{1,40}", label)):
             fail(f"{where}.name", f"{short(label)} is not allowed: up to 40 letters, digits, spaces and . = + -")
-        arms.append(Arm(label or "", own, arm_search))
+        arms.append(Arm(label or "", shown, arm_search))
     if len({json.dumps([a.fixed, a.search], sort_keys=True) for a in arms}) != len(arms):
         fail("variants", "two arms are the same")
-    arms = name_arms(arms)
+    arms = [replace(a, fixed=with_preset(a.fixed)) for a in name_arms(arms)]   # named by their preset, not its values
     if len({a.name for a in arms}) != len(arms):
         fail("variants", f"two arms have the same name {short(sorted(a.name for a in arms))}; name them (name: ...)")
 
@@ -354,7 +363,8 @@ def name_arms(arms: list[Arm]) -> list[Arm]:
         method = arm.fixed.get("method", "")
         same = [a for a in arms if a.fixed.get("method", "") == method]
         extra = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(arm.fixed.items())
-                         if k != "method" and len(same) > 1)
+                         if k not in ("method", "preset") and len(same) > 1)
+        extra = " ".join(p for p in (arm.fixed.get("preset", "") if arm.fixed.get("preset") != "paper" else "", extra) if p)
         out.append(replace(arm, name=" ".join(p for p in (method, extra) if p) or "default"))
     return out
 

@@ -6,9 +6,11 @@ driver writes to MLflow (a single writer: no races between trials), through Mlfl
 A stacked trial (Config.stack seeds in one model) gets one child run per seed, like separate trials.
 
 Child-run tags: study, trial_id, seed, config_hash, git_commit, stop_reason in
-{completed, early_stopped, failed}, and the protocol's labels (studies/protocol.py): phase (search
-or confirm), cell, arm, uid and, on a confirmation run, confirms (the uid of the search trial whose
-configuration it confirms; empty when the group had one configuration, so nothing to search).
+{completed, early_stopped, failed}; node_id and hostname (the Ray node and host that trained it
+last) and node_ids (every node it ran on, in order: a trial moved by a lost node shows two); and
+the protocol's labels (studies/protocol.py): phase (search or confirm), cell, arm, uid and, on a
+confirmation run, confirms (the uid of the search trial whose configuration it confirms; empty when
+the group had one configuration, so nothing to search).
 A resumed study finds its runs again by uid and seed: a trial that Tune suggests again after a
 driver died keeps its run, even under a new trial id.
 """
@@ -27,14 +29,14 @@ from pathlib import Path
 
 import requests
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from iabf import metrics as M
 from iabf.train import run_name
-from iabf.tune import ARTIFACTS, STATE, STUDY_KEYS, config_from_params, parts
+from iabf.tune import ARTIFACTS, HOSTNAME, NODE_ID, STATE, STUDY_KEYS, config_from_params, parts
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
 STOP_REASONS = ("completed", "early_stopped", "failed")
@@ -152,6 +154,8 @@ class _TrialLog:
     run_id: str | None = None
     epoch: int = 0                                  # highest epoch queued or logged
     metrics: list = field(default_factory=list)     # queued Metric objects
+    tags: dict = field(default_factory=dict)        # queued tags
+    nodes: list = field(default_factory=list)       # the Ray nodes it ran on, in order
     end: tuple | None = None                        # queued (reason, failure, checkpoint)
 
 
@@ -185,7 +189,7 @@ class MLflowTracking(tune.Callback):
 
     def unlogged(self) -> int:
         """Updates (metrics and trial ends) not yet written to MLflow."""
-        return sum(len(r.metrics) + (r.end is not None) + (r.run_id is None) for r in self._all())
+        return sum(len(r.metrics) + bool(r.tags) + (r.end is not None) + (r.run_id is None) for r in self._all())
 
     def _all(self) -> list[_TrialLog]:
         return [log for logs in self._logs.values() for log in logs]
@@ -208,6 +212,12 @@ class MLflowTracking(tune.Callback):
                           f"and tags.seed = '{log.params['seed']}'")
         if found:  # never log an epoch twice
             run_id = found[0].info.run_id
+            before = [n for n in found[0].data.tags.get("node_ids", "").split(",") if n]   # a resumed run's nodes
+            if before and log.nodes and log.nodes[0] == before[-1]:                           # ... the same one again
+                log.nodes = log.nodes[1:]
+            log.nodes = before + log.nodes
+            if log.tags:
+                log.tags["node_ids"] = ",".join(log.nodes)
             last = max((m.step for m in self.client.get_metric_history(run_id, M.EPOCH)), default=0)
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "trial_id", log.trial_id)
@@ -228,6 +238,9 @@ class MLflowTracking(tune.Callback):
         while log.metrics:  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(log.run_id, metrics=log.metrics[:1000])
             log.metrics = log.metrics[1000:]
+        if log.tags:
+            self.client.log_batch(log.run_id, tags=[RunTag(k, v) for k, v in log.tags.items()])
+            log.tags = {}
         if log.end is not None:
             reason, failure, checkpoint = log.end
             if checkpoint is not None:
@@ -245,7 +258,7 @@ class MLflowTracking(tune.Callback):
         if not force and time.monotonic() < self._retry_at:
             return
         for log in self._all():
-            if log.run_id is None or log.metrics or log.end is not None:
+            if log.run_id is None or log.metrics or log.tags or log.end is not None:
                 try:
                     self._write(log)
                 except TRACKING_ERRORS as e:
@@ -266,7 +279,11 @@ class MLflowTracking(tune.Callback):
 
     @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        node = result.get(NODE_ID)
         for log in self._log(trial):   # a replayed result (iabf/tune.py) fills epochs this run lacks
+            if node and not result.get("replayed") and (not log.nodes or log.nodes[-1] != node):
+                log.nodes.append(node)
+                log.tags.update({NODE_ID: node, HOSTNAME: str(result.get(HOSTNAME, "")), "node_ids": ",".join(log.nodes)})
             mine = {k[len(log.prefix):]: v for k, v in result.items() if k.startswith(log.prefix)}
             epoch = int(mine.get(M.EPOCH, 0))
             if epoch > log.epoch:

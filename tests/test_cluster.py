@@ -1,11 +1,9 @@
 """cluster.yaml against the schema Ray ships, its security rules, fractional GPUs in Ray, and the
 study driver's choice of Ray cluster (a real `ray start --head`)."""
-import contextlib
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,8 +11,8 @@ import time
 from pathlib import Path
 
 import jsonschema
-import psutil
 import pytest
+from procs import free_port, kill_tree
 import ray
 import yaml
 
@@ -40,6 +38,37 @@ def test_no_port_but_ssh_is_open_to_the_internet():
             any(r.get("CidrIpv6") == "::/0" for r in rule.get("Ipv6Ranges", []))
         if world:
             assert (rule["FromPort"], rule["ToPort"], rule["IpProtocol"]) == (22, 22, "tcp"), rule
+
+
+def test_every_node_starts_with_token_authentication_and_the_heads_token_reaches_every_worker():
+    starts = CLUSTER["head_start_ray_commands"] + CLUSTER["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert sum("ray start" in c for c in starts) == 2
+    assert CLUSTER["cluster_synced_files"] == ["~/.ray/auth_token"]
+
+
+def test_the_heads_token_command_makes_one_secret_file_and_never_prints_it(tmp_path):
+    """The head's setup command, run for real (with this Python for the head's venv): a 64-hex-digit
+    token in ~/.ray/auth_token, readable by its owner only, nothing printed, kept on a second run."""
+    (command,) = [c for c in CLUSTER["head_setup_commands"] if "auth_token" in c]
+    command = command.replace("~/venv/bin/python", sys.executable)
+    run = lambda: subprocess.run(["bash", "-c", command], env={**os.environ, "HOME": str(tmp_path)},   # noqa: E731
+                                 capture_output=True, text=True, timeout=30)
+    out = run()
+    token = tmp_path / ".ray" / "auth_token"
+    assert out.returncode == 0 and out.stdout == "" and out.stderr == ""
+    assert re.fullmatch(r"[0-9a-f]{64}", token.read_text()) and (token.stat().st_mode & 0o777) == 0o600
+    first = token.read_text()
+    assert run().returncode == 0 and token.read_text() == first
+
+
+def test_no_token_is_in_the_repository():
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    for name in files:
+        path = ROOT / name
+        if path.is_file() and path.suffix not in (".png", ".pdf", ".npz"):
+            assert not re.search(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])", path.read_text(errors="ignore")), name
+    assert ".ray/" not in " ".join(files)
 
 
 def test_uis_listen_on_private_addresses_only():
@@ -82,25 +111,6 @@ def test_fractional_gpu_trials_share_one_declared_gpu(ray_with_a_gpu, tmp_path):
 
 # --- the study's default address: join the cluster this machine belongs to, else a local Ray ---
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and everything it started (a Ray node: GCS, raylet, workers), by pid."""
-    try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(procs, timeout=30)
-
-
-@pytest.fixture
 def ray_head():
     """A real `ray start --head` (what `ray up` leaves on a head node) on its own port and in its own
     temp dir (RAY_TMPDIR, short: Ray's socket paths must fit in 107 bytes); ended by process id."""

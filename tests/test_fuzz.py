@@ -72,9 +72,12 @@ def mutated_spaces(draw):
     for _ in range(draw(st.integers(1, 3))):
         targets = [p for p in paths(space) if p] + [(draw(keys),), ("fixed", draw(keys)), ("search", draw(keys))]
         target = draw(st.sampled_from(targets))
-        if target[0] in ("fixed", "search") and not isinstance(space.get(target[0]), dict):
+        if len(target) == 2 and target[0] in ("fixed", "search") and not isinstance(space.get(target[0]), dict):
             space[target[0]] = {}
-        space = put(space, target, draw(values))
+        try:
+            space = put(space, target, draw(values))
+        except (KeyError, IndexError, TypeError):   # an earlier mutation removed the way there
+            pass
     return yaml.safe_dump(space, allow_unicode=True).encode()
 
 

@@ -173,3 +173,22 @@ def test_cifar_conv_model_shapes_and_a_step():
     loss, _ = objective(dec, disc, enc, x, p, torch.bernoulli(p.detach()), False, cfg)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_the_reference_vimco_weights_the_worst_samples_and_the_papers_the_best():
+    """vimco_signal: the paper's eq. 31 weights each sample's reconstruction gradient by
+    softmax(log-likelihood); the reference code (positive loss in the log-sum-exp, minimised) by
+    softmax(loss), so the worst sample weighs most. objective() uses one or the other, as asked."""
+    ll = torch.tensor([[-1.0], [-5.0], [-2.0]], requires_grad=True)      # sample 1 is the worst
+    log_q = torch.zeros(3, 1)
+    paper = torch.autograd.grad(vimco(ll, log_q).sum(), ll)[0]           # maximised
+    reference = torch.autograd.grad(-vimco(-ll, log_q).sum(), ll)[0]     # maximised: -(minimised loss)
+    assert torch.allclose(paper, torch.softmax(ll.detach(), 0)) and paper.argmin() == 1
+    assert torch.allclose(reference, torch.softmax(-ll.detach(), 0)) and reference.argmax() == 1
+    x = torch.rand(3, 1, 8, 8)
+    enc, dec, _ = build("digits", (1, 8, 8), 16)
+    losses = {s: objective(dec, None, enc, x, torch.sigmoid(enc(x)), None, False,
+                           Config(dataset="digits", method="necst", K=4, weight_decay=0, vimco_signal=s),
+                           torch.Generator().manual_seed(1))[0].item() for s in ("loglik", "loss")}
+    # the same samples: log-mean-exp of the loss is above minus log-mean-exp of the log-likelihood
+    assert losses["loss"] > losses["loglik"] > 0

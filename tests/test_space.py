@@ -103,6 +103,8 @@ BAD = [
     (with_(variants=[{"method": "iabf", "name": "a\nb"}]), "variants[0].name: 'a\\nb' is not allowed"),
     (with_(variants=[{"method": "iabf", "name": "x"}, {"method": "abf", "name": "x"}]), "two arms have the same name"),
     (with_(search_seeds=[0]), "search_seeds: [0] overlaps seeds [0]"),
+    (with_(variants=[{"method": "iabf", "preset": "code"}]), "variants[0].preset: preset='code' is not allowed: one of paper, reference"),
+    (with_(fixed={"preset": 1}), "fixed.preset: preset=1 is not allowed"),
     (with_(confirm="yes"), "confirm: expected true or false"),
     (with_(cells=["dataset", "nope"]), "cells: expected a list of distinct parameters"),
     (with_(num_samples=3), "num_samples: a grid is run once"),
@@ -160,6 +162,16 @@ def test_smoke_shrinks_any_space_to_a_few_tiny_cpu_trials_through_both_phases():
         assert 1 <= planned["trials"] <= 3 and len({g.cell["eps"] for g in groups(s)}) == 1, p
         assert planned["search_trials"] in (0, 2) and planned["confirm_trials"] >= 1, p
         assert s.fixed["epochs"] == 2 and s.resources == {"cpu": 1, "gpu": 0} and s.name.endswith("-smoke")
+
+
+def test_a_preset_in_an_arm_names_it_and_stands_for_the_authors_code():
+    s = validate(with_(variants=[{"method": "iabf"}, {"method": "iabf", "preset": "reference"},
+                                 {"method": "iabf", "preset": "reference", "flip": "budget"}]), "s.yaml")
+    assert [a.name for a in s.arms] == ["iabf", "iabf reference", "iabf reference flip=budget"]
+    ref = s.arms[1].fixed
+    assert (ref["flip"], ref["tc_input"], ref["clean_weight"], ref["vimco_signal"], ref["val_batch"]) == \
+        ("topk", "probs", 0.1, "loss", 100)
+    assert s.arms[2].fixed["flip"] == "budget" and "preset" not in s.arms[2].fixed
 
 
 def test_arms_are_named_by_method_and_what_sets_them_apart():

@@ -192,3 +192,35 @@ def test_compiled_training_keeps_plain_checkpoints_and_matches_uncompiled():
     assert not any("_orig_mod" in k for k in state["model"]["decoder"])
     _, enc, dec = models_from_state(state)
     assert dec(enc(torch.rand(3, 1, 8, 8)).sigmoid()).shape == (3, 1, 8, 8)
+
+
+def test_the_reference_preset_is_one_option_and_options_given_with_it_win(tmp_path, capsys):
+    from iabf.config import PRESETS, config_from_args, config_parser
+
+    parse = lambda *a: config_from_args(config_parser("t", "").parse_args(list(a)))   # noqa: E731
+    ref = parse("--preset", "reference")
+    assert {k: getattr(ref, k) for k in PRESETS["reference"]} == PRESETS["reference"]
+    assert (ref.flip, ref.tc_input, ref.clean_weight, ref.vimco_signal, ref.val_batch) == ("topk", "probs", 0.1, "loss", 100)
+    mixed = parse("--preset", "reference", "--flip", "budget", "--val-batch", "0")
+    assert (mixed.flip, mixed.val_batch, mixed.tc_input) == ("budget", 0, "probs")
+    assert parse() == Config() and parse("--preset", "paper") == Config()
+    assert Config.from_dict({"preset": "reference", "method": "necst"}).vimco_signal == "loss"
+    with pytest.raises(ConfigError, match="preset='code' is not allowed: one of paper, reference"):
+        Config.from_dict({"preset": "code"})
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "code", "--dataset", "digits", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "--preset" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_validation_on_one_batch_draws_a_fresh_reproducible_batch_each_epoch():
+    from iabf.train import validation_images
+
+    data = load("digits", "unused")
+    cfg = Config(dataset="digits", val_batch=100, seed=4)
+    a, b = validation_images(data, cfg, 1), validation_images(data, cfg, 2)
+    assert a.shape[0] == 100 and not torch.equal(a, b) and torch.equal(a, validation_images(data, cfg, 1))
+    assert validation_images(data, Config(dataset="digits"), 1) is data.val
+    history = []
+    run(Config.from_dict({"dataset": "digits", "method": "necst", "epochs": 2, "K": 2, "preset": "reference"}),
+        lambda m, _: history.append(m))
+    assert len(history) == 2 and all(math.isfinite(m[M.VAL_DISTORTION]) for m in history)

@@ -1,0 +1,169 @@
+"""A real Ray cluster of two nodes on this machine: a head and a worker, each started with
+`ray start` on its own ports and temp dir, with different custom resources, token authentication
+on, and ended by process id. Studies run across both nodes and survive losing one; nodes and
+drivers without the token are refused, and say why."""
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from procs import free_port, kill_tree
+import yaml
+from mlflow.tracking import MlflowClient
+
+from iabf import metrics as M
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
+
+
+class Cluster:
+    """Two Ray nodes on loopback sharing one token; the test's own token file, not ~/.ray."""
+
+    def __init__(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="mn", dir="/tmp"))   # short: socket paths must fit in 107 bytes
+        self.token = self.tmp / "token"
+        self.token.write_text(secrets.token_hex(32))
+        self.token.chmod(0o600)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token),
+                    # a lost node is noticed in seconds, not half a minute
+                    "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                    "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "1000"}
+        self.env.pop("RAY_ADDRESS", None)
+        self.procs = {}
+
+    def start(self, name: str, *args, env=None) -> subprocess.Popen:
+        proc = subprocess.Popen([RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                                 "--disable-usage-stats", *args],
+                                env={**(env or self.env), "RAY_TMPDIR": str(self.tmp / name)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def nodes(self) -> list[dict]:
+        """The live nodes, from a driver that joins with the token: [{"NodeID": ..., "Resources": ...}]."""
+        out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address='auto', log_to_driver=False); "
+                              "print(json.dumps([{'NodeID': n['NodeID'], 'Resources': n['Resources']} "
+                              "for n in ray.nodes() if n['Alive']]))"],
+                             env={**self.env, "RAY_ADDRESS": self.address}, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def wait_for_nodes(self, n: int, timeout: float = 60) -> list[dict]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            nodes = self.nodes()
+            if len(nodes) == n:
+                return nodes
+            time.sleep(1)
+        pytest.fail(f"the cluster did not reach {n} nodes")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            kill_tree(proc.pid)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster()
+    c.start("head", "--head", "--port", str(c.port), "--include-dashboard=false", "--resources", '{"head_node": 1}')
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", c.port), timeout=1):
+            break
+        time.sleep(0.5)
+    c.start("worker", "--address", c.address, "--resources", '{"worker_node": 1}')
+    c.ids = {("worker" if "worker_node" in n["Resources"] else "head"): n["NodeID"] for n in c.wait_for_nodes(2)}
+    yield c
+    c.stop()
+
+
+def study(tmp_path, cluster, *args, env=None, wait=True):
+    cmd = [sys.executable, str(ROOT / "studies" / "ablation.py"), "--storage", str(tmp_path / "results"),
+           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--chain-steps", "5", "--address", cluster.address,
+           *args]
+    # the driver finds the token by Ray's documented means (RAY_AUTH_TOKEN_PATH here); RAY_AUTH_MODE
+    # is left for it to set, as a user's shell would leave it
+    env = env or {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_study_runs_on_both_nodes_and_a_trial_moves_when_its_node_is_lost(cluster, tmp_path, data_dir):
+    """Two trials, one per node (one CPU each). SIGKILL the worker node's processes while its trial
+    trains: Ray retries the trial on the head, which goes on from the state the trial last wrote to
+    the study's storage. Every epoch is logged once, no run is duplicated, and each run's tags say
+    which nodes trained it."""
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "study": "twonodes", "dataset": "mnist", "confirm": False, "seeds": [0],
+        "fixed": {"epochs": 8, "K": 2, "method": "necst", "max_train_examples": 3000},
+        "search": {"lr": {"grid": [0.001, 0.002]}}, "resources": {"cpu": 1}}))
+    proc = study(tmp_path, cluster, "--space", str(space), "--data-dir", str(data_dir), wait=False)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    worker_node, killed, deadline = cluster.ids["worker"], False, time.time() + 300
+    while not killed and time.time() < deadline:   # the worker's trial has logged 2 epochs: lose the node
+        time.sleep(0.3)
+        with contextlib.suppress(Exception):
+            exp = client.get_experiment_by_name("twonodes")
+            runs = [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags]
+            on_worker = [r for r in runs if r.data.tags.get("node_id") == worker_node]
+            if on_worker and len(client.get_metric_history(on_worker[0].info.run_id, M.EPOCH)) >= 2:
+                kill_tree(cluster.procs["worker"].pid)
+                killed = True
+    out, _ = proc.communicate(timeout=600)
+    assert killed and proc.returncode == 0, out[-4000:]
+    assert re.search(rf"joined the Ray cluster at [\d.]+:{cluster.port}: 2 node\(s\), 2 CPUs", out), out[:2000]
+    exp = client.get_experiment_by_name("twonodes")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags]
+    assert len(runs) == 2 and len({r.data.tags["uid"] for r in runs}) == 2            # no duplicate run
+    moved = [r for r in runs if len(r.data.tags["node_ids"].split(",")) == 2]
+    assert len(moved) == 1 and moved[0].data.tags["node_ids"].split(",")[0] == worker_node
+    assert len({n for r in runs for n in r.data.tags["node_ids"].split(",")}) == 2    # both nodes trained
+    for r in runs:
+        assert r.data.tags["stop_reason"] == "completed" and r.data.tags["hostname"] == socket.gethostname()
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 9))
+    assert {n for r in runs for n in r.data.tags["node_ids"].split(",")} == set(cluster.ids.values())
+    # the moved trial went on from its state: the restarted process trained only the epochs after it
+    trial_dir = next(d for d in (tmp_path / "results").glob("twonodes-*/trainable_*") if (d / "error.txt").exists())
+    fresh = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    fresh = [r for r in fresh if not r.get("replayed")]
+    restarted = [r[M.EPOCH] for r in fresh if r["node_id"] != worker_node]
+    assert restarted and restarted[0] > 2 and restarted == list(range(restarted[0], 9))
+
+
+def test_nodes_and_drivers_without_the_token_are_refused_and_told_why(cluster, tmp_path):
+    # a node with a wrong token, and one with none at all (token mode off, no token file at home)
+    wrong = cluster.start("wrong", "--address", cluster.address, "--resources", '{"rogue": 1}',
+                          env={**cluster.env, "RAY_AUTH_TOKEN": "0" * 64})
+    bare = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
+    none = cluster.start("none", "--address", cluster.address, "--resources", '{"rogue": 1}',
+                         env={**bare, "HOME": str(tmp_path)})
+    for proc in (wrong, none):
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode != 0 and "Authentication token is missing or incorrect" in out, out[-2000:]
+    nodes = cluster.wait_for_nodes(2)
+    assert not any("rogue" in n for n in nodes)
+
+    # a driver with the wrong token: one line that says it is the token, and how to fix it; nothing written
+    out = study(tmp_path, cluster, "--smoke", env={**bare, "HOME": str(tmp_path), "RAY_AUTH_TOKEN": "0" * 64})
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot join the Ray cluster at '{cluster.address}': the cluster uses token "
+                           "authentication"), out.stderr[-2000:]
+    assert "~/.ray/auth_token" in last and "RAY_AUTH_TOKEN" in last
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
