@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs
-
+import ray
 import torch
 from ray import tune
 
