@@ -111,6 +111,7 @@ def test_fractional_gpu_trials_share_one_declared_gpu(ray_with_a_gpu, tmp_path):
 
 # --- the study's default address: join the cluster this machine belongs to, else a local Ray ---
 
+@pytest.fixture
 def ray_head():
     """A real `ray start --head` (what `ray up` leaves on a head node) on its own port and in its own
     temp dir (RAY_TMPDIR, short: Ray's socket paths must fit in 107 bytes); ended by process id."""
