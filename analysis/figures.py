@@ -46,6 +46,33 @@ def validation_curves(curves: pd.DataFrame, dataset: str, methods=("necst", "iab
     return fig
 
 
+def arm_curves(curves: pd.DataFrame, dataset: str, labels: dict | None = None):
+    """Every arm's validation distortion against epoch (mean over seeds, shaded min..max), one panel
+    per eps, zoomed past the first quarter of training where the arms separate.
+    curves: columns arm, method, eps, seed, step, value."""
+    labels = labels or {}
+    eps_values = sorted(curves.eps.unique())
+    fig, axes = plt.subplots(1, len(eps_values), figsize=(5.5 * len(eps_values), 4), squeeze=False)
+    styles = {"necst": "-", "abf": "--", "iabf": "-."}
+    for ax, eps in zip(axes[0], eps_values):
+        sel = curves[curves.eps == eps]
+        start = sel.step.max() // 4
+        arms = sorted(sel.arm.unique(), key=lambda a: (list(NAMES).index(sel[sel.arm == a].method.iloc[0]), a))
+        for i, arm in enumerate(arms):
+            run = sel[(sel.arm == arm) & (sel.step >= start)].groupby("step").value
+            method = sel[sel.arm == arm].method.iloc[0]
+            line, = ax.plot(run.mean().index, run.mean().values, styles.get(method, "-"), lw=1.4,
+                            color=plt.cm.tab20(i % 20), label=labels.get(arm, arm))
+            ax.fill_between(run.min().index, run.min().values, run.max().values, color=line.get_color(), alpha=0.12)
+        ax.set_title(f"{dataset}, $\\epsilon$ = {eps:g}: every arm (mean over seeds)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    axes[0][0].set_ylabel("validation distortion")
+    fig.tight_layout()
+    return fig
+
+
 def sample_grids(images: dict, title: str):
     """Fig. 3: a Markov-chain sample grid per method, side by side. images: method -> HxW(x3) array."""
     fig, axes = plt.subplots(1, len(images), figsize=(4 * len(images), 4), squeeze=False)

@@ -29,10 +29,12 @@ NOT_SEARCHED = ("param.seed", "param.stack", "param.data_dir", "param.device", "
 
 
 def searched_params(trials: pd.DataFrame) -> list[str]:
-    """Numeric parameters that vary across the study's trials (seeds aside)."""
+    """Numeric parameters that vary within a group (cell and arm) of the study's trials, seeds aside:
+    what a search chose between, not what tells one arm from another."""
+    groups = trials.groupby(["cell", "arm"]) if {"cell", "arm"} <= set(trials.columns) else [(None, trials)]
     return [c for c in trials.columns if c.startswith("param.") and c not in NOT_SEARCHED
             and pd.api.types.is_numeric_dtype(trials[c]) and not pd.api.types.is_bool_dtype(trials[c])
-            and trials[c].nunique() > 1]
+            and any(g[c].nunique() > 1 for _, g in groups)]
 
 
 def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
@@ -87,6 +89,9 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
         runs = dcells.explode("run_ids")
         hist = metric_history(uri, runs.run_ids).merge(
             trials[["run_id", "method", "arm", "eps", "seed"]], on="run_id")
+        if hist.arm.nunique() > hist.method.nunique():   # variants of a method: every arm's curve
+            figures.save(figures.arm_curves(hist, dataset, {a: tables.arm_label(a) for a in hist.arm.unique()}),
+                         out, f"val_curves_arms_{dataset}")
         hist = hist[hist.arm == hist.method]      # Fig. 2 is the paper's NECST against its IABF
         if {"necst", "iabf"} & set(hist.method):
             figures.save(figures.validation_curves(hist, dataset), out, f"fig2_val_curves_{dataset}")
@@ -119,6 +124,14 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
               "| dataset | bits | eps | arm | configuration | n | val | test | std |", "|---|---|---|---|---|---|---|---|---|"]
     report += [f"| {c.dataset} | {c.bits} | {c.eps:g} | {c.arm} | {c.config} | {c.n} | "
                f"{c.val:.4g} | {c.test:.4g} | {c.std:.3g} |" for c in cells.itertuples()]
+    con = tables.contrasts(cells)
+    if len(con):
+        written["contrasts.csv"] = out / "contrasts.csv"
+        con.to_csv(written["contrasts.csv"], index=False)
+        report += ["", "## Each arm against the baselines", "",
+                   "Test distortion of each arm minus that of NECST and of its own method by the paper's "
+                   "equations (negative: the arm is better), with the 95% confidence interval of the "
+                   "difference and Welch's t-test over seeds; * p < 0.05.", "", tables.contrasts_markdown(con)]
     report += ["", "## Notes on the search ranges", ""]
     report += [f"- {n}" for n in notes] or ["- no searched hyperparameter has its best value at an edge"]
     report += ["", "## Failed trials", ""]
@@ -133,6 +146,8 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
                f"{'--' if math.isnan(c.of_full_grid) else f'{c.of_full_grid:.0%}'} | {c.trial_hours:.3f} | {c.gpu_hours:.3f} |"
                for c in spent.itertuples()]
     report += ["", tables.reproduction_markdown(rep).replace("# Reproduction", "## Reproduction", 1)]
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    report += ["", "## Figures", ""] + [f"![{name[:-4]}]({name})" for name in pngs]
     written["report.md"] = out / "report.md"
     written["report.md"].write_text("\n".join(report))
     if not quiet:

@@ -77,6 +77,43 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
                              key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
 
 
+def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Each arm against the baselines of its column: NECST by the paper's equations, its own
+    method by the paper's equations (an arm "iabf topk" against "iabf"), and the methods before it
+    in the same version where the study has them ("iabf topk" against "abf topk": what the infomax
+    term adds to the same adversary; "iabf reference" against "necst reference"). diff = arm - baseline in
+    test distortion (negative: the arm is better), with Welch's t-test p-value and its `level`
+    confidence interval of the difference; NaN where either side has fewer than 2 seeds."""
+    cols = ["dataset", "bits", "eps", "arm", "against", "diff", "low", "high", "p_value", "n", "n_against"]
+    rows = []
+    for (dataset, bits, eps), col in cells.groupby(["dataset", "bits", "eps"]):
+        by_arm = {r.arm: r for r in col.itertuples()}
+        for r in col.itertuples():
+            v = r.arm.removeprefix(r.method).strip()
+            earlier = METHODS[:METHODS.index(r.method)] if r.method in METHODS and v else ()
+            for base in dict.fromkeys(("necst", r.method, *(f"{m} {v}" for m in earlier))):
+                if base == r.arm or base not in by_arm:
+                    continue
+                a, b = list(r.tests), list(by_arm[base].tests)
+                low = high = p = float("nan")
+                if len(a) >= 2 and len(b) >= 2:
+                    t = stats.ttest_ind(a, b, equal_var=False)
+                    p, (low, high) = float(t.pvalue), map(float, t.confidence_interval(level))
+                rows.append((dataset, bits, eps, r.arm, base, r.test - by_arm[base].test, low, high, p, len(a), len(b)))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def contrasts_markdown(con: pd.DataFrame, alpha: float = 0.05) -> str:
+    """The contrasts as a markdown table; `*`: p < alpha."""
+    lines = ["| dataset | bits | eps | arm | against | diff (95% CI) | p (Welch) | n |", "|---|---|---|---|---|---|---|---|"]
+    for c in con.itertuples():
+        ci = "" if math.isnan(c.low) else f" ({c.low:+.3f}, {c.high:+.3f})"
+        p = "--" if math.isnan(c.p_value) else f"{c.p_value:.2g}" + (" *" if c.p_value < alpha else "")
+        lines.append(f"| {c.dataset} | {c.bits} | {c.eps:g} | {arm_label(c.arm)} | {arm_label(c.against)} | "
+                     f"{c.diff:+.3f}{ci} | {p} | {c.n} vs {c.n_against} |")
+    return "\n".join(lines) + "\n"
+
+
 def _blocks(cells: pd.DataFrame):
     """(dataset, bits) blocks in the paper's order, and the eps columns."""
     order = {d: i for i, d in enumerate(DATASET_ORDER)}
@@ -85,8 +122,10 @@ def _blocks(cells: pd.DataFrame):
 
 
 def arm_label(arm: str) -> str:
-    """NECST, ABF, IABF for the paper's rows; an arm's own name otherwise."""
-    return METHOD_NAMES.get(arm, arm)
+    """NECST, ABF, IABF for the paper's rows; an arm's own name otherwise, its method in capitals
+    ("iabf topk" -> "IABF topk")."""
+    method, _, rest = arm.partition(" ")
+    return " ".join([METHOD_NAMES.get(method, method), rest]).strip()
 
 
 def arms(cells: pd.DataFrame) -> list[str]:

@@ -152,6 +152,10 @@ def test_report_writes_tables_reproduction_and_nonempty_figures(store, tmp_path,
     assert "warning: missing cell: mnist 100-bit necst eps 0.2" not in printed.err  # failed trials: not a column
     csv = pd.read_csv(out / "table1.csv")
     assert csv.set_index("method").loc["iabf", "lam"] == 0.01
+    con = pd.read_csv(out / "contrasts.csv").set_index(["arm", "against"])
+    assert set(con.index) == {("abf", "necst"), ("iabf", "necst")}
+    report = (out / "report.md").read_text()
+    assert "## Each arm against the baselines" in report and "![fig2_val_curves_mnist](fig2_val_curves_mnist.png)" in report
     assert report_main(["--tracking-uri", store, "--study", "nope", "--out", str(tmp_path / "x")]) == 2
 
 
@@ -166,7 +170,7 @@ def test_arms_of_one_method_are_rows_of_their_own_and_versions_are_ordered_apart
     cells = tables.select_cells(pd.DataFrame(rows))
     assert tables.arms(cells) == ["necst", "necst reference", "abf", "abf reference", "iabf", "iabf reference"]
     tex = tables.to_latex(cells, confirmed=True)
-    assert "100-bit iabf reference & \\textbf{13.200}" in tex and "100-bit IABF & 14.300" in tex
+    assert "100-bit IABF reference & \\textbf{13.200}" in tex and "100-bit IABF & 14.300" in tex
     assert "in a search on other seeds, then trained on every seed reported here" in tex
     order = tables.ordering(cells, "test").set_index("version").test_ordered
     assert order.to_dict() == {"paper": False, "reference": True}
@@ -188,3 +192,24 @@ def test_tables_report_confirmation_runs_only_where_the_study_has_them():
     runs, confirmed = table_runs(pd.DataFrame(search))
     assert not confirmed and len(runs) == 2
     assert "search results, no confirmation phase" in tables.caption(tables.select_cells(runs))
+
+
+def test_each_arm_is_contrasted_with_necst_its_method_and_necst_of_its_version():
+    """diff = arm - baseline, Welch's p and CI on known seeds; every baseline an arm has, and only
+    those (ABF topk has no ABF by the paper's equations here)."""
+    base = {"necst": [15.0, 15.1, 15.2], "iabf": [15.0, 15.2, 15.1], "iabf topk": [14.0, 14.1, 14.2],
+            "abf topk": [14.1, 14.2, 14.3],
+            "necst reference": [16.0, 16.2, 16.4], "iabf reference": [16.0, 16.2, 16.4]}
+    rows = [{**trial(arm.split()[0], 0.1, t, seed=s), "arm": arm, "run_id": f"{arm}{s}"}
+            for arm, tests in base.items() for s, t in enumerate(tests)]
+    con = tables.contrasts(tables.select_cells(pd.DataFrame(rows))).set_index(["arm", "against"])
+    assert sorted(con.index) == sorted([("iabf", "necst"), ("iabf topk", "necst"), ("iabf topk", "iabf"),
+                                        ("iabf topk", "abf topk"), ("abf topk", "necst"),
+                                        ("necst reference", "necst"), ("iabf reference", "necst"),
+                                        ("iabf reference", "iabf"), ("iabf reference", "necst reference")])
+    topk = con.loc[("iabf topk", "necst")]
+    assert topk["diff"] == pytest.approx(-1.0) and topk.p_value < 1e-3 and topk.low < -1.0 < topk.high < 0
+    same = con.loc[("iabf reference", "necst reference")]
+    assert same["diff"] == pytest.approx(0.0) and same.p_value == pytest.approx(1.0) and same.low < 0 < same.high
+    md = tables.contrasts_markdown(con.reset_index())
+    assert "| IABF topk | NECST | -1.000 (" in md and " * | 3 vs 3 |" in md
