@@ -131,7 +131,8 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
         report += ["", "## Each arm against the baselines", "",
                    "Test distortion of each arm minus that of NECST and of its own method by the paper's "
                    "equations (negative: the arm is better), with the 95% confidence interval of the "
-                   "difference and Welch's t-test over seeds; * p < 0.05.", "", tables.contrasts_markdown(con)]
+                   "difference and Welch's t-test over seeds; p (Holm): adjusted for every contrast in this "
+                   "table; * p < 0.05.", "", tables.contrasts_markdown(con)]
     report += ["", "## Notes on the search ranges", ""]
     report += [f"- {n}" for n in notes] or ["- no searched hyperparameter has its best value at an edge"]
     report += ["", "## Failed trials", ""]

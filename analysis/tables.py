@@ -85,6 +85,7 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     test distortion (negative: the arm is better), with Welch's t-test p-value and its `level`
     confidence interval of the difference; NaN where either side has fewer than 2 seeds."""
     cols = ["dataset", "bits", "eps", "arm", "against", "diff", "low", "high", "p_value", "n", "n_against"]
+    # p_holm: p adjusted for every contrast of the study (Holm)
     rows = []
     for (dataset, bits, eps), col in cells.groupby(["dataset", "bits", "eps"]):
         by_arm = {r.arm: r for r in col.itertuples()}
@@ -100,17 +101,31 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                     t = stats.ttest_ind(a, b, equal_var=False)
                     p, (low, high) = float(t.pvalue), map(float, t.confidence_interval(level))
                 rows.append((dataset, bits, eps, r.arm, base, r.test - by_arm[base].test, low, high, p, len(a), len(b)))
-    return pd.DataFrame(rows, columns=cols)
+    out = pd.DataFrame(rows, columns=cols)
+    out["p_holm"] = holm(out.p_value)
+    return out
+
+
+def holm(p: pd.Series) -> pd.Series:
+    """Holm's step-down adjustment over every p-value given (NaN left out): a study makes many
+    contrasts, and p < 0.05 in one of 26 is expected by chance."""
+    valid = p.dropna().sort_values()
+    m = len(valid)
+    adjusted = (valid * (m - pd.Series(range(m), index=valid.index))).cummax().clip(upper=1.0)
+    return adjusted.reindex(p.index)
 
 
 def contrasts_markdown(con: pd.DataFrame, alpha: float = 0.05) -> str:
-    """The contrasts as a markdown table; `*`: p < alpha."""
-    lines = ["| dataset | bits | eps | arm | against | diff (95% CI) | p (Welch) | n |", "|---|---|---|---|---|---|---|---|"]
+    """The contrasts as a markdown table; `*`: p < alpha, before and after Holm's adjustment."""
+    def fmt(p):
+        return "--" if math.isnan(p) else f"{p:.3g}" + (" *" if p < alpha else "")
+
+    lines = ["| dataset | bits | eps | arm | against | diff (95% CI) | p (Welch) | p (Holm) | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in con.itertuples():
         ci = "" if math.isnan(c.low) else f" ({c.low:+.3f}, {c.high:+.3f})"
-        p = "--" if math.isnan(c.p_value) else f"{c.p_value:.2g}" + (" *" if c.p_value < alpha else "")
         lines.append(f"| {c.dataset} | {c.bits} | {c.eps:g} | {arm_label(c.arm)} | {arm_label(c.against)} | "
-                     f"{c.diff:+.3f}{ci} | {p} | {c.n} vs {c.n_against} |")
+                     f"{c.diff:+.3f}{ci} | {fmt(c.p_value)} | {fmt(c.p_holm)} | {c.n} vs {c.n_against} |")
     return "\n".join(lines) + "\n"
 
 

@@ -213,3 +213,13 @@ def test_each_arm_is_contrasted_with_necst_its_method_and_necst_of_its_version()
     assert same["diff"] == pytest.approx(0.0) and same.p_value == pytest.approx(1.0) and same.low < 0 < same.high
     md = tables.contrasts_markdown(con.reset_index())
     assert "| IABF topk | NECST | -1.000 (" in md and " * | 3 vs 3 |" in md
+    # Holm: the smallest p times the number of contrasts, then never below an earlier one, at most 1
+    ranked = con.sort_values("p_value")
+    assert ranked.p_holm.iloc[0] == pytest.approx(min(1.0, ranked.p_value.iloc[0] * len(con)))
+    assert ranked.p_holm.is_monotonic_increasing and (con.p_holm >= con.p_value).all() and con.p_holm.max() <= 1.0
+
+
+def test_holm_adjustment_on_known_p_values():
+    p = pd.Series([0.01, 0.04, float("nan"), 0.03, 0.2])
+    assert tables.holm(p).round(6).tolist()[:2] == [0.04, 0.09] and tables.holm(p).isna().tolist()[2]
+    assert tables.holm(p).round(6).tolist()[3:] == [0.09, 0.2]
