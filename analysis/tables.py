@@ -187,8 +187,10 @@ def caption(cells: pd.DataFrame, confirmed: bool = False) -> str:
     ns = sorted(set(int(n) for n in cells.n)) if len(cells) else [0]
     n = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
     seeds = f"mean $\\pm$ std over seeds ({n} per cell). " if ns[-1] > 1 else f"one seed per cell ({n}). "
+    searched = "config" not in cells or (cells.config != "(none searched)").any()
     how = ("chosen by validation distortion in a search on other seeds, then trained on every seed reported here"
-           if confirmed else
+           if confirmed and searched else
+           "of each arm (nothing searched), trained on every seed reported here" if confirmed else
            "chosen by validation distortion on the same runs that are reported (search results, no confirmation phase)")
     return ("Test distortion (Table 1's measure: BCE per pixel for Binary MNIST, squared error per image "
             f"otherwise) of the configuration {how}; " + seeds +

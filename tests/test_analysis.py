@@ -171,7 +171,7 @@ def test_arms_of_one_method_are_rows_of_their_own_and_versions_are_ordered_apart
     assert tables.arms(cells) == ["necst", "necst reference", "abf", "abf reference", "iabf", "iabf reference"]
     tex = tables.to_latex(cells, confirmed=True)
     assert "100-bit IABF reference & \\textbf{13.200}" in tex and "100-bit IABF & 14.300" in tex
-    assert "in a search on other seeds, then trained on every seed reported here" in tex
+    assert "of each arm (nothing searched), trained on every seed reported here" in tex
     order = tables.ordering(cells, "test").set_index("version").test_ordered
     assert order.to_dict() == {"paper": False, "reference": True}
     rep = tables.reproduction(cells, tables.paper_table1())
@@ -189,6 +189,12 @@ def test_tables_report_confirmation_runs_only_where_the_study_has_them():
     assert confirmed and len(runs) == 3 and set(runs.seed) == {0, 1, 2}
     cells = tables.select_cells(runs, context=pd.DataFrame(search + confirm))
     assert cells.n.tolist() == [3] and cells.config.tolist() == ["lam=0.1"]
+    assert "in a search on other seeds, then trained on every seed reported here" in tables.caption(cells, True)
+    confirm_only = pd.DataFrame(confirm)
+    fixed = tables.select_cells(confirm_only)                 # nothing searched: the caption says so
+    assert fixed.config.tolist() == ["(none searched)"]
+    assert "(nothing searched)" in tables.caption(fixed, confirmed=True) and "search" not in tables.caption(
+        fixed, confirmed=True).replace("nothing searched", "")
     runs, confirmed = table_runs(pd.DataFrame(search))
     assert not confirmed and len(runs) == 2
     assert "search results, no confirmation phase" in tables.caption(tables.select_cells(runs))
