@@ -129,8 +129,9 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
         written["contrasts.csv"] = out / "contrasts.csv"
         con.to_csv(written["contrasts.csv"], index=False)
         report += ["", "## Each arm against the baselines", "",
-                   "Test distortion of each arm minus that of NECST and of its own method by the paper's "
-                   "equations (negative: the arm is better), with the 95% confidence interval of the "
+                   "Test distortion of each arm minus that of NECST, of its own method by the paper's "
+                   "equations and of the methods before it in the same version (negative: the arm is "
+                   "better), with the 95% confidence interval of the "
                    "difference and Welch's t-test over seeds; p (Holm): adjusted for every contrast in this "
                    "table; * p < 0.05.", "", tables.contrasts_markdown(con)]
     report += ["", "## Notes on the search ranges", ""]

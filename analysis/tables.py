@@ -81,11 +81,11 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Each arm against the baselines of its column: NECST by the paper's equations, its own
     method by the paper's equations (an arm "iabf topk" against "iabf"), and the methods before it
     in the same version where the study has them ("iabf topk" against "abf topk": what the infomax
-    term adds to the same adversary; "iabf reference" against "necst reference"). diff = arm - baseline in
-    test distortion (negative: the arm is better), with Welch's t-test p-value and its `level`
-    confidence interval of the difference; NaN where either side has fewer than 2 seeds."""
+    term adds to the same adversary; "iabf reference" against "necst reference").
+    diff = arm - baseline in test distortion (negative: the arm is better), with Welch's t-test
+    p-value and its `level` confidence interval of the difference (NaN where either side has fewer
+    than 2 seeds), and p_holm, the p-value adjusted for every contrast returned."""
     cols = ["dataset", "bits", "eps", "arm", "against", "diff", "low", "high", "p_value", "n", "n_against"]
-    # p_holm: p adjusted for every contrast of the study (Holm)
     rows = []
     for (dataset, bits, eps), col in cells.groupby(["dataset", "bits", "eps"]):
         by_arm = {r.arm: r for r in col.itertuples()}
