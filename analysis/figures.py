@@ -57,10 +57,10 @@ def arm_curves(curves: pd.DataFrame, dataset: str, labels: dict | None = None):
     for ax, eps in zip(axes[0], eps_values):
         sel = curves[curves.eps == eps]
         start = sel.step.max() // 4
-        arms = sorted(sel.arm.unique(), key=lambda a: (list(NAMES).index(sel[sel.arm == a].method.iloc[0]), a))
-        for i, arm in enumerate(arms):
+        method_of = sel.drop_duplicates("arm").set_index("arm").method
+        for i, arm in enumerate(sorted(method_of.index, key=lambda a: (list(NAMES).index(method_of[a]), a))):
             run = sel[(sel.arm == arm) & (sel.step >= start)].groupby("step").value
-            method = sel[sel.arm == arm].method.iloc[0]
+            method = method_of[arm]
             line, = ax.plot(run.mean().index, run.mean().values, styles.get(method, "-"), lw=1.4,
                             color=plt.cm.tab20(i % 20), label=labels.get(arm, arm))
             ax.fill_between(run.min().index, run.min().values, run.max().values, color=line.get_color(), alpha=0.12)

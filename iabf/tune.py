@@ -83,14 +83,19 @@ def parts(cfg: Config) -> list[Part]:
     return [Part(c, M.seed_key(c.seed, ""), f"seed{c.seed}") for c in seed_configs(cfg)]
 
 
+def filesystem(where: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """(filesystem, path) for a local folder (made absolute) or a URI such as s3://bucket/prefix."""
+    return pyarrow.fs.FileSystem.from_uri(where) if "://" in where else \
+        (pyarrow.fs.LocalFileSystem(), str(Path(where).expanduser().resolve()))
+
+
 class TrialState:
     """A trial's own resumable state on the study's storage (a local folder or a URI such as
     s3://bucket/prefix): one file, replaced atomically, holding the per-seed training states and
     every epoch's reported metrics (the history, replayed on resume: see `trainable`)."""
 
     def __init__(self, root: str, trial_id: str):
-        self.fs, folder = pyarrow.fs.FileSystem.from_uri(root) if "://" in root else \
-            (pyarrow.fs.LocalFileSystem(), str(Path(root).resolve()))
+        self.fs, folder = filesystem(root)
         self.path = f"{folder}/{trial_id}.pt"
         self.fs.create_dir(folder, recursive=True)
 

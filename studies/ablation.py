@@ -198,15 +198,14 @@ def resolve_experiment(args, study) -> str:
     (through pyarrow.fs, so a URI storage is searched like a folder)."""
     import pyarrow.fs as pafs
 
+    from iabf.tune import filesystem
+
     storage = storage_of(args.storage)
     if args.resume is None:
         return f"{storage}/{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-    def fs_of(where: str):
-        return pafs.FileSystem.from_uri(where) if "://" in where else (pafs.LocalFileSystem(), where)
-
     def resumable(where: str) -> bool:
-        fs, path = fs_of(where)
+        fs, path = filesystem(where)
         return fs.get_file_info(f"{path}/tuner.pkl").type == pafs.FileType.File
 
     if args.resume != "latest":
@@ -214,7 +213,7 @@ def resolve_experiment(args, study) -> str:
         if not resumable(path):
             raise SpaceError(f"{path}: not a study folder to resume (no tuner.pkl)")
         return path
-    fs, root = fs_of(storage)
+    fs, root = filesystem(storage)
     prefix = storage[:storage.index("://") + 3] if "://" in storage else ""
     found = sorted(prefix + info.path for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
                    if info.type == pafs.FileType.Directory and info.base_name.startswith(f"{study.name}-"))

@@ -34,6 +34,7 @@ from ray.tune.search import Searcher
 
 from iabf import metrics as M
 from iabf.config import Config
+from iabf.tune import REPLAYED
 from iabf.tune import STUDY_KEYS as META   # trial parameters that are labels, not Config fields
 
 SEARCH, CONFIRM = "search", "confirm"
@@ -266,7 +267,7 @@ class StudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         key, phase, _ = self.live.get(trial_id, (None, None, None))
-        if key in self.samplers and phase == SEARCH and not result.get("replayed"):
+        if key in self.samplers and phase == SEARCH and not result.get(REPLAYED):
             self.samplers[key].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -327,7 +328,7 @@ class GroupASHA(FIFOScheduler):
             asha.on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
-        if result.get("replayed") or (asha := self._asha(trial)) is None:
+        if result.get(REPLAYED) or (asha := self._asha(trial)) is None:
             return TrialScheduler.CONTINUE
         return asha.on_trial_result(tune_controller, trial, result)
 

@@ -275,7 +275,7 @@ def validate(raw, path: str) -> Study:
 
     search = check_search(raw.get("search"), "search", is_cell)
 
-    arms = []
+    arms, expanded = [], []          # arms as written (they are named by their preset), and their values
     for i, arm in enumerate(want(raw.get("variants") or [], list, "variants", "a list of arms {parameter: value}")):
         where = f"variants[{i}]"
         check_keys(arm, (*FIELD_TYPES, *ARM_KEYS), where)
@@ -295,9 +295,10 @@ def validate(raw, path: str) -> Study:
         if label is not None and (not isinstance(label, str) or not re.fullmatch(r"[\w .=+-]{1,40}", label)):
             fail(f"{where}.name", f"{short(label)} is not allowed: up to 40 letters, digits, spaces and . = + -")
         arms.append(Arm(label or "", shown, arm_search))
+        expanded.append(own)
     if len({json.dumps([a.fixed, a.search], sort_keys=True) for a in arms}) != len(arms):
         fail("variants", "two arms are the same")
-    arms = [replace(a, fixed=with_preset(a.fixed)) for a in name_arms(arms)]   # named by their preset, not its values
+    arms = [replace(a, fixed=own) for a, own in zip(name_arms(arms), expanded)]
     if len({a.name for a in arms}) != len(arms):
         fail("variants", f"two arms have the same name {short(sorted(a.name for a in arms))}; name them (name: ...)")
 
@@ -362,10 +363,11 @@ def name_arms(arms: list[Arm]) -> list[Arm]:
             continue
         method = arm.fixed.get("method", "")
         same = [a for a in arms if a.fixed.get("method", "") == method]
-        extra = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(arm.fixed.items())
-                         if k not in ("method", "preset") and len(same) > 1)
-        extra = " ".join(p for p in (arm.fixed.get("preset", "") if arm.fixed.get("preset") != "paper" else "", extra) if p)
-        out.append(replace(arm, name=" ".join(p for p in (method, extra) if p) or "default"))
+        preset = arm.fixed.get("preset", "paper")          # the paper's version goes unsaid
+        values = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(arm.fixed.items())
+                  if k not in ("method", "preset") and len(same) > 1]
+        parts = [method, *([preset] if preset != "paper" else []), *values]
+        out.append(replace(arm, name=" ".join(p for p in parts if p) or "default"))
     return out
 
 

@@ -36,7 +36,7 @@ from ray import tune
 
 from iabf import metrics as M
 from iabf.train import run_name
-from iabf.tune import ARTIFACTS, HOSTNAME, NODE_ID, STATE, STUDY_KEYS, config_from_params, parts
+from iabf.tune import ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STUDY_KEYS, config_from_params, parts
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
 STOP_REASONS = ("completed", "early_stopped", "failed")
@@ -281,7 +281,7 @@ class MLflowTracking(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         node = result.get(NODE_ID)
         for log in self._log(trial):   # a replayed result (iabf/tune.py) fills epochs this run lacks
-            if node and not result.get("replayed") and (not log.nodes or log.nodes[-1] != node):
+            if node and not result.get(REPLAYED) and (not log.nodes or log.nodes[-1] != node):
                 log.nodes.append(node)
                 log.tags.update({NODE_ID: node, HOSTNAME: str(result.get(HOSTNAME, "")), "node_ids": ",".join(log.nodes)})
             mine = {k[len(log.prefix):]: v for k, v in result.items() if k.startswith(log.prefix)}
