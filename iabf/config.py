@@ -99,6 +99,9 @@ class Config:
     eval_batch_size: int = _f(1000, "batch size for validation and test (no effect on the numbers)")
     val_batch: int = _f(0, "validation images per epoch, which choose the best epoch: 0 = the whole validation split; "
                            "N = one batch of N drawn afresh each epoch (NECST's and the IABF authors' code: 100)")
+    val_subset: int = _f(0, "validate on a fixed subset: the first N images of the validation split (a random draw "
+                            "of the training set, CIFAR-10's last batch), the same every epoch; 0 = all of it. "
+                            "A reduced budget's choice; the test split is always whole")
     # --- run ---
     seed: int = _f(0, "seed for initialisation, batches and channel noise")
     stack: int = _f(1, "train seeds seed, seed+1, ..., seed+stack-1 together as one stacked (vmapped) model, "
@@ -147,6 +150,7 @@ class Config:
         need(self.tc_input in TC_INPUTS, "tc_input", f"one of {', '.join(TC_INPUTS)}")
         need(self.vimco_signal in VIMCO_SIGNALS, "vimco_signal", f"one of {', '.join(VIMCO_SIGNALS)}")
         need(self.val_batch >= 0, "val_batch", "0 (the whole validation split) or a positive integer")
+        need(self.val_subset >= 0, "val_subset", "0 (the whole validation split) or a positive integer")
         need(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
         need(0.0 <= self.eps <= 0.5, "eps", "a probability in [0, 0.5]")
         need(self.test_eps == -1.0 or 0.0 <= self.test_eps <= 0.5, "test_eps", "-1 or a probability in [0, 0.5]")

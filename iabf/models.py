@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ARCH_KIND
@@ -57,13 +58,37 @@ def conv_encoder(channels, bits: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * 4 * 4, bits, bias=False))
 
 
+class UpConv2d(nn.Conv2d):
+    """A 2x nearest upsample followed by this 3x3 convolution (padding 1), computed at the low
+    resolution: each of the four output phases (row and column parity) is a 3x3 convolution of
+    the input whose kernel sums the original taps that land on the same input pixel, and
+    pixel_shuffle interleaves the phases. Same parameters, same function up to float rounding;
+    no upsampled intermediate. On a CPU it makes CIFAR-10's last layer (64 -> 3 channels at
+    32x32, where few output channels keep the convolution memory-bound) about 4x faster."""
+
+    # PHASE[a, r, u]: for output rows of parity a, the weight of original tap u (row offset u - 1
+    # at high resolution) on input row offset r - 1 at low resolution
+    PHASE = torch.tensor([[[1., 0., 0.], [0., 1., 1.], [0., 0., 0.]],
+                          [[0., 0., 0.], [1., 1., 0.], [0., 0., 1.]]])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        P = self.PHASE.to(self.weight)
+        o, i = self.weight.shape[:2]
+        w = torch.einsum("aru,bsv,oiuv->oabirs", P, P, self.weight).reshape(4 * o, i, 3, 3)
+        bias = None if self.bias is None else self.bias.repeat_interleave(4)
+        return F.pixel_shuffle(F.conv2d(x, w, bias, padding=1), 2)
+
+
 def conv_decoder(channels, bits: int) -> nn.Sequential:
-    """CIFAR10: linear to 4x4x16, 3 x [3x3 conv, BN, ReLU, 2x upsample], 3x3 conv to RGB, BN."""
+    """CIFAR10: linear to 4x4x16, 3 x [3x3 conv, BN, ReLU, 2x upsample], 3x3 conv to RGB, BN.
+    The last upsample and conv run as one UpConv2d (the upsample's slot is an Identity, so the
+    parameter names are those of the plain layers)."""
     layers, c_in = [nn.Linear(bits, channels[0] * 16, bias=False), nn.Unflatten(1, (channels[0], 4, 4))], channels[0]
     for c in channels:
         layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.Upsample(scale_factor=2)]
         c_in = c
-    return nn.Sequential(*layers, nn.Conv2d(c_in, 3, 3, padding=1), nn.BatchNorm2d(3))
+    layers[-1] = nn.Identity()
+    return nn.Sequential(*layers, UpConv2d(c_in, 3, 3, padding=1), nn.BatchNorm2d(3))
 
 
 def discriminator(bits: int, hidden: int = 500) -> nn.Sequential:
@@ -78,6 +103,9 @@ def build(dataset: str, image_shape: tuple[int, ...], bits: int) -> tuple[nn.Mod
     if kind == "conv":
         enc = conv_encoder(arch["enc"], bits)
         dec = Decoder(conv_decoder(arch["dec"], bits), image_shape)
+        # channels-last kernels make oneDNN run every convolution in NHWC: about 2x faster on a
+        # CPU for these narrow layers (benchmarks/datasets.py); the weights' values are unchanged
+        enc, dec = enc.to(memory_format=torch.channels_last), dec.to(memory_format=torch.channels_last)
     else:
         d = math.prod(image_shape)
         # the last encoder layer and every decoder layer have no bias, as in the reference code

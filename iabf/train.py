@@ -55,6 +55,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Evaluation runs the networks on at most this many images at a time. The channel noise is still
+# drawn per eval_batch_size batch, so this changes speed, not numbers: CIFAR-10's conv activations
+# for 1,000 images (260 MB a layer) leave the cache, and a chunk of 100 evaluates ~3x faster on a CPU.
+FORWARD_CHUNK = 100
+
+
+def forward(module, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([module(c) for c in x.split(FORWARD_CHUNK)]) if len(x) > FORWARD_CHUNK else module(x)
+
+
 @torch.no_grad()
 def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: int) -> dict:
     """Table 1's measure over a whole split: encode, one channel sample at the test eps, decode.
@@ -69,9 +79,9 @@ def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: in
     p_sum = 0
     for i in range(0, n, cfg.eval_batch_size):
         x = to_float(images[i:i + cfg.eval_batch_size])
-        p = torch.sigmoid(enc(x))                                   # (B, M)
+        p = torch.sigmoid(forward(enc, x))                          # (B, M)
         sent, received = transmit(p, cfg.eval_eps, cfg.channel, gen)
-        dist = dist + M.distortion(dec(received), x, binary).sum()
+        dist = dist + M.distortion(forward(dec, received), x, binary).sum()
         errors = errors + (received != sent).sum()
         h_cond = h_cond + binary_entropy(p).sum()
         p_sum = p_sum + p.sum(0)
@@ -164,12 +174,14 @@ def test_best(enc, dec, best: dict, data: Splits, cfg: Config) -> dict:
 
 
 def validation_images(data: Splits, cfg: Config, epoch: int) -> torch.Tensor:
-    """The whole validation split, or (cfg.val_batch, as the reference code) one batch of that many
-    images drawn afresh each epoch, reproducibly from the seed and the epoch."""
+    """The whole validation split (or its first cfg.val_subset images, a fixed subset), or
+    (cfg.val_batch, as the reference code) one batch of that many images drawn from it afresh each
+    epoch, reproducibly from the seed and the epoch."""
+    val = data.val[:cfg.val_subset] if cfg.val_subset else data.val
     if not cfg.val_batch:
-        return data.val
-    gen = torch.Generator(device=data.val.device).manual_seed(cfg.seed * 100_003 + epoch)
-    return data.val[torch.randperm(len(data.val), generator=gen, device=data.val.device)[:cfg.val_batch]]
+        return val
+    gen = torch.Generator(device=val.device).manual_seed(cfg.seed * 100_003 + epoch)
+    return val[torch.randperm(len(val), generator=gen, device=val.device)[:cfg.val_batch]]
 
 
 def end_of_epoch(epoch: int, train: dict, models: dict, best: dict, data: Splits, cfg: Config) -> tuple[dict, dict]:

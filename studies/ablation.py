@@ -69,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true",
                    help="Ray's full output on the console (default: a status table; the rest in the study's log file)")
     p.add_argument("--chain-steps", type=bounded(int, 0, 10**7), default=None,
-                   help="Markov-chain steps for each finished trial's samples (default: 9000, the paper's; 90 with --smoke)")
+                   help="Markov-chain steps for each finished trial's samples (default: the space's chain_steps, "
+                        "9000, the paper's, unless it says otherwise; 90 with --smoke)")
     return p.parse_args(argv)
 
 
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
           f"(experiment {study.name!r}, parent run {parent})", flush=True)
     if held is not None:
         print(f"Ray's and MLflow's messages: {local / console.LOG_NAME}", flush=True)
-    chain_steps = args.chain_steps or (90 if args.smoke else 9000)
+    chain_steps = args.chain_steps or study.chain_steps
     fn = tune.with_resources(
         tune.with_parameters(trainable, chain_steps=chain_steps, state_root=f"{experiment_dir}/state"),
         {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})

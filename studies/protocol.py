@@ -93,7 +93,9 @@ def groups(study) -> list[Group]:
     out = []
     for values in itertools.product(*axes.values()):
         for arm in study.arms:
-            base = {**study.fixed, **dict(zip(axes, values)), **arm.fixed}
+            cell = dict(zip(axes, values))
+            base = {**study.fixed_for(cell.get("dataset", study.fixed.get("dataset", Config().dataset))), **cell,
+                    **arm.fixed}
             space = {**{k: v for k, v in study.search.items() if k not in axes}, **arm.search}
             cfg = Config.from_dict(base)
             out.append(Group(cell=cell_of(cfg, study.cells), arm=arm.name, base=base, space=space, dataset=cfg.dataset))
@@ -121,10 +123,10 @@ def cell_plan(study) -> list[dict]:
     """Per cell: the trials and trial-epochs the study plans, per phase, and what the full grid
     without early stopping (every configuration on every seed to the end) would cost. Search
     epochs are an upper bound (ASHA stops some trials early); epochs count per seed."""
-    epochs = study.fixed.get("epochs", Config().epochs)
-    max_t = min(epochs, study.scheduler["max_t"]) if study.scheduler else epochs
     cells: dict[str, dict] = {}
     for g in groups(study):
+        epochs = g.base.get("epochs", Config().epochs)
+        max_t = min(epochs, study.scheduler["max_t"]) if study.scheduler else epochs
         c = cells.setdefault(cell_label(g.cell), {"cell": cell_label(g.cell), "search_trials": 0, "search_epochs": 0,
                                                   "confirm_trials": 0, "confirm_epochs": 0, "full_grid_epochs": 0})
         n, per_seed_group = n_configs(g, study), len(seed_groups(study.seeds, study.stack_for(g.dataset)))
@@ -318,9 +320,12 @@ class GroupASHA(FIFOScheduler):
             return None
         key = f"{config.get('cell', '')} | {config.get('arm', '')}"
         if key not in self.by_group:
+            # a group's trials train for its dataset's epochs (by_dataset), at most max_t
+            max_t = min(self.asha_args["max_t"], config.get("epochs") or self.asha_args["max_t"])
+            args = {**self.asha_args, "max_t": max_t, "grace_period": min(self.asha_args["grace_period"], max_t)}
             # our epoch, not Tune's training_iteration: a trial restarted from its own state goes on
             # counting epochs, where Tune's count would start again
-            self.by_group[key] = ASHAScheduler(time_attr=M.EPOCH, metric=self._metric, mode=self._mode, **self.asha_args)
+            self.by_group[key] = ASHAScheduler(time_attr=M.EPOCH, metric=self._metric, mode=self._mode, **args)
         return self.by_group[key]
 
     def on_trial_add(self, tune_controller, trial):

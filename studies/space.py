@@ -21,9 +21,9 @@ from iabf.config import ARCH_KIND, FIELD_TYPES, INT_MAX, Config, ConfigError, on
 
 SEARCHERS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
-TOP_KEYS = ("study", "description", "dataset", "fixed", "search", "variants", "seeds", "search_seeds", "stack",
-            "confirm", "cells", "searcher", "scheduler", "metric", "mode", "num_samples", "resources",
-            "max_concurrent")
+TOP_KEYS = ("study", "description", "dataset", "fixed", "by_dataset", "search", "variants", "seeds", "search_seeds",
+            "stack", "confirm", "cells", "searcher", "scheduler", "metric", "mode", "num_samples", "resources",
+            "max_concurrent", "chain_steps")
 ARM_KEYS = ("name", "search", "preset")          # besides Config fields
 ASHA_KEYS = ("name", "max_t", "grace_period", "reduction_factor")
 RESOURCE_KEYS = ("cpu", "gpu")
@@ -53,6 +53,7 @@ class Study:
     name: str
     path: str
     fixed: dict = field(default_factory=dict)        # Config field -> value
+    by_dataset: dict = field(default_factory=dict)   # dataset -> {Config field: value}, over `fixed` for that dataset
     search: dict = field(default_factory=dict)       # Config field -> {distribution: args}, every arm
     arms: list = field(default_factory=lambda: [Arm("")])   # list of Arm; one unnamed arm if none
     seeds: list = field(default_factory=lambda: [0])          # confirmation seeds (n per table entry)
@@ -68,6 +69,7 @@ class Study:
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     max_concurrent: int = 0
     description: str = ""
+    chain_steps: int = 9000                          # Markov-chain steps for each finished trial's samples (eq. 32)
 
     def datasets(self) -> list[str]:
         found = {*next(iter(self.search["dataset"].values()))} if "dataset" in self.search else \
@@ -79,13 +81,17 @@ class Study:
 
         return plan(self)["trials"]
 
+    def fixed_for(self, dataset: str) -> dict:
+        """The values every trial on `dataset` holds fixed: `fixed`, then its `by_dataset` entry."""
+        return {**self.fixed, **self.by_dataset.get(dataset, {})}
+
     def stack_for(self, dataset: str) -> int:
         """Seeds per confirmation trial for a dataset: `stack`, or with auto every seed in one
         stacked trial where the dataset's model can be stacked and the seeds are consecutive."""
         if self.stack != "auto":
             return self.stack
         consecutive = self.seeds == list(range(self.seeds[0], self.seeds[0] + len(self.seeds)))
-        stackable = ARCH_KIND[dataset] == "mlp" and self.fixed.get("compile", "off") == "off"
+        stackable = ARCH_KIND[dataset] == "mlp" and self.fixed_for(dataset).get("compile", "off") == "off"
         return len(self.seeds) if consecutive and stackable else 1
 
 
@@ -275,6 +281,22 @@ def validate(raw, path: str) -> Study:
 
     search = check_search(raw.get("search"), "search", is_cell)
 
+    # per-dataset values (a budget that differs by dataset): over `fixed`, under an arm's own values
+    by_dataset = dict(want(raw.get("by_dataset") or {}, dict, "by_dataset", "a mapping of dataset: {parameter: value}"))
+    datasets = search["dataset"][next(iter(search["dataset"]))] if "dataset" in search else \
+        [fixed.get("dataset", Config().dataset)]
+    for d, values in by_dataset.items():
+        if d not in datasets:
+            fail(f"by_dataset.{d if isinstance(d, str) else short(d)}",
+                 f"not a dataset of this study; its datasets: {', '.join(map(str, datasets))}")
+        values = want(values, dict, f"by_dataset.{d}", "a mapping of parameter: value")
+        for k, v in values.items():
+            key = f"by_dataset.{d}.{k if isinstance(k, str) else short(k)}"
+            if k == "dataset" or k in search or is_cell(k):
+                fail(key, "searched or a cell parameter; by_dataset holds values fixed per dataset")
+            check_value(k, v, key)
+        by_dataset[d] = dict(values)
+
     arms, expanded = [], []          # arms as written (they are named by their preset), and their values
     for i, arm in enumerate(want(raw.get("variants") or [], list, "variants", "a list of arms {parameter: value}")):
         where = f"variants[{i}]"
@@ -289,7 +311,7 @@ def validate(raw, path: str) -> Study:
             check_value(k, v, f"{where}.{k}")
         arm_search = check_search(arm.get("search"), f"{where}.search", lambda k: False)
         for k in arm_search:
-            if k in search or k in own or is_cell(k):
+            if k in search or k in own or is_cell(k) or any(k in v for v in by_dataset.values()):
                 fail(f"{where}.search.{k}", "already fixed or searched for every arm, or a cell parameter")
         label = arm.get("name", None)
         if label is not None and (not isinstance(label, str) or not re.fullmatch(r"[\w .=+-]{1,40}", label)):
@@ -320,7 +342,7 @@ def validate(raw, path: str) -> Study:
         check_keys(scheduler, ASHA_KEYS, "scheduler")
         if scheduler.get("name") != "asha":
             fail("scheduler.name", f"{short(scheduler.get('name'))} is not allowed: asha or none")
-        epochs = fixed.get("epochs", Config().epochs)
+        epochs = max({**fixed, **by_dataset.get(d, {})}.get("epochs", Config().epochs) for d in datasets)
         scheduler = {"max_t": scheduler.get("max_t", epochs), "grace_period": scheduler.get("grace_period", 1),
                      "reduction_factor": scheduler.get("reduction_factor", 2)}
         number(scheduler["max_t"], "scheduler.max_t", 1, integer=True)
@@ -345,12 +367,13 @@ def validate(raw, path: str) -> Study:
     check_gpu(resources["gpu"], f"{path}: resources.gpu")
     max_concurrent = number(raw.get("max_concurrent", 0), "max_concurrent", 0, integer=True)
     description = want(raw.get("description", ""), str, "description", "text")
+    chain_steps = number(raw.get("chain_steps", 9000), "chain_steps", 1, integer=True, hi=10**7)
     arms = arms or [Arm(fixed.get("method", Config().method))]   # no variants: one arm, named by its method
-    return check_stack(Study(name=name, path=path, fixed=fixed, search=search, arms=arms,
+    return check_stack(Study(name=name, path=path, fixed=fixed, by_dataset=by_dataset, search=search, arms=arms,
                              seeds=seeds, search_seeds=search_seeds, stack=stack, confirm=confirm, cells=cells,
                              searcher=searcher, scheduler=scheduler, metric=metric, mode=mode,
                              num_samples=num_samples, resources=resources, max_concurrent=max_concurrent,
-                             description=description))
+                             description=description, chain_steps=chain_steps))
 
 
 def name_arms(arms: list[Arm]) -> list[Arm]:
@@ -430,6 +453,9 @@ def smoke(study: Study) -> Study:
     s.num_samples = min(s.num_samples, 2)
     s.seeds, s.search_seeds, s.stack = s.seeds[:1], s.search_seeds[:1], 1
     s.fixed.update(epochs=2, max_train_examples=256, device="cpu")
+    s.by_dataset = {d: {k: v for k, v in values.items() if k not in ("epochs", "max_train_examples", "device")}
+                    for d, values in s.by_dataset.items()}
+    s.chain_steps = 90
     # ASHA still runs, but with its only rung at the end it never stops a smoke trial
     s.scheduler = {"max_t": 2, "grace_period": 2, "reduction_factor": 2} if s.scheduler else None
     s.resources = {"cpu": 1, "gpu": 0}

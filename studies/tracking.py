@@ -81,6 +81,8 @@ def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str
               "arms": [a.name for a in study.arms],
               "scheduler": study.scheduler or "none", "resources": study.resources,
               **{f"fixed.{k}": v for k, v in study.fixed.items()},
+              **{f"by_dataset.{d}.{k}": v for d, values in study.by_dataset.items() for k, v in values.items()},
+              "chain_steps": study.chain_steps,
               **{f"search.{k}": v for k, v in study.search.items()}}
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     if study.path and Path(study.path).is_file():
