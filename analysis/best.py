@@ -16,7 +16,7 @@ import warnings
 
 from analysis import tables
 from analysis.fetch import FetchError, fetch_runs, table_runs
-from iabf.tune import STATE
+from iabf.metrics import STATE
 
 
 def best(uri: str, study: str, parent: str | None = None) -> tuple[list[dict], bool]:

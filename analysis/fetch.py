@@ -86,6 +86,33 @@ def study_plan(tracking_uri: str, study: str, parent: str | None = None) -> dict
         return None
 
 
+def study_params(tracking_uri: str, study: str, parent: str | None = None) -> dict:
+    """The parameters the study logged on its parent run (studies/tracking.start_study): searcher,
+    arms, fixed.<key>, by_dataset.<dataset>.<key>, ...; values as MLflow stores them (text)."""
+    _, par = parent_run(MlflowClient(tracking_uri), study, parent)
+    return dict(par.data.params)
+
+
+def planned_arms(params: dict) -> list[str] | None:
+    """The arms a study planned (its `arms` parameter, a Python list as text); None if not logged."""
+    import ast
+
+    try:
+        arms = ast.literal_eval(params.get("arms", ""))
+    except (ValueError, SyntaxError):
+        return None
+    return [str(a) for a in arms] if isinstance(arms, list) else None
+
+
+def display_uri(uri: str) -> str:
+    """A tracking URI as a report may show it: a local store by its file name only (a committed
+    report names no machine's paths), a server as it is."""
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        scheme = uri.split(":", 1)[0] if ":" in uri else "file"
+        return f"{scheme} store {uri.rstrip('/').rsplit('/', 1)[-1]}"
+    return uri
+
+
 def metric_history(tracking_uri: str, run_ids, key: str = M.VAL_DISTORTION) -> pd.DataFrame:
     """Per-epoch values of `key` for runs: columns run_id, step, value."""
     client = MlflowClient(tracking_uri)

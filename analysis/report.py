@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from analysis import figures, tables
-from analysis.fetch import FetchError, fetch_runs, metric_history, study_plan, table_runs
+from analysis.fetch import (FetchError, display_uri, fetch_runs, metric_history, planned_arms, study_params, study_plan,
+                            table_runs)
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 NOT_SEARCHED = ("param.seed", "param.stack", "param.data_dir", "param.device", "param.download")
@@ -70,10 +71,15 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     trials, confirmed = table_runs(completed)   # confirmation runs only, where the study has them
     trials = trials.reset_index(drop=True)
     cells = tables.select_cells(trials, context=everything)   # what a group searched: all its runs
-    latex = tables.to_latex(cells, confirmed=confirmed)           # warns once per missing cell
+    params, plan = study_params(uri, study, parent), study_plan(uri, study, parent)
+    arms = planned_arms(params)
+    # warns once per entry the study planned and did not get
+    latex = tables.to_latex(cells, confirmed=confirmed, planned=arms)
+    for label in sorted({c["cell"] for c in (plan or {}).get("cells", [])} - set(trials.cell)):
+        warnings.warn(f"missing cell: {label}, planned, has no {'confirmation' if confirmed else 'completed'} run")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # ... and the other formats need not say it again
-        markdown = tables.to_markdown(cells, confirmed=confirmed)
+        markdown = tables.to_markdown(cells, confirmed=confirmed, planned=arms)
     for name, text in (("table1.tex", latex), ("table1.md", markdown), ("table1.csv", tables.to_csv(cells))):
         written[name] = out / name
         written[name].write_text(text)
@@ -99,6 +105,8 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
         grids = {}
         first = dcells[dcells.eps == eps0]
         for row in first.itertuples():
+            if "markov_chain.png" not in {a.path for a in client.list_artifacts(row.run_ids[0])}:
+                continue          # a search run (a table without confirmation) draws no samples
             with tempfile.TemporaryDirectory() as d:
                 try:
                     path = client.download_artifacts(row.run_ids[0], "markov_chain.png", d)
@@ -111,7 +119,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
             figures.save(fig, out, f"fig3_markov_chain_{dataset}")
     # the axes of the search: every completed search run against what it searched
     notes = axis_figures(completed[completed.phase == "search"] if confirmed else trials, out)
-    spent = tables.cost(everything, study_plan(uri, study, parent))
+    spent = tables.cost(everything, plan)
     failed = everything[everything.stop_reason == "failed"]
     written["cost.csv"] = out / "cost.csv"
     spent.to_csv(written["cost.csv"], index=False)
@@ -119,7 +127,11 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     phases = (f"{len(trials)} confirmation runs (every configuration chosen in the search, on every seed) and "
               f"{len(completed) - len(trials)} completed search runs" if confirmed else
               f"{len(trials)} completed runs (search results: no confirmation phase)")
-    report = [f"# Study {study}", "", f"{phases}; tracking: {uri}", "",
+    budget = [f"- `{k}`: {v}" for k, v in sorted(params.items()) if k.startswith(("fixed.", "by_dataset."))
+              and not k.endswith(".data_dir")]
+    report = [f"# Study {study}", "", f"{phases}; tracking: {display_uri(uri)}", "",
+              "## Budget and fixed values", "", "Every trial's, from the study's parent run (by_dataset: per dataset, "
+              "over fixed; anything else is iabf/config.py's default).", "", *(budget or ["- the defaults"]), "",
               "## Table 1", "", markdown, "## The chosen configurations", "",
               "| dataset | bits | eps | arm | configuration | n | val | test | std |", "|---|---|---|---|---|---|---|---|---|"]
     report += [f"| {c.dataset} | {c.bits} | {c.eps:g} | {c.arm} | {c.config} | {c.n} | "

@@ -143,25 +143,28 @@ def arm_label(arm: str) -> str:
     return " ".join([METHOD_NAMES.get(method, method), rest]).strip()
 
 
-def arms(cells: pd.DataFrame) -> list[str]:
+def arms(cells: pd.DataFrame, planned: list[str] | None = None) -> list[str]:
     """The table's rows: the paper's methods first, in its order (NECST, ABF, IABF), then variants.
-    A table of the paper's rows only shows all three, a missing one as '--'."""
-    if cells.empty or set(cells.arm) <= set(METHODS):
+    `planned`: the arms the study ran (its parent run's `arms`), so that an arm with no result yet
+    still has a row; default the arms present (an older study without it: the paper's three)."""
+    if planned is None and (cells.empty or set(cells.arm) <= set(METHODS)):
         return list(METHODS)
     order = {m: i for i, m in enumerate(METHODS)}
-    pairs = cells[["method", "arm"]].drop_duplicates().itertuples(index=False)
-    return [a for _, a in sorted(pairs, key=lambda p: (order.get(p.method, 99), p.arm != p.method, p.arm))]
+    pairs = {*cells[["method", "arm"]].drop_duplicates().itertuples(index=False, name=None),
+             *((a.partition(" ")[0], a) for a in planned or [])}
+    return [a for _, a in sorted(pairs, key=lambda p: (order.get(p[0], 99), p[1] != p[0], p[1]))]
 
 
-def _grid(cells: pd.DataFrame, fmt):
-    """Rows of (label, [entries]) per block, with missing cells warned about and shown as '--'."""
+def _grid(cells: pd.DataFrame, fmt, planned: list[str] | None = None):
+    """Rows of (label, [entries]) per block; an entry the study planned and did not get is warned
+    about and shown as '--' (planned: the study's arms; see `arms`)."""
     blocks, eps_cols = _blocks(cells)
-    rows_of = arms(cells) if "arm" in cells else list(METHODS)
     key = "arm" if "arm" in cells else "method"
+    rows_of = arms(cells, planned) if key == "arm" else list(METHODS)
     out = []
     for dataset, bits in blocks:
         rows = []
-        for arm in (rows_of or list(METHODS)):
+        for arm in rows_of:
             entries = []
             for eps in eps_cols:
                 hit = cells[(cells.dataset == dataset) & (cells.bits == bits) & (cells[key] == arm) & (cells.eps == eps)]
@@ -198,14 +201,15 @@ def caption(cells: pd.DataFrame, confirmed: bool = False) -> str:
             "(Welch's t-test, $p \\geq 0.05$).")
 
 
-def to_latex(cells: pd.DataFrame, label: str = "tab:table1", confirmed: bool = False) -> str:
+def to_latex(cells: pd.DataFrame, label: str = "tab:table1", confirmed: bool = False,
+             planned: list[str] | None = None) -> str:
     """The paper's Table 1 layout: a block per dataset, rows NECST/ABF/IABF, columns eps; booktabs."""
     def fmt(row):
         text = _number(row, " $\\pm$ ")
         text = f"\\textbf{{{text}}}" if row.best else text
         return text + ("$^\\dagger$" if row.tied else "")
 
-    grid, eps_cols = _grid(cells, fmt)
+    grid, eps_cols = _grid(cells, fmt, planned)
     lines = ["\\begin{table}[t]", "\\centering", "\\begin{tabular}{l" + "c" * len(eps_cols) + "}", "\\toprule"]
     for i, (name, rows) in enumerate(grid):
         if i:
@@ -218,12 +222,12 @@ def to_latex(cells: pd.DataFrame, label: str = "tab:table1", confirmed: bool = F
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(cells: pd.DataFrame, confirmed: bool = False) -> str:
+def to_markdown(cells: pd.DataFrame, confirmed: bool = False, planned: list[str] | None = None) -> str:
     def fmt(row):
         text = _number(row, " ± ")
         return (f"**{text}**" if row.best else text) + (" †" if row.tied else "")
 
-    grid, eps_cols = _grid(cells, fmt)
+    grid, eps_cols = _grid(cells, fmt, planned)
     out = []
     for name, rows in grid:
         out += [f"| {name} | " + " | ".join(f"eps {e:g}" for e in eps_cols) + " |",

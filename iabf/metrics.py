@@ -29,6 +29,9 @@ ARTIFACT_SECONDS = "sys/artifact_seconds"      # the last epoch: reconstruction 
 WALL_SECONDS = "sys/wall_seconds"         # since the trial started, cumulative across restarts
 GPU_SECONDS = "sys/gpu_seconds"           # wall seconds x the trial's GPU fraction (0 on CPU)
 GPU_PEAK_MB = "sys/gpu_peak_mb"           # peak GPU memory allocated by the trial (CUDA only)
+# a finished run's checkpoint among its MLflow artifacts (and in every Tune checkpoint): what
+# `analysis.best` points at, so it is named here, where analysis can read it without Ray
+STATE = "checkpoint.pt"
 
 
 def distortion(logits: torch.Tensor, x: torch.Tensor, binary: bool) -> torch.Tensor:

@@ -33,7 +33,7 @@ from .train import Diverged, load_checkpoint, models_from_state, run, save_check
 
 REPLAYED = "replayed"     # a result reported again on resume (see `trainable`), not a new epoch
 NODE_ID, HOSTNAME = "node_id", "hostname"   # in every result: the Ray node and host that trained it
-STATE = "checkpoint.pt"   # inside every Tune checkpoint; the final one also holds the artifacts below
+STATE = M.STATE           # inside every Tune checkpoint; the final one also holds the artifacts below
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
 
 

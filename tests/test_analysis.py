@@ -1,6 +1,9 @@
 """analysis/: cell selection, LaTeX/Markdown/CSV, significance, reproduction report, figures, and
 fetching from a real MLflow store filled through the MLflow client with known values."""
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +18,8 @@ from analysis.report import main as report_main
 from analysis.report import write_report
 from iabf.config import Config
 from studies.tracking import config_hash
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def trial(method, eps, test, val=None, seed=0, lam=0.01, dataset="mnist", stop="completed"):
@@ -229,3 +234,52 @@ def test_holm_adjustment_on_known_p_values():
     p = pd.Series([0.01, 0.04, float("nan"), 0.03, 0.2])
     assert tables.holm(p).round(6).tolist()[:2] == [0.04, 0.09] and tables.holm(p).isna().tolist()[2]
     assert tables.holm(p).round(6).tolist()[3:] == [0.09, 0.2]
+
+
+def planned_store(tmp_path, arms, runs):
+    """A study whose parent run logged the arms it planned (as studies/tracking.py does) and a budget;
+    runs: (arm/method, eps, test) of completed search runs, none with Markov-chain samples."""
+    uri = f"sqlite:///{tmp_path / 'planned.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("planned")
+    parent = client.create_run(exp, tags={"study": "planned"}).info.run_id
+    client.log_batch(parent, params=[Param("arms", str(arms)), Param("fixed.epochs", "3"),
+                                     Param("fixed.data_dir", "/home/someone/data"),
+                                     Param("by_dataset.mnist.max_train_examples", "500")])
+    for method, eps, test in runs:
+        cfg = Config(dataset="mnist", method=method, eps=eps)
+        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": f"{method}{eps}",
+                                           "stop_reason": "completed", "phase": "search", "arm": method,
+                                           "config_hash": config_hash(cfg.to_dict())}).info.run_id
+        client.log_batch(run, params=[Param(k, str(v)) for k, v in cfg.to_dict().items()],
+                         metrics=[Metric("best/val_distortion", test, 0, 3), Metric("test/distortion", test, 0, 3)])
+    return uri
+
+
+def test_the_report_warns_only_about_entries_the_study_planned(tmp_path):
+    def warned(uri, out) -> str:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert report_main(["--tracking-uri", uri, "--study", "planned", "--out", str(out)]) == 0
+        return "\n".join(str(w.message) for w in caught)
+
+    only_iabf = planned_store(tmp_path / "a", ["iabf"], [("iabf", 0.1, 13.0), ("iabf", 0.2, 20.0)])
+    said = warned(only_iabf, tmp_path / "r1")
+    assert "missing cell" not in said and "Markov" not in said, said
+    md = (tmp_path / "r1" / "table1.md").read_text()
+    assert [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| 100-bit")] == ["| 100-bit IABF"]
+    report = (tmp_path / "r1" / "report.md").read_text()
+    # the budget is stated, and no machine path (the store's folder, the data folder) is in the report
+    assert "`by_dataset.mnist.max_train_examples`: 500" in report and "`fixed.epochs`: 3" in report
+    assert str(tmp_path) not in report and "/home/someone" not in report and "sqlite store planned.db" in report
+
+    necst_missing = planned_store(tmp_path / "b", ["necst", "iabf"], [("iabf", 0.1, 13.0)])
+    said = warned(necst_missing, tmp_path / "r2")
+    assert "missing cell: mnist 100-bit necst eps 0.1" in said and "iabf eps" not in said
+
+
+def test_analysis_reads_mlflow_without_importing_ray_or_the_study_runner():
+    code = ("import sys, analysis.best, analysis.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'studies')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"

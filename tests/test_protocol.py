@@ -151,6 +151,18 @@ def test_asha_per_cell_keeps_the_noisy_cells_best_where_one_study_wide_asha_stop
     assert g.on_trial_result(None, confirm, {M.EPOCH: 1, M.VAL_DISTORTION: 1e9}) == TrialScheduler.CONTINUE
 
 
+def test_a_groups_asha_ends_at_its_datasets_epochs():
+    """With budgets per dataset (by_dataset), a group whose trials train 4 epochs gets an ASHA whose
+    max_t is 4, not the study's 10: its rungs lie inside the training it will do."""
+    g = GroupASHA(M.VAL_DISTORTION, "min", max_t=10, grace_period=5, reduction_factor=3)
+    short = SimpleNamespace(trial_id="s", config={"phase": "search", "cell": "a", "arm": "iabf", "epochs": 4})
+    long = SimpleNamespace(trial_id="l", config={"phase": "search", "cell": "b", "arm": "iabf", "epochs": 20})
+    g.on_trial_add(None, short), g.on_trial_add(None, long)
+    assert g.by_group["a | iabf"]._max_t == 4 and g.by_group["b | iabf"]._max_t == 10
+    # a trial at its last epoch is at max_t: ASHA lets it complete
+    assert g.on_trial_result(None, short, {M.EPOCH: 4, M.VAL_DISTORTION: 1.0}) == TrialScheduler.STOP
+
+
 # --- end to end: real Ray, real MLflow -----------------------------------------------------------------
 
 def run_study(tmp_path, space, *args):
@@ -205,6 +217,18 @@ def test_a_study_over_two_noise_levels_keeps_each_cells_best_and_confirms_every_
         cfg, _, _ = load_models(path)
         assert cfg.eps == entry["eps"] and cfg.lam == entry["params"]["lam"]
     assert "trial-epochs per cell" in out.stdout
+
+
+@pytest.mark.slow
+def test_the_cpu_table1_runs_under_smoke_with_its_budget_per_dataset(tmp_path, data_dir):
+    out = run_study(tmp_path, ROOT / "search_spaces" / "table1_cpu.yaml", "--smoke", "--data-dir", str(data_dir))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "3 trials: 2 search, 1 confirmation" in out.stdout and "3 completed" in out.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("table1_cpu-smoke")
+    runs = client.search_runs([exp.experiment_id], "tags.phase = 'confirm'")
+    # the smoke's tiny budget wins over by_dataset's; by_dataset's other values (val_subset) stay
+    assert runs and all(r.data.params["epochs"] == "2" and r.data.params["val_subset"] == "2000" for r in runs)
 
 
 @pytest.mark.slow

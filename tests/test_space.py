@@ -45,6 +45,36 @@ def test_table1_is_the_papers_grid_searched_per_cell_and_confirmed():
     assert p["full_grid_epochs"] == 16 * (5 + 9) * 3 * 200
 
 
+def test_table1_cpu_is_the_whole_table_with_one_budget_per_dataset_for_every_arm():
+    s = space_named("table1_cpu")
+    assert s.search["dataset"]["grid"] == ["binary_mnist", "mnist", "omniglot", "cifar10"]
+    assert s.search["eps"]["grid"] == [0.1, 0.2, 0.3, 0.4] and s.seeds == [0, 1, 2] and s.confirm
+    assert [a.name for a in s.arms] == ["necst", "abf", "iabf", "abf topk", "iabf topk"]
+    g = groups(s)
+    assert len(g) == 16 * 5
+    budget = ("max_train_examples", "epochs", "val_subset")
+    for cell in {x.key.split(" | ")[0] for x in g}:
+        budgets = {tuple(x.base.get(k) for k in budget) for x in g if x.key.startswith(cell + " | ")}
+        assert len(budgets) == 1, cell                       # every arm of a cell: the same budget
+    by = {x.dataset: tuple(x.base.get(k) for k in budget) for x in g}
+    assert by["cifar10"] == (2000, 8, 2000) and by["mnist"][:2] == (5000, 10)
+    assert s.scheduler["max_t"] == 10                        # the longest dataset's epochs
+    p = plan(s)
+    assert p["search_trials"] == 16 * 2 * 3                  # lambda, per IABF arm and cell
+    assert p["confirm_trials"] == 12 * 5 + 4 * 5 * 3         # MLP cells: 3 seeds stacked; CIFAR10: one per seed
+    assert p["confirm_epochs"] == 12 * 5 * 3 * 10 + 4 * 5 * 3 * 8
+
+
+def test_by_dataset_values_override_fixed_for_that_dataset_only():
+    s = validate(with_(fixed={"epochs": 3, "K": 2}, dataset=None, search={"dataset": {"grid": ["digits", "mnist"]}},
+                       by_dataset={"mnist": {"epochs": 7, "val_subset": 100}}), "s.yaml")
+    base = {x.dataset: x.base for x in groups(s)}
+    assert base["digits"]["epochs"] == 3 and "val_subset" not in base["digits"]
+    assert base["mnist"]["epochs"] == 7 and base["mnist"]["val_subset"] == 100 and base["mnist"]["K"] == 2
+    # --smoke keeps its tiny budget everywhere
+    assert all(x.base["epochs"] == 2 for x in groups(smoke(s)))
+
+
 def test_the_missions_ablation_searches_k_and_lambda_per_cell_and_method():
     s = space_named("ablation")
     assert s.fixed["dataset"] == "mnist" and s.search["eps"]["grid"] == [0.1, 0.2, 0.3, 0.4]
@@ -135,6 +165,15 @@ BAD = [
     (with_(variants=[{"method": "iabf", "lamb": 1}]), "variants[0].lamb: unknown key"),
     (with_(variants=[{"method": "iabf"}, {"method": "iabf"}]), "variants: two arms are the same"),
     (with_(variants=[{"eps": 0.1}]), "variants[0].eps: also searched"),
+    (with_(by_dataset={"svhn": {"epochs": 2}}), "by_dataset.svhn: not a dataset of this study; its datasets: digits"),
+    (with_(by_dataset={"mnist": {"epochs": 2}}), "by_dataset.mnist: not a dataset of this study"),
+    (with_(by_dataset={"digits": 3}), "by_dataset.digits: expected a mapping of parameter: value"),
+    (with_(by_dataset={"digits": {"epochs": 0}}), "by_dataset.digits.epochs: epochs=0 is not allowed"),
+    (with_(by_dataset={"digits": {"eps": 0.1}}), "by_dataset.digits.eps: searched or a cell parameter"),
+    (with_(by_dataset={"digits": {"seed": 1}}), "by_dataset.digits.seed: seed is set by `seeds`"),
+    (with_(by_dataset={"digits": {"lam": 0.1}}, variants=[{"method": "iabf", "search": {"lam": {"grid": [0.1, 1.0]}}}]),
+     "variants[0].search.lam: already fixed or searched"),
+    (with_(chain_steps=0), "chain_steps: expected an integer >= 1"),
 ]
 
 
