@@ -60,12 +60,18 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str, str]:
     """The study's parent run: created, or on resume found again by its experiment folder.
     Returns (experiment_id, parent_run_id)."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study.name)
     exp_id = exp.experiment_id if exp else client.create_experiment(study.name)
+    # MLflow 3's UI opens an experiment of no declared kind on its GenAI overview (traces, "No
+    # data"); declared as model training, it opens on the study's runs
+    client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
     if resume:
         found = client.search_runs([exp_id], f"tags.`{TAG_EXPERIMENT_DIR}` = '{experiment_dir}'", max_results=1)
         if found:

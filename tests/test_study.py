@@ -58,6 +58,8 @@ def test_smoke_study_tracks_parent_child_params_metrics_artifacts(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (parent,), children = runs_of(client, "quick-smoke")
     assert len(children) == 3 and parent.info.status == "FINISHED"
+    # declared as model training, so MLflow's UI opens on the runs, not on its GenAI overview
+    assert client.get_experiment_by_name("quick-smoke").tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.metrics["study/completed"] == 3
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"space.yaml", "plan.json", "report"}
     assert "table1.tex" in {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "report")}
