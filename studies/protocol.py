@@ -36,6 +36,7 @@ from iabf import metrics as M
 from iabf.config import Config
 from iabf.tune import REPLAYED
 from iabf.tune import STUDY_KEYS as META   # trial parameters that are labels, not Config fields
+from studies.space import is_cell_key
 
 SEARCH, CONFIRM = "search", "confirm"
 
@@ -54,14 +55,6 @@ def cell_label(cell: dict) -> str:
     if list(cell) == ["dataset", "channel", "bits", "eps"]:
         return f"{cell['dataset']}/{cell['channel']}/{cell['bits']}b/eps{cell['eps']:g}"
     return "/".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cell.items())
-
-
-def is_cell_key(key: str, study) -> bool:
-    """Does this parameter decide which cell a trial is in? (A test eps of -1 means the training eps.)"""
-    if study.cells is not None:
-        return key in study.cells
-    return key in ("dataset", "channel", "n_bits", "test_eps") or \
-        (key == "eps" and study.fixed.get("test_eps", -1.0) < 0)
 
 
 def cell_axes(study) -> dict[str, list]:
@@ -94,7 +87,7 @@ def groups(study) -> list[Group]:
     for values in itertools.product(*axes.values()):
         for arm in study.arms:
             cell = dict(zip(axes, values))
-            base = {**study.fixed_for(cell.get("dataset", study.fixed.get("dataset", Config().dataset))), **cell,
+            base = {**study.fixed_for(cell.get("dataset", study.fixed.get("dataset", Config.dataset))), **cell,
                     **arm.fixed}
             space = {**{k: v for k, v in study.search.items() if k not in axes}, **arm.search}
             cfg = Config.from_dict(base)
@@ -111,8 +104,10 @@ def grid_points(space: dict) -> list[dict] | None:
 
 
 def n_configs(group: Group, study) -> int:
-    points = grid_points(group.space)
-    return len(points) if points is not None else (study.num_samples if group.space else 1)
+    """How many configurations a group searches, counted, not built."""
+    if any(next(iter(spec)) != "grid" for spec in group.space.values()):
+        return study.num_samples
+    return math.prod(len(spec["grid"]) for spec in group.space.values())
 
 
 def seed_groups(seeds: list[int], stack: int) -> list[list[int]]:

@@ -30,6 +30,11 @@ RESOURCE_KEYS = ("cpu", "gpu")
 METRICS = tuple(v for k, v in vars(M).items() if k.isupper() and isinstance(v, str))
 NOT_SEARCHABLE = ("seed", "stack", "data_dir", "device", "download")  # set by `seeds`, `stack`, the command line
 MAX_BYTES = 1 << 20   # a search space is a short YAML file; anything bigger is not one
+# Trials one study may plan (both phases). Far above any real study (table1.yaml: 336), and what the
+# driver plans in seconds and tens of MB (a trial's bookkeeping is ~1 kB, and Tune's driver adds
+# ~0.3 s per trial: 10,000 is an hour of it): a bigger plan is a mistake, refused before anything
+# is built.
+MAX_TRIALS = 10_000
 
 
 class SpaceError(ValueError):
@@ -274,7 +279,7 @@ def validate(raw, path: str) -> Study:
                 not all(isinstance(c, str) and c in FIELD_TYPES and c not in NOT_SEARCHABLE for c in cells):
             fail("cells", f"expected a list of distinct parameters ({', '.join(FIELD_TYPES)}), got {short(cells)}")
 
-    def is_cell(k) -> bool:   # the same rule as studies.protocol.is_cell_key, before the Study exists
+    def is_cell(k) -> bool:   # the same rule as is_cell_key, before the Study exists
         if cells is not None:
             return k in cells
         return k in ("dataset", "channel", "n_bits", "test_eps") or (k == "eps" and fixed.get("test_eps", -1.0) < 0)
@@ -369,11 +374,45 @@ def validate(raw, path: str) -> Study:
     description = want(raw.get("description", ""), str, "description", "text")
     chain_steps = number(raw.get("chain_steps", 9000), "chain_steps", 1, integer=True, hi=10**7)
     arms = arms or [Arm(fixed.get("method", Config().method))]   # no variants: one arm, named by its method
-    return check_stack(Study(name=name, path=path, fixed=fixed, by_dataset=by_dataset, search=search, arms=arms,
+    return check_size(Study(name=name, path=path, fixed=fixed, by_dataset=by_dataset, search=search, arms=arms,
                              seeds=seeds, search_seeds=search_seeds, stack=stack, confirm=confirm, cells=cells,
                              searcher=searcher, scheduler=scheduler, metric=metric, mode=mode,
                              num_samples=num_samples, resources=resources, max_concurrent=max_concurrent,
                              description=description, chain_steps=chain_steps))
+
+
+def check_size(study: Study) -> Study:
+    """Refuse a study that plans more than MAX_TRIALS trials, counted from the sizes of its lists,
+    before any configuration, group or trial is built (a 10^10-point grid is 80 bytes of YAML)."""
+    search_cells = {k: v for k, v in study.search.items() if is_cell_key(k, study)}
+    cells = math.prod(len(next(iter(spec.values()))) for spec in search_cells.values())
+    worst, worst_text, trials = 1, "", 0
+    for arm in study.arms:
+        space = {**{k: v for k, v in study.search.items() if k not in search_cells}, **arm.search}
+        sizes = [len(next(iter(spec.values()))) for spec in space.values()]
+        sampled = any(next(iter(spec)) != "grid" for spec in space.values())
+        n = study.num_samples if sampled else math.prod(sizes)
+        if n > worst:
+            worst, worst_text = n, (f"num_samples {n:,}" if sampled else
+                                    f"grid {' x '.join(map(str, sizes))} = {n:,} configurations")
+        # an upper bound: every configuration searched, every seed its own trial
+        trials += n * (1 if study.confirm else len(study.seeds)) + (len(study.seeds) if study.confirm else 0)
+    trials *= cells
+    if trials > MAX_TRIALS:
+        key = "num_samples" if worst_text.startswith("num_samples") else "search"
+        raise SpaceError(f"{study.path}: {key}: the study plans up to {trials:,} trials ({cells:,} cell(s) x "
+                         f"{len(study.arms)} arm(s); {worst_text or 'one configuration'} per cell and arm); at most "
+                         f"{MAX_TRIALS:,} are allowed: shrink the grids or num_samples, or split the study")
+    return check_stack(study)
+
+
+def is_cell_key(key: str, study: Study) -> bool:
+    """Does this parameter decide which cell a trial is in? (A test eps of -1 means the training eps.)"""
+    if study.cells is not None:
+        return key in study.cells
+    return key in ("dataset", "channel", "n_bits", "test_eps") or \
+        (key == "eps" and study.fixed.get("test_eps", -1.0) < 0)
+
 
 
 def name_arms(arms: list[Arm]) -> list[Arm]:

@@ -303,3 +303,68 @@ def test_the_training_cli_numeric_options_are_finite_and_in_range_or_one_line(fi
         lines = err.getvalue().strip().splitlines()
         assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and option in lines[0], lines
         assert not out.exists()
+
+
+# --- sizes: a valid space can still ask for too much ---------------------------------------------
+
+GRID_FIELDS = {"lam": lambda i: round(0.001 * (i + 1), 6), "K": lambda i: i + 1, "flip_k": lambda i: i + 1,
+               "batch_size": lambda i: i + 1, "eval_batch_size": lambda i: i + 1, "clean_weight": lambda i: 0.01 * i,
+               "weight_decay": lambda i: 1e-5 * i, "lr": lambda i: 1e-4 * (i + 1), "n_bits": lambda i: i + 1,
+               "max_train_examples": lambda i: i + 1}
+
+
+@st.composite
+def big_spaces(draw):
+    """Valid spaces of every size, from one trial to 10^12 and beyond: many grid parameters of many
+    values, many cells (eps x test_eps x dataset), many arms, or a huge num_samples per group."""
+    sampled = draw(st.booleans())
+    space = {"study": "big", "seeds": list(range(draw(st.integers(1, 5))))}
+    names = draw(st.lists(st.sampled_from(sorted(GRID_FIELDS)), unique=True, max_size=len(GRID_FIELDS)))
+    if sampled:
+        space.update(searcher="random", num_samples=draw(st.integers(1, 100_000)))
+        space["search"] = {n: {"choice": [GRID_FIELDS[n](i) for i in range(draw(st.integers(1, 12)))]} for n in names}
+    else:
+        space["search"] = {n: {"grid": [GRID_FIELDS[n](i) for i in range(draw(st.integers(1, 12)))]} for n in names}
+    space["search"]["eps"] = {"grid": [round(0.001 * i, 4) for i in range(draw(st.integers(1, 200)))]}
+    space["search"]["dataset"] = {"grid": draw(st.lists(st.sampled_from(["digits", "mnist", "omniglot"]), min_size=1,
+                                                        max_size=3, unique=True))}
+    if draw(st.booleans()):
+        space.setdefault("fixed", {})["test_eps"] = 0.1
+        space["cells"] = ["dataset", "eps", "test_eps"]
+    space["variants"] = [{"method": m, "name": f"arm{i}", "flip_budget": 0.01 * i} for i, m in
+                         enumerate(draw(st.lists(st.sampled_from(["necst", "abf", "iabf"]), min_size=1, max_size=8)))]
+    return yaml.safe_dump(space).encode()
+
+
+@settings(max_examples=40)
+@given(content=big_spaces())
+def test_a_space_of_any_size_is_planned_or_refused_in_bounded_time_and_memory(content):
+    import tracemalloc
+
+    from studies.protocol import StudySearcher
+    from studies.space import MAX_TRIALS
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "space.yaml"
+        path.write_bytes(content)
+
+        def plan_it():
+            study = load_or_error(path)
+            if study is not None:    # accepted: what the driver builds from it stays small and quick
+                assert plan(study)["trials"] <= MAX_TRIALS
+                StudySearcher(study)
+            return study
+
+        t0 = time.monotonic()
+        study = plan_it()
+        seconds = time.monotonic() - t0
+        tracemalloc.start()          # again, for memory (tracemalloc slows Python several times over)
+        try:
+            plan_it()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert seconds < BOUND_S and peak < 300 * 2**20, (seconds, peak)
+        if study is None:
+            with pytest.raises(SpaceError, match=rf"{path}: (search|num_samples): the study plans up to [\d,]+ trials"):
+                load_study(path)
