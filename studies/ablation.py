@@ -150,7 +150,7 @@ def main(argv=None) -> int:
               f"({type(e).__name__}); {tracker.unlogged() if tracker else 'some'} trial updates are not logged",
               file=sys.stderr)
         return 1
-    summarize(study, uri, parent, experiment_dir, counts, local)
+    summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
     if left:
         print(f"error: {left} trial updates could not be written to MLflow at {uri}", file=sys.stderr)
         return 1
@@ -224,7 +224,7 @@ def resolve_experiment(args, study) -> str:
     return found[-1]
 
 
-def summarize(study, uri, parent, experiment_dir, counts, local: Path) -> None:
+def summarize(study, uri, exp_id, parent, experiment_dir, counts, local: Path) -> None:
     """How the trials ended, the configuration chosen per cell (from the report), where things are."""
     print(f"\nruns (one per trial and seed): "
           f"{', '.join(f'{counts[k]} {k}' for k in ('completed', 'early_stopped', 'failed', 'interrupted'))}"
@@ -249,7 +249,9 @@ def summarize(study, uri, parent, experiment_dir, counts, local: Path) -> None:
         print(f"\nTable 1, reproduction report and figures: {report_dir} (and on the parent run in MLflow)")
     print(f"MLflow: {uri}  experiment {study.name!r}, parent run {parent}")
     if uri.startswith("sqlite:"):
-        print(f"  browse: mlflow ui --backend-store-uri {uri}")
+        print(f"  browse: mlflow ui --backend-store-uri {uri}, then {tracking.ui_link('http://127.0.0.1:5000', exp_id)}")
+    else:
+        print(f"  browse: {tracking.ui_link(uri, exp_id)}")
     print(f"Ray Tune results: {experiment_dir}")
 
 

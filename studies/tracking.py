@@ -63,6 +63,12 @@ def config_hash(cfg: dict) -> str:
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
+def ui_link(base: str, exp_id: str) -> str:
+    """The study's runs in MLflow's UI. MLflow 3.17's UI ignores the experiment's kind and opens on
+    its GenAI view unless the link (or the browser's last choice) asks for model training."""
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}?workflowType=machine_learning"
+
+
 def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str, str]:
     """The study's parent run: created, or on resume found again by its experiment folder.
     Returns (experiment_id, parent_run_id)."""

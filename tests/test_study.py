@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from procs import free_port
+from procs import free_port, start_server, stop_server
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -55,6 +55,8 @@ def test_smoke_study_tracks_parent_child_params_metrics_artifacts(tmp_path):
     assert "3 trials: 2 search, 1 confirmation" in out.stdout
     assert "the configuration chosen per cell and arm by validation (confirmed on every seed)" in out.stdout
     assert "mlflow ui --backend-store-uri" in out.stdout
+    # the link opens the study's runs (MLflow 3.17's UI otherwise opens its GenAI overview)
+    assert "http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning" in out.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (parent,), children = runs_of(client, "quick-smoke")
     assert len(children) == 3 and parent.info.status == "FINISHED"
@@ -210,30 +212,6 @@ def test_interrupted_then_killed_in_the_confirmation_study_resumes_without_dupli
         assert next(r for r in children if r.data.tags["uid"] == uid).info.run_id == run_id
     confirmed = {r.data.tags["confirms"] for r in children if r.data.tags["phase"] == "confirm"}
     assert len(confirmed) == 1 and confirmed <= {r.data.tags["uid"] for r in children}
-
-
-def start_server(tmp_path, port: int) -> subprocess.Popen:
-    """A real `mlflow server` on 127.0.0.1 with a sqlite store and served artifacts, up and answering."""
-    import requests
-
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "server-artifacts")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    for _ in range(240):
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-                return server
-        except requests.RequestException:
-            time.sleep(0.5)
-    stop_server(server)
-    pytest.fail("mlflow server did not start")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
 
 
 @pytest.fixture
