@@ -112,8 +112,9 @@ def main(argv=None) -> int:
     if held is not None:
         print(f"Ray's and MLflow's messages: {local / console.LOG_NAME}", flush=True)
     chain_steps = args.chain_steps or study.chain_steps
+    state_root = f"{experiment_dir}/state"    # each trial's own resumable state (iabf/tune.py)
     fn = tune.with_resources(
-        tune.with_parameters(trainable, chain_steps=chain_steps, state_root=f"{experiment_dir}/state"),
+        tune.with_parameters(trainable, chain_steps=chain_steps, state_root=state_root),
         {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
     tracker = tracking.MLflowTracking(uri, exp_id, parent, study.name)
     columns = table_columns(study)
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
         tuner = tune.Tuner(   # the searcher suggests what varies (both phases); the fixed values are the same for all
             fn, param_space=dict(study.fixed),
             tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, num_samples=planned["trials"],
-                                        search_alg=searcher(study), scheduler=scheduler(study),
+                                        search_alg=searcher(study), scheduler=scheduler(study, state_root),
                                         max_concurrent_trials=study.max_concurrent or None,
                                         reuse_actors=True),  # a trial's process is reused: no re-import of torch
             run_config=tune.RunConfig(

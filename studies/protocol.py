@@ -29,6 +29,7 @@ import pickle
 from collections import deque
 from dataclasses import dataclass
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -299,11 +300,17 @@ class StudySearcher(Searcher):
 class GroupASHA(FIFOScheduler):
     """Ray's ASHAScheduler, one instance per group (cell and arm), behind one scheduler: a search
     trial is compared only with its own group's trials. Confirmation trials are never stopped, and
-    neither is a result a resumed trial reports again (iabf/tune.py)."""
+    neither is a result a resumed trial reports again (iabf/tune.py).
 
-    def __init__(self, metric: str, mode: str, **asha):
+    Across a resume, Tune builds the scheduler anew and adds every trial of the study again. The
+    rung records are rebuilt from what the trials reported: a trial that ended before the resume,
+    from its own state file's history (`state_root`, iabf.tune.TrialState); a trial that goes on,
+    from the past epochs it reports again (marked replayed). So a resumed study stops the trials
+    an uninterrupted one stops."""
+
+    def __init__(self, metric: str, mode: str, state_root: str | None = None, **asha):
         super().__init__()
-        self._metric, self._mode, self.asha_args = metric, mode, asha
+        self._metric, self._mode, self.asha_args, self.state_root = metric, mode, asha, state_root
         self.by_group: dict[str, ASHAScheduler] = {}
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
@@ -323,12 +330,32 @@ class GroupASHA(FIFOScheduler):
             self.by_group[key] = ASHAScheduler(time_attr=M.EPOCH, metric=self._metric, mode=self._mode, **args)
         return self.by_group[key]
 
+    def _record(self, asha: ASHAScheduler, trial, result: dict) -> None:
+        """Put a past result in the trial's rung records, as ASHA did when it came; no decision."""
+        if M.EPOCH in result and isinstance(result.get(self._metric), (int, float)):
+            asha._trial_info[trial.trial_id].on_result(trial, result[M.EPOCH], asha._metric_op * result[self._metric])
+
+    def _history(self, trial) -> list[dict]:
+        """What a finished trial reported, epoch by epoch, from its own state file (none: [])."""
+        if not getattr(self, "state_root", None):
+            return []
+        from iabf.tune import TrialState
+
+        saved = TrialState(self.state_root, trial.config.get("uid") or trial.trial_id).load("cpu")
+        return saved["history"] if saved else []
+
     def on_trial_add(self, tune_controller, trial):
         if (asha := self._asha(trial)) is not None:
             asha.on_trial_add(tune_controller, trial)
+            if trial.status == Trial.TERMINATED:        # re-added on resume, after it ended
+                for result in self._history(trial):
+                    self._record(asha, trial, result)
 
     def on_trial_result(self, tune_controller, trial, result):
-        if result.get(REPLAYED) or (asha := self._asha(trial)) is None:
+        if (asha := self._asha(trial)) is None:
+            return TrialScheduler.CONTINUE
+        if result.get(REPLAYED):   # already decided before the resume: only its record is rebuilt
+            self._record(asha, trial, result)
             return TrialScheduler.CONTINUE
         return asha.on_trial_result(tune_controller, trial, result)
 

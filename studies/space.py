@@ -523,10 +523,11 @@ def searcher(study: Study):
     return StudySearcher(study)
 
 
-def scheduler(study: Study):
-    """Ray's ASHA, one per group (studies/protocol.py); none without early stopping."""
+def scheduler(study: Study, state_root: str | None = None):
+    """Ray's ASHA, one per group (studies/protocol.py); none without early stopping. state_root:
+    where the trials keep their state, from which a resumed study rebuilds ASHA's records."""
     if study.scheduler is None:
         return None
     from studies.protocol import GroupASHA
 
-    return GroupASHA(study.metric, study.mode, **study.scheduler)
+    return GroupASHA(study.metric, study.mode, state_root, **study.scheduler)

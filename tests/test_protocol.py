@@ -163,6 +163,64 @@ def test_a_groups_asha_ends_at_its_datasets_epochs():
     assert g.on_trial_result(None, short, {M.EPOCH: 4, M.VAL_DISTORTION: 1.0}) == TrialScheduler.STOP
 
 
+def test_asha_records_are_rebuilt_on_resume_so_it_stops_the_same_trials(tmp_path):
+    """Six trials of one group, one after another (rungs at epochs 1, 2, 4). Uninterrupted, ASHA
+    stops some. Interrupted after three (the third between two rungs), the scheduler is built anew
+    and every trial added again, as Tune does on a resume: rebuilt from the finished trials' state
+    files and the resumed one's replayed epochs, it stops exactly the same trials; without the
+    state files (the old behaviour) it does not."""
+    from iabf.tune import REPLAYED, TrialState
+
+    curves = {f"t{i}": [10 - i % 3 + 0.5 * i - 0.3 * e * (i % 2) for e in range(1, 7)] for i in range(6)}
+    asha = dict(max_t=6, grace_period=1, reduction_factor=2)
+
+    def trial(tid, status="PENDING"):
+        return SimpleNamespace(trial_id=tid, status=status, config={"phase": "search", "cell": "c", "arm": "a",
+                                                                    "uid": tid, "epochs": 6})
+
+    def run(scheduler, tid, epochs, replayed=()):
+        """Feed a trial's epochs; the epoch it is stopped at, or None."""
+        t = trial(tid)
+        for e in replayed:
+            scheduler.on_trial_result(None, t, {M.EPOCH: e, M.VAL_DISTORTION: curves[tid][e - 1], REPLAYED: True})
+        for e in epochs:
+            if scheduler.on_trial_result(None, t, {M.EPOCH: e, M.VAL_DISTORTION: curves[tid][e - 1]}) == \
+                    TrialScheduler.STOP and e < 6:
+                return e
+        return None
+
+    live = GroupASHA(M.VAL_DISTORTION, "min", **asha)
+    uninterrupted = {}
+    for tid in curves:
+        live.on_trial_add(None, trial(tid))
+        uninterrupted[tid] = run(live, tid, range(1, 7))
+
+    def resumed(state_root):
+        before = GroupASHA(M.VAL_DISTORTION, "min", str(tmp_path / "state"), **asha)
+        stopped = {}
+        for tid in ("t0", "t1"):
+            before.on_trial_add(None, trial(tid))
+            stopped[tid] = run(before, tid, range(1, 7))
+            last = stopped[tid] or 6                  # each trial's own state file: its epochs so far
+            TrialState(str(tmp_path / "state"), tid).save([], [{M.EPOCH: e, M.VAL_DISTORTION: curves[tid][e - 1]}
+                                                                for e in range(1, last + 1)])
+        before.on_trial_add(None, trial("t2"))
+        assert run(before, "t2", [1, 2, 3]) is None   # interrupted at epoch 3, between the rungs at 2 and 4
+        after = GroupASHA(M.VAL_DISTORTION, "min", state_root, **asha)
+        for tid in ("t0", "t1"):
+            after.on_trial_add(None, trial(tid, "TERMINATED"))
+        after.on_trial_add(None, trial("t2"))
+        stopped["t2"] = run(after, "t2", [4, 5, 6], replayed=[1, 2, 3])
+        for tid in ("t3", "t4", "t5"):
+            after.on_trial_add(None, trial(tid))
+            stopped[tid] = run(after, tid, range(1, 7))
+        return stopped
+
+    assert any(uninterrupted[t] for t in ("t3", "t4", "t5"))       # the records matter after the resume
+    assert resumed(str(tmp_path / "state")) == uninterrupted
+    assert resumed(None) != uninterrupted                           # without the records, ASHA forgets
+
+
 # --- end to end: real Ray, real MLflow -----------------------------------------------------------------
 
 def run_study(tmp_path, space, *args):

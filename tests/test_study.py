@@ -214,6 +214,43 @@ def test_interrupted_then_killed_in_the_confirmation_study_resumes_without_dupli
     assert len(confirmed) == 1 and confirmed <= {r.data.tags["uid"] for r in children}
 
 
+@pytest.mark.slow
+def test_a_search_interrupted_between_rungs_stops_the_same_trials_as_an_uninterrupted_one(tmp_path):
+    """One search group of 6 configurations run one at a time (deterministic order and curves),
+    ASHA rungs at epochs 1, 2, 4: interrupted mid-search (Ctrl-C) and resumed, ASHA stops exactly
+    the trials it stops in the same study run without interruption."""
+    spec = dict(study="rungs", fixed={"epochs": 6, "K": 2, "method": "necst"}, confirm=False,
+                search={"lr": {"grid": [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016]}}, max_concurrent=1,
+                scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
+
+    def stopped(folder: Path) -> dict:
+        client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+        _, children = runs_of(client, "rungs")
+        assert len(children) == 6 and all(r.data.tags["stop_reason"] in ("completed", "early_stopped") for r in children)
+        return {r.data.params["lr"]: int(r.data.metrics[M.EPOCH]) for r in children
+                if r.data.tags["stop_reason"] == "early_stopped"}
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    out = study(tmp_path / "a", "--space", str(space(tmp_path / "a", **spec)))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    uninterrupted = stopped(tmp_path / "a")
+
+    b = tmp_path / "b"
+    client = MlflowClient(f"sqlite:///{b / 'mlflow.db'}")
+    proc = study(b, "--space", str(space(b, **spec)), wait=False)
+    # two trials ended and a third under way: ASHA has records to lose
+    wait_for(client, "rungs", lambda runs: len([r for r in runs if r.data.tags.get("stop_reason")]) >= 2 and
+             any(not r.data.tags.get("stop_reason") and M.EPOCH in r.data.metrics for r in runs))
+    proc.send_signal(signal.SIGINT)
+    first, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, first[-3000:]
+    _, before = runs_of(client, "rungs")
+    assert 2 <= len([r for r in before if r.data.tags.get("stop_reason") in ("completed", "early_stopped")]) < 6
+    out = study(b, "--space", str(space(b, **spec)), "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert stopped(b) == uninterrupted and uninterrupted     # the same trials, at the same rungs
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = free_port()
