@@ -4,14 +4,27 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv study smoke test bench bench-gpu gpu-check clean
+.PHONY: venv study smoke test bench bench-gpu gpu-check lock clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the suite passed with (make lock upgrades it)
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+lock:   ## upgrade constraints.txt to the newest versions pyproject.toml allows (then: make test, and commit it)
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	{ echo "# The versions the test suite passed with (make test, $$(date +%Y-%m-%d), Python $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version())'), $$(uname -s) $$(uname -m))."; \
+	  echo "# make and .ci/run install with these (pip -c); pyproject.toml keeps ranges for other environments."; \
+	  echo "# torch==X matches both its CUDA build (PyPI) and its CPU build (X+cpu); the nvidia-* and triton pins"; \
+	  echo "# apply only where the CUDA build pulls them in. Upgrade: make lock (then make test, and commit it)."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-lock
 
 study: $(STAMP)   ## the default study: digits on the local machine (a few minutes on 2 CPUs)
 	$(PY) studies/ablation.py $(ARGS)
@@ -24,6 +37,7 @@ test: $(STAMP)    ## the test suite (finds real data in IABF_DATA_DIR, default .
 
 bench: $(STAMP)   ## the benchmarks of benchmarks/README.md (DATA_DIR: real MNIST, default ../shared/data)
 	$(PY) benchmarks/throughput.py --data-dir $${DATA_DIR:-../shared/data}
+	$(PY) benchmarks/datasets.py --data-dir $${DATA_DIR:-../shared/data}
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/study_cost.py --data-dir $${DATA_DIR:-../shared/data}
 	$(PY) benchmarks/packing.py --data-dir $${DATA_DIR:-../shared/data}
@@ -40,4 +54,4 @@ gpu-check: $(STAMP)   ## on a lent GPU: the cuda tests and every GPU figure at r
 	OUT=$${OUT:-gpu-check} DATA_DIR=$${DATA_DIR:-../shared/data} PY=$(PY) bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) .venv-lock *.egg-info

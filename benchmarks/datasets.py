@@ -98,12 +98,13 @@ def main(argv=None) -> int:
         cells = []
         for c in cols:
             a = after[ds][c]
+            fmt = ".1f" if c.startswith("train") else ".3g"             # validation: seconds, 3 digits
             if before is None:
-                cells.append(f"{a:26.1f}")
+                cells.append(f"{a:26{fmt}}")
             else:
                 b = before[ds][c]
                 ratio = a / b if c.startswith("train") else b / a        # > 1 is faster
-                cells.append(f"{b:9.1f} -> {a:7.1f} ({ratio:4.2f}x)".rjust(26))
+                cells.append(f"{b:9{fmt}} -> {a:7{fmt}} ({ratio:4.2f}x)".rjust(26))
         print(f"{ds:15s}" + "".join(cells) + f"   val split {after[ds]['val_images']} images")
     return 0
 

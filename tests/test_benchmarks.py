@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import datasets  # noqa: E402
 import stacked_seeds  # noqa: E402
 
 
@@ -16,3 +17,10 @@ def test_stacked_seeds_prints_a_ratio_per_stack(capsys):
     for S, separate, together, per_seed, ratio in ((int(r[0]), *map(float, r[1:])) for r in rows):
         assert separate > 0 and together > 0
         assert abs(together / S - per_seed) <= 1 and abs(together / separate - ratio) < 0.2
+
+
+def test_the_dataset_benchmark_prints_training_and_validation_speed_per_method(capsys, data_dir):
+    assert datasets.main(["--data-dir", str(data_dir), "--datasets", "omniglot"]) == 0
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("omniglot"))
+    necst, abf, iabf, val_seconds = map(float, row[1:5])
+    assert min(necst, abf, iabf) > 0 and 0 < val_seconds < 60 and row[-2] == "500"   # omniglot's 500 validation images
