@@ -146,6 +146,13 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
                    "better), with the 95% confidence interval of the "
                    "difference and Welch's t-test over seeds; p (Holm): adjusted for every contrast in this "
                    "table; * p < 0.05.", "", tables.contrasts_markdown(con)]
+        counts = tables.tally(con)
+        written["tally.csv"] = out / "tally.csv"
+        counts.to_csv(written["tally.csv"], index=False)
+        report += ["", "## Across cells", "",
+                   "Per arm and baseline: the cells where the arm's test distortion is significantly lower "
+                   "(better) or higher (worse) after Holm's adjustment (p < 0.05), and the mean difference.",
+                   "", tables.tally_markdown(counts)]
     report += ["", "## Notes on the search ranges", ""]
     report += [f"- {n}" for n in notes] or ["- no searched hyperparameter has its best value at an edge"]
     report += ["", "## Failed trials", ""]

@@ -80,8 +80,9 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
 def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Each arm against the baselines of its column: NECST by the paper's equations, its own
     method by the paper's equations (an arm "iabf topk" against "iabf"), and the methods before it
-    in the same version where the study has them ("iabf topk" against "abf topk": what the infomax
-    term adds to the same adversary; "iabf reference" against "necst reference").
+    in the same version where the study has them ("iabf" against "abf" and "iabf topk" against
+    "abf topk": what the infomax term adds to the same adversary; "iabf reference" against
+    "necst reference").
     diff = arm - baseline in test distortion (negative: the arm is better), with Welch's t-test
     p-value and its `level` confidence interval of the difference (NaN where either side has fewer
     than 2 seeds), and p_holm, the p-value adjusted for every contrast returned."""
@@ -91,8 +92,8 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         by_arm = {r.arm: r for r in col.itertuples()}
         for r in col.itertuples():
             v = r.arm.removeprefix(r.method).strip()
-            earlier = METHODS[:METHODS.index(r.method)] if r.method in METHODS and v else ()
-            for base in dict.fromkeys(("necst", r.method, *(f"{m} {v}" for m in earlier))):
+            earlier = METHODS[:METHODS.index(r.method)] if r.method in METHODS else ()
+            for base in dict.fromkeys(("necst", r.method, *(f"{m} {v}".strip() for m in earlier))):
                 if base == r.arm or base not in by_arm:
                     continue
                 a, b = list(r.tests), list(by_arm[base].tests)
@@ -104,6 +105,31 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=cols)
     out["p_holm"] = holm(out.p_value)
     return out
+
+
+def tally(con: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Per arm and baseline, across the table's cells: in how many the arm is significantly better
+    (diff < 0, Holm-adjusted p < alpha), significantly worse, or neither, and which cells."""
+    def where(rows) -> str:
+        return ", ".join(f"{DATASET_NAMES.get(r.dataset, r.dataset)} {r.eps:g}" for r in rows.itertuples()) or "--"
+
+    out = []
+    for (arm, against), g in con.groupby(["arm", "against"], sort=False):
+        sig = g.p_holm < alpha
+        better, worse = g[sig & (g["diff"] < 0)], g[sig & (g["diff"] > 0)]
+        out.append({"arm": arm, "against": against, "cells": len(g), "better": len(better), "worse": len(worse),
+                    "neither": len(g) - len(better) - len(worse), "mean_diff": g["diff"].mean(),
+                    "better_in": where(better), "worse_in": where(worse)})
+    return pd.DataFrame(out, columns=["arm", "against", "cells", "better", "worse", "neither", "mean_diff",
+                                      "better_in", "worse_in"])
+
+
+def tally_markdown(t: pd.DataFrame) -> str:
+    lines = ["| arm | against | cells | better | worse | neither | mean diff | better in | worse in |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {arm_label(r.arm)} | {arm_label(r.against)} | {r.cells} | {r.better} | {r.worse} | {r.neither} | "
+              f"{r.mean_diff:+.3f} | {r.better_in} | {r.worse_in} |" for r in t.itertuples()]
+    return "\n".join(lines) + "\n"
 
 
 def holm(p: pd.Series) -> pd.Series:

@@ -230,6 +230,24 @@ def test_each_arm_is_contrasted_with_necst_its_method_and_necst_of_its_version()
     assert ranked.p_holm.is_monotonic_increasing and (con.p_holm >= con.p_value).all() and con.p_holm.max() <= 1.0
 
 
+def test_iabf_is_contrasted_with_abf_of_its_version_what_the_infomax_term_adds():
+    base = {"necst": [15.0, 15.1, 15.2], "abf": [14.0, 14.1, 14.2], "iabf": [14.0, 14.2, 14.1],
+            "abf topk": [13.0, 13.1, 13.2], "iabf topk": [13.5, 13.6, 13.7]}
+    rows = [{**trial(arm.split()[0], 0.1, t, seed=s), "arm": arm, "run_id": f"{arm}{s}"}
+            for arm, tests in base.items() for s, t in enumerate(tests)]
+    con = tables.contrasts(tables.select_cells(pd.DataFrame(rows))).set_index(["arm", "against"])
+    assert {("iabf", "abf"), ("iabf topk", "abf topk"), ("abf topk", "abf"), ("iabf topk", "iabf")} <= set(con.index)
+    assert ("iabf topk", "abf") not in con.index                     # another version's ABF: not a baseline
+    assert con.loc[("iabf", "abf"), "diff"] == pytest.approx(0.0, abs=1e-9)
+    assert con.loc[("iabf topk", "abf topk"), "diff"] == pytest.approx(0.5)
+    # across cells: one cell here, ABF topk significantly better than NECST, IABF level with ABF
+    t = tables.tally(con.reset_index()).set_index(["arm", "against"])
+    assert t.loc[("iabf", "abf"), ["better", "worse", "neither"]].tolist() == [0, 0, 1]
+    assert t.loc[("abf topk", "necst"), "mean_diff"] == pytest.approx(-2.0)
+    md = tables.tally_markdown(t.reset_index())
+    assert "| IABF | ABF | 1 | 0 | 0 | 1 | +0.000 | -- | -- |" in md
+
+
 def test_holm_adjustment_on_known_p_values():
     p = pd.Series([0.01, 0.04, float("nan"), 0.03, 0.2])
     assert tables.holm(p).round(6).tolist()[:2] == [0.04, 0.09] and tables.holm(p).isna().tolist()[2]
