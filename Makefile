@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv study smoke test bench bench-gpu gpu-check lock clean
+.PHONY: venv study smoke test table1-cpu bench bench-gpu gpu-check lock clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,15 @@ study: $(STAMP)   ## the default study: digits on the local machine (a few minut
 
 smoke: $(STAMP)   ## two tiny trials, to check an install
 	$(PY) studies/ablation.py --smoke $(ARGS)
+
+# the whole of Table 1 at a 2-CPU budget (search_spaces/table1_cpu.yaml); its results and MLflow store
+# live outside the checkout, so a fresh clone keeps them; `make table1-cpu ARGS=--resume` finishes an
+# interrupted run
+STUDIES_HOME ?= $(HOME)/iabf-studies
+table1-cpu: $(STAMP)   ## Table 1 on a laptop (about 2 hours on 2 CPUs; DATA_DIR: the four datasets, default ../shared/data)
+	mkdir -p $(STUDIES_HOME)
+	$(PY) studies/ablation.py --space search_spaces/table1_cpu.yaml --data-dir $${DATA_DIR:-../shared/data} \
+	    --storage $(STUDIES_HOME)/results --tracking-uri sqlite:///$(STUDIES_HOME)/mlflow.db $(ARGS)
 
 test: $(STAMP)    ## the test suite (finds real data in IABF_DATA_DIR, default ../shared/data)
 	IABF_DATA_DIR=$${IABF_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m pytest $(ARGS)
