@@ -347,7 +347,7 @@ class GroupASHA(FIFOScheduler):
     def on_trial_add(self, tune_controller, trial):
         if (asha := self._asha(trial)) is not None:
             asha.on_trial_add(tune_controller, trial)
-            if trial.status == Trial.TERMINATED:        # re-added on resume, after it ended
+            if getattr(trial, "status", None) == Trial.TERMINATED:   # re-added on resume, after it ended
                 for result in self._history(trial):
                     self._record(asha, trial, result)
 

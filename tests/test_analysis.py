@@ -158,7 +158,7 @@ def test_report_writes_tables_reproduction_and_nonempty_figures(store, tmp_path,
     csv = pd.read_csv(out / "table1.csv")
     assert csv.set_index("method").loc["iabf", "lam"] == 0.01
     con = pd.read_csv(out / "contrasts.csv").set_index(["arm", "against"])
-    assert set(con.index) == {("abf", "necst"), ("iabf", "necst")}
+    assert set(con.index) == {("abf", "necst"), ("iabf", "necst"), ("iabf", "abf")}
     report = (out / "report.md").read_text()
     assert "## Each arm against the baselines" in report and "![fig2_val_curves_mnist](fig2_val_curves_mnist.png)" in report
     assert report_main(["--tracking-uri", store, "--study", "nope", "--out", str(tmp_path / "x")]) == 2
