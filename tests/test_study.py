@@ -248,7 +248,9 @@ def test_a_search_interrupted_between_rungs_stops_the_same_trials_as_an_uninterr
     assert 2 <= len([r for r in before if r.data.tags.get("stop_reason") in ("completed", "early_stopped")]) < 6
     out = study(b, "--space", str(space(b, **spec)), "--resume")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert stopped(b) == uninterrupted and uninterrupted     # the same trials, at the same rungs
+    resumed = stopped(b)
+    print(f"stopped (lr: epoch) uninterrupted {uninterrupted}, resumed {resumed}")
+    assert resumed == uninterrupted and uninterrupted        # the same trials, at the same rungs
 
 
 @pytest.fixture
