@@ -151,7 +151,9 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
         counts.to_csv(written["tally.csv"], index=False)
         report += ["", "## Across cells", "",
                    "Per arm and baseline: the cells where the arm's test distortion is significantly lower "
-                   "(better) or higher (worse) after Holm's adjustment (p < 0.05), and the mean difference.",
+                   "(better) or higher (worse) after Holm's adjustment over every contrast of the report "
+                   "(p < 0.05); the cells where its mean is lower at all; the same counts without the "
+                   "adjustment; and the mean relative difference (arm over baseline, minus 1; negative: better).",
                    "", tables.tally_markdown(counts)]
     report += ["", "## Notes on the search ranges", ""]
     report += [f"- {n}" for n in notes] or ["- no searched hyperparameter has its best value at an edge"]

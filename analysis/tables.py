@@ -86,7 +86,7 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     diff = arm - baseline in test distortion (negative: the arm is better), with Welch's t-test
     p-value and its `level` confidence interval of the difference (NaN where either side has fewer
     than 2 seeds), and p_holm, the p-value adjusted for every contrast returned."""
-    cols = ["dataset", "bits", "eps", "arm", "against", "diff", "low", "high", "p_value", "n", "n_against"]
+    cols = ["dataset", "bits", "eps", "arm", "against", "diff", "low", "high", "p_value", "n", "n_against", "rel_diff"]
     rows = []
     for (dataset, bits, eps), col in cells.groupby(["dataset", "bits", "eps"]):
         by_arm = {r.arm: r for r in col.itertuples()}
@@ -101,7 +101,8 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                 if len(a) >= 2 and len(b) >= 2:
                     t = stats.ttest_ind(a, b, equal_var=False)
                     p, (low, high) = float(t.pvalue), map(float, t.confidence_interval(level))
-                rows.append((dataset, bits, eps, r.arm, base, r.test - by_arm[base].test, low, high, p, len(a), len(b)))
+                rows.append((dataset, bits, eps, r.arm, base, r.test - by_arm[base].test, low, high, p, len(a), len(b),
+                             r.test / by_arm[base].test - 1))
     out = pd.DataFrame(rows, columns=cols)
     out["p_holm"] = holm(out.p_value)
     return out
@@ -109,7 +110,9 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 
 def tally(con: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Per arm and baseline, across the table's cells: in how many the arm is significantly better
-    (diff < 0, Holm-adjusted p < alpha), significantly worse, or neither, and which cells."""
+    (diff < 0, Holm-adjusted p < alpha), significantly worse, or neither, and which cells; also in
+    how many its mean is lower at all (`lower`, significant or not) and the uncorrected p < alpha
+    counts (`better_raw`, `worse_raw`), for the direction of the evidence where Holm finds none."""
     def where(rows) -> str:
         return ", ".join(f"{DATASET_NAMES.get(r.dataset, r.dataset)} {r.eps:g}" for r in rows.itertuples()) or "--"
 
@@ -117,18 +120,21 @@ def tally(con: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     for (arm, against), g in con.groupby(["arm", "against"], sort=False):
         sig = g.p_holm < alpha
         better, worse = g[sig & (g["diff"] < 0)], g[sig & (g["diff"] > 0)]
+        raw = g.p_value < alpha
         out.append({"arm": arm, "against": against, "cells": len(g), "better": len(better), "worse": len(worse),
-                    "neither": len(g) - len(better) - len(worse), "mean_diff": g["diff"].mean(),
-                    "better_in": where(better), "worse_in": where(worse)})
-    return pd.DataFrame(out, columns=["arm", "against", "cells", "better", "worse", "neither", "mean_diff",
-                                      "better_in", "worse_in"])
+                    "neither": len(g) - len(better) - len(worse), "lower": int((g["diff"] < 0).sum()),
+                    "better_raw": int((raw & (g["diff"] < 0)).sum()), "worse_raw": int((raw & (g["diff"] > 0)).sum()),
+                    "mean_rel_diff": g["rel_diff"].mean(), "better_in": where(better), "worse_in": where(worse)})
+    return pd.DataFrame(out, columns=["arm", "against", "cells", "better", "worse", "neither", "lower", "better_raw",
+                                      "worse_raw", "mean_rel_diff", "better_in", "worse_in"])
 
 
 def tally_markdown(t: pd.DataFrame) -> str:
-    lines = ["| arm | against | cells | better | worse | neither | mean diff | better in | worse in |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | against | cells | better (Holm) | worse (Holm) | neither | lower mean | better / worse (p < 0.05, "
+             "uncorrected) | mean relative diff | better in | worse in |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {arm_label(r.arm)} | {arm_label(r.against)} | {r.cells} | {r.better} | {r.worse} | {r.neither} | "
-              f"{r.mean_diff:+.3f} | {r.better_in} | {r.worse_in} |" for r in t.itertuples()]
+              f"{r.lower} | {r.better_raw} / {r.worse_raw} | {r.mean_rel_diff:+.1%} | {r.better_in} | {r.worse_in} |"
+              for r in t.itertuples()]
     return "\n".join(lines) + "\n"
 
 

@@ -243,9 +243,10 @@ def test_iabf_is_contrasted_with_abf_of_its_version_what_the_infomax_term_adds()
     # across cells: one cell here, ABF topk significantly better than NECST, IABF level with ABF
     t = tables.tally(con.reset_index()).set_index(["arm", "against"])
     assert t.loc[("iabf", "abf"), ["better", "worse", "neither"]].tolist() == [0, 0, 1]
-    assert t.loc[("abf topk", "necst"), "mean_diff"] == pytest.approx(-2.0)
+    assert t.loc[("abf topk", "necst"), "mean_rel_diff"] == pytest.approx(13.1 / 15.1 - 1)
     md = tables.tally_markdown(t.reset_index())
-    assert "| IABF | ABF | 1 | 0 | 0 | 1 | +0.000 | -- | -- |" in md
+    assert "| IABF | ABF | 1 | 0 | 0 | 1 | 0 | 0 / 0 | +0.0% | -- | -- |" in md
+    assert t.loc[("abf topk", "necst"), ["lower", "better_raw", "worse_raw"]].tolist() == [1, 1, 0]
 
 
 def test_holm_adjustment_on_known_p_values():
