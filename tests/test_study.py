@@ -253,6 +253,24 @@ def test_a_search_interrupted_between_rungs_stops_the_same_trials_as_an_uninterr
     assert resumed == uninterrupted and uninterrupted        # the same trials, at the same rungs
 
 
+def trial_workers(driver_pid: int) -> list:
+    """The Ray worker processes running trials under this driver (its local Ray's raylet starts them)."""
+    import psutil
+
+    try:
+        family = psutil.Process(driver_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for p in family:
+        try:
+            if "ray::ImplicitFunc" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = free_port()
@@ -360,9 +378,8 @@ def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(tmp_path, dat
                 continue
         except Exception:
             continue
-        pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            os.kill(int(pid), signal.SIGKILL)
+        for worker in trial_workers(proc.pid):       # this study's only: never another Ray's on the machine
+            worker.kill()
             killed = True
     out, _ = proc.communicate(timeout=400)
     assert killed and proc.returncode == 0, out[-4000:]
