@@ -57,6 +57,13 @@ def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
     return notes
 
 
+def csv_section(written: dict, out: Path, name: str, frame: pd.DataFrame, title: str, text: str, body: str) -> list[str]:
+    """Write `frame` as out/name (recorded in `written`) and return its report section."""
+    written[name] = out / name
+    frame.to_csv(written[name], index=False)
+    return ["", f"## {title}", "", text, "", body]
+
+
 def write_report(uri: str, study: str, out: str | Path, parent: str | None = None, quiet: bool = False) -> dict:
     """Everything the issue lists, written to `out`; returns {name: path}. Safe on partial studies:
     missing cells print '--' with a warning."""
@@ -138,23 +145,19 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
                f"{c.val:.4g} | {c.test:.4g} | {c.std:.3g} |" for c in cells.itertuples()]
     con = tables.contrasts(cells)
     if len(con):
-        written["contrasts.csv"] = out / "contrasts.csv"
-        con.to_csv(written["contrasts.csv"], index=False)
-        report += ["", "## Each arm against the baselines", "",
-                   "Test distortion of each arm minus that of NECST, of its own method by the paper's "
-                   "equations and of the methods before it in the same version (negative: the arm is "
-                   "better), with the 95% confidence interval of the "
-                   "difference and Welch's t-test over seeds; p (Holm): adjusted for every contrast in this "
-                   "table; * p < 0.05.", "", tables.contrasts_markdown(con)]
+        report += csv_section(written, out, "contrasts.csv", con, "Each arm against the baselines",
+                              "Test distortion of each arm minus that of NECST, of its own method by the paper's "
+                              "equations and of the methods before it in the same version (negative: the arm is "
+                              "better), with the 95% confidence interval of the difference and Welch's t-test over "
+                              "seeds; p (Holm): adjusted for every contrast in this table; * p < 0.05.",
+                              tables.contrasts_markdown(con))
         counts = tables.tally(con)
-        written["tally.csv"] = out / "tally.csv"
-        counts.to_csv(written["tally.csv"], index=False)
-        report += ["", "## Across cells", "",
-                   "Per arm and baseline: the cells where the arm's test distortion is significantly lower "
-                   "(better) or higher (worse) after Holm's adjustment over every contrast of the report "
-                   "(p < 0.05); the cells where its mean is lower at all; the same counts without the "
-                   "adjustment; and the mean relative difference (arm over baseline, minus 1; negative: better).",
-                   "", tables.tally_markdown(counts)]
+        report += csv_section(written, out, "tally.csv", counts, "Across cells",
+                              "Per arm and baseline: the cells where the arm's test distortion is significantly "
+                              "lower (better) or higher (worse) after Holm's adjustment over every contrast of the "
+                              "report (p < 0.05); the cells where its mean is lower at all; the same counts without "
+                              "the adjustment; and the mean relative difference (arm over baseline, minus 1; "
+                              "negative: better).", tables.tally_markdown(counts))
     report += ["", "## Notes on the search ranges", ""]
     report += [f"- {n}" for n in notes] or ["- no searched hyperparameter has its best value at an edge"]
     report += ["", "## Failed trials", ""]
