@@ -37,7 +37,7 @@ from iabf import metrics as M
 from iabf.config import Config
 from iabf.tune import REPLAYED
 from iabf.tune import STUDY_KEYS as META   # trial parameters that are labels, not Config fields
-from studies.space import is_cell_key
+from studies.space import cell_axes, is_cell_key  # noqa: F401  (the protocol's cells)
 
 SEARCH, CONFIRM = "search", "confirm"
 
@@ -56,11 +56,6 @@ def cell_label(cell: dict) -> str:
     if list(cell) == ["dataset", "channel", "bits", "eps"]:
         return f"{cell['dataset']}/{cell['channel']}/{cell['bits']}b/eps{cell['eps']:g}"
     return "/".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cell.items())
-
-
-def cell_axes(study) -> dict[str, list]:
-    """The searched parameters that make cells: each value is a cell of its own."""
-    return {k: next(iter(spec.values())) for k, spec in study.search.items() if is_cell_key(k, study)}
 
 
 @dataclass

@@ -384,8 +384,8 @@ def validate(raw, path: str) -> Study:
 def check_size(study: Study) -> Study:
     """Refuse a study that plans more than MAX_TRIALS trials, counted from the sizes of its lists,
     before any configuration, group or trial is built (a 10^10-point grid is 80 bytes of YAML)."""
-    search_cells = {k: v for k, v in study.search.items() if is_cell_key(k, study)}
-    cells = math.prod(len(next(iter(spec.values()))) for spec in search_cells.values())
+    search_cells = cell_axes(study)
+    cells = math.prod(len(values) for values in search_cells.values())
     worst, worst_text, trials = 1, "", 0
     for arm in study.arms:
         space = {**{k: v for k, v in study.search.items() if k not in search_cells}, **arm.search}
@@ -404,6 +404,11 @@ def check_size(study: Study) -> Study:
                          f"{len(study.arms)} arm(s); {worst_text or 'one configuration'} per cell and arm); at most "
                          f"{MAX_TRIALS:,} are allowed: shrink the grids or num_samples, or split the study")
     return check_stack(study)
+
+
+def cell_axes(study) -> dict[str, list]:
+    """The searched parameters that make cells: each value is a cell of its own."""
+    return {k: next(iter(spec.values())) for k, spec in study.search.items() if is_cell_key(k, study)}
 
 
 def is_cell_key(key: str, study: Study) -> bool:
@@ -475,7 +480,6 @@ def smoke(study: Study) -> Study:
     """The same study, shrunk to a few tiny CPU trials through both phases: one cell; a group with
     two configurations to search (then its confirmation), else two arms; one seed; 2 epochs."""
     s = copy.deepcopy(study)
-    from studies.protocol import cell_axes
 
     for k in cell_axes(s):
         kind, values = next(iter(s.search[k].items()))
