@@ -30,7 +30,10 @@ def best(uri: str, study: str, parent: str | None = None) -> tuple[list[dict], b
     for e in entries.itertuples():
         ids = list(e.run_ids)
         records.append({
-            "cell": by_id.loc[ids[0], "cell"], "dataset": e.dataset, "bits": int(e.bits), "eps": float(e.eps),
+            "cell": by_id.loc[ids[0], "cell"],
+            "cell_values": {tables.axis_name(c): _plain(entries.at[e.Index, c])
+                            for c in tables.cell_columns(entries)},
+            "dataset": e.dataset, "bits": int(e.bits), "eps": float(e.eps),
             "arm": e.arm, "method": e.method, "config": e.config,
             "params": {k.removeprefix("param."): _plain(v) for k, v in by_id.loc[ids[0]].items()
                        if k.startswith("param.") and k not in tables.NOT_CONFIG},

@@ -1,14 +1,20 @@
 """MLflow -> a tidy DataFrame: one row per trial (one configuration at one seed)."""
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from iabf import metrics as M
 from iabf.config import FIELD_TYPES, Config
+from studies.plan import CONFIRM, DEFAULT_CELL, PLAN_ARTIFACT, SEARCH, axes_of, cell_label, cell_of
 
-COLUMNS = ["dataset", "bits", "method", "eps", "lam", "K", "seed", "stop_reason", "val", "test",
-           "run_id", "config_hash", "run_name", "failure", "phase", "cell", "arm", "uid", "confirms", "epochs"]
+CELL_PREFIX = "cell."   # a run's value of each of its study's cell axes: cell.K, cell.flip_budget, ...
+COLUMNS = ["dataset", "bits", "method", "eps", "channel", "lam", "K", "seed", "stop_reason", "val", "test",
+           "run_id", "config_hash", "run_name", "failure", M.PHASE, M.CELL, M.ARM, M.UID, M.CONFIRMS, "epochs"]
 
 
 class FetchError(LookupError):
@@ -36,54 +42,79 @@ def parent_run(client: MlflowClient, study: str, parent: str | None = None):
 
 def fetch_runs(tracking_uri: str, study: str, parent: str | None = None, include_unfinished: bool = False) -> pd.DataFrame:
     """The trials of a study's latest run (or of `parent`). Early-stopped, failed and unfinished
-    trials are left out unless include_unfinished: a table reports finished trials only."""
+    trials are left out unless include_unfinished: a table reports finished trials only. Each row
+    carries its cell's values as `cell.<axis>` columns, for the axes the study recorded (cell_axes):
+    what every table is keyed on."""
     client = MlflowClient(tracking_uri)
     exp, par = parent_run(client, study, parent)
+    axes = cell_axes(client, par)
     runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{par.info.run_id}'",
                               max_results=50_000)
     rows = []
     for r in runs:
         cfg = Config.from_dict(_typed(r.data.params))
         tags = r.data.tags
+        cell = cell_of(cfg, None if axes == list(DEFAULT_CELL) else axes)
         rows.append({"dataset": cfg.dataset, "bits": cfg.bits, "method": cfg.method, "eps": cfg.eval_eps,
+                     "channel": cfg.channel,
                      "lam": cfg.lam if cfg.method == "iabf" else float("nan"), "K": cfg.K, "seed": cfg.seed,
                      "stop_reason": r.data.tags.get("stop_reason", "running"),
                      "val": r.data.metrics.get(M.BEST_VAL_DISTORTION, float("nan")),
                      "test": r.data.metrics.get(M.TEST_DISTORTION, float("nan")),
                      "run_id": r.info.run_id, "config_hash": r.data.tags.get("config_hash", ""),
                      "run_name": r.info.run_name, "failure": r.data.tags.get("failure", ""),
-                     # the protocol's labels (studies/protocol.py); a run from before them is a search run
+                     # the protocol's labels (studies/plan.py); a run from before them is a search run
                      # of its own cell, in the arm of its method
-                     "phase": tags.get("phase", "search"), "arm": tags.get("arm", cfg.method),
-                     "cell": tags.get("cell", f"{cfg.dataset}/{cfg.channel}/{cfg.bits}b/eps{cfg.eval_eps:g}"),
-                     "uid": tags.get("uid", ""), "confirms": tags.get("confirms", ""),
+                     M.PHASE: tags.get(M.PHASE, SEARCH), M.ARM: tags.get(M.ARM, cfg.method),
+                     M.CELL: tags.get(M.CELL, cell_label(cell)),
+                     M.UID: tags.get(M.UID, ""), M.CONFIRMS: tags.get(M.CONFIRMS, ""),
                      "epochs": r.data.metrics.get(M.EPOCH, 0.0),
+                     **{f"{CELL_PREFIX}{k}": v for k, v in cell.items()},
                      **{f"param.{k}": v for k, v in cfg.to_dict().items()},
                      **{f"metric.{k}": v for k, v in r.data.metrics.items()}})
-    df = pd.DataFrame(rows, columns=None if rows else COLUMNS)
+    df = pd.DataFrame(rows, columns=None if rows else [*COLUMNS, *(CELL_PREFIX + a for a in axes)])
     if not include_unfinished and len(df):
         df = df[df.stop_reason == "completed"]
     return df.sort_values(["dataset", "method", "eps", "arm", "lam", "seed"], na_position="first").reset_index(drop=True)
 
 
+def cell_axes(client: MlflowClient, par) -> list[str]:
+    """The cell axes a study recorded on its parent run: its plan's `axes`, else the keys of its
+    plan's cell values, else its `cells` parameter; DEFAULT_CELL for a study that named none (or
+    one from before plans)."""
+    plan = load_plan(client, par)
+    if plan and plan.get("axes"):
+        return list(plan["axes"])
+    if plan and plan.get("cells") and isinstance(plan["cells"][0].get("values"), dict):
+        return list(plan["cells"][0]["values"])
+    return axes_of(par.data.params.get("cells")) or list(DEFAULT_CELL)
+
+
+def load_plan(client: MlflowClient, par) -> dict | None:
+    """The parent run's plan (studies/plan.record), through the client of the study's own tracking
+    URI (a server's proxied artifacts included); None for a study from before plans."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            path = client.download_artifacts(par.info.run_id, PLAN_ARTIFACT, d)
+            return json.loads(Path(path).read_text())
+        except (MlflowException, OSError, ValueError):   # a study from before plans: no plan to show
+            return None
+
+
 def table_runs(trials: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     """The runs a table reports: the confirmation runs when the study has them (each cell and arm
     then has all its seeds), else every completed run (search results). Returns (runs, confirmed)."""
-    confirmed = trials[trials.phase == "confirm"]
+    confirmed = trials[trials[M.PHASE] == CONFIRM]
     return (confirmed, True) if len(confirmed) else (trials, False)
 
 
 def study_plan(tracking_uri: str, study: str, parent: str | None = None) -> dict | None:
-    """The plan the study logged when it started (studies/protocol.cell_plan), if it did."""
+    """The plan the study logged when it started (studies/plan.record), if it did."""
     client = MlflowClient(tracking_uri)
     _, par = parent_run(client, study, parent)
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return mlflow.artifacts.load_dict(f"{par.info.artifact_uri}/plan.json")
-    except (MlflowException, OSError, ValueError):   # a study from before plans: no plan to show
-        return None
+    return load_plan(client, par)
 
 
 def study_params(tracking_uri: str, study: str, parent: str | None = None) -> dict:

@@ -24,24 +24,43 @@ def save(fig, out_dir: str | Path, name: str) -> list[Path]:
     return paths
 
 
+def panels(curves: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """curves with a `panel` column (one panel per cell: given, or "eps = 0.1" from eps), and the
+    panels in order (as given: the caller sorts them by their cells)."""
+    if "panel" not in curves:
+        curves = curves.assign(panel=[f"$\\epsilon$ = {e:g}" for e in curves.eps])
+        return curves, [f"$\\epsilon$ = {e:g}" for e in sorted(set(curves.eps))]
+    return curves, list(dict.fromkeys(curves.panel))
+
+
+def grid_of(n: int, width: float, height: float):
+    """n panels, at most 4 a row."""
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat[:n]
+
+
 def validation_curves(curves: pd.DataFrame, dataset: str, methods=("necst", "iabf")):
-    """Fig. 2: validation distortion against training epoch, one panel per eps.
-    curves: columns method, eps, seed, step, value (the selected configuration's runs)."""
-    eps_values = sorted(curves.eps.unique())
-    fig, axes = plt.subplots(1, len(eps_values), figsize=(3.2 * len(eps_values), 2.8), squeeze=False)
-    for ax, eps in zip(axes[0], eps_values):
+    """Fig. 2: validation distortion against training epoch, one panel per eps (or per cell).
+    curves: columns method, eps (or panel), seed, step, value (the selected configuration's runs)."""
+    curves, names = panels(curves)
+    fig, axes = grid_of(len(names), 3.2, 2.8)
+    for ax, panel in zip(axes, names):
         for method in methods:
-            sel = curves[(curves.eps == eps) & (curves.method == method)]
+            sel = curves[(curves.panel == panel) & (curves.method == method)]
             for _, run in sel.groupby("seed"):
                 ax.plot(run.step, run.value, color=COLORS[method], alpha=0.3, lw=0.8)
             if len(sel):
                 mean = sel.groupby("step").value.mean()
                 ax.plot(mean.index, mean.values, color=COLORS[method], lw=1.6, label=NAMES[method])
-        ax.set_title(f"{dataset}, $\\epsilon$ = {eps:g}")
+        ax.set_title(f"{dataset}, {panel}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("validation distortion")
-    axes[0][0].legend()
+    axes[0].set_ylabel("validation distortion")
+    axes[0].legend()
     fig.tight_layout()
     return fig
 
@@ -51,11 +70,11 @@ def arm_curves(curves: pd.DataFrame, dataset: str, labels: dict | None = None):
     per eps, zoomed past the first quarter of training where the arms separate.
     curves: columns arm, method, eps, seed, step, value."""
     labels = labels or {}
-    eps_values = sorted(curves.eps.unique())
-    fig, axes = plt.subplots(1, len(eps_values), figsize=(5.5 * len(eps_values), 4), squeeze=False)
+    curves, names = panels(curves)
+    fig, axes = grid_of(len(names), 5.5, 4)
     styles = {"necst": "-", "abf": "--", "iabf": "-."}
-    for ax, eps in zip(axes[0], eps_values):
-        sel = curves[curves.eps == eps]
+    for ax, panel in zip(axes, names):
+        sel = curves[curves.panel == panel]
         start = sel.step.max() // 4
         method_of = sel.drop_duplicates("arm").set_index("arm").method
         for i, arm in enumerate(sorted(method_of.index, key=lambda a: (list(NAMES).index(method_of[a]), a))):
@@ -64,11 +83,46 @@ def arm_curves(curves: pd.DataFrame, dataset: str, labels: dict | None = None):
             line, = ax.plot(run.mean().index, run.mean().values, styles.get(method, "-"), lw=1.4,
                             color=plt.cm.tab20(i % 20), label=labels.get(arm, arm))
             ax.fill_between(run.min().index, run.min().values, run.max().values, color=line.get_color(), alpha=0.12)
-        ax.set_title(f"{dataset}, $\\epsilon$ = {eps:g}: every arm (mean over seeds)")
+        ax.set_title(f"{dataset}, {panel}: every arm (mean over seeds)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    axes[0][0].set_ylabel("validation distortion")
+    axes[0].set_ylabel("validation distortion")
+    fig.tight_layout()
+    return fig
+
+
+def cell_axis_plot(cells: pd.DataFrame, column: str, others: list[str], label=lambda arm: arm, level: float = 0.95):
+    """An ablation's figure: test distortion (mean over seeds, with its `level` t-interval) against a
+    numeric cell axis, a line per arm, a panel per combination of the other cell axes that vary.
+    cells: analysis.tables.select_cells' entries (cell.<axis> columns, arm, method, test, tests)."""
+    from scipy import stats
+
+    name = column.removeprefix("cell.")
+    groups = list(cells.groupby(others, sort=True)) if others else [((), cells)]
+    fig, axes = grid_of(len(groups), 4, 3)
+    styles = {"necst": "o-", "abf": "s--", "iabf": "^-."}
+    for ax, (key, g) in zip(axes, groups):
+        key = key if isinstance(key, tuple) else (key,)
+        for i, (arm, a) in enumerate(sorted(g.groupby("arm"), key=lambda p: (list(NAMES).index(p[1].method.iloc[0])
+                                                                           if p[1].method.iloc[0] in NAMES else 9, p[0]))):
+            a = a.sort_values(column)
+            half = [stats.t.ppf(0.5 + level / 2, len(t) - 1) * np.std(t, ddof=1) / np.sqrt(len(t)) if len(t) > 1 else 0.0
+                    for t in a.tests]
+            method = a.method.iloc[0]
+            ax.errorbar(a[column].astype(float), a.test, yerr=half, fmt=styles.get(method, "o-"), capsize=3, lw=1.2,
+                        ms=4, color=COLORS.get(method) if arm == method else plt.cm.tab10(i % 10), label=label(arm))
+        if pd.Series(cells[column]).astype(float).gt(0).all() and cells[column].astype(float).max() / \
+                max(cells[column].astype(float).min(), 1e-300) >= 8:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(cells[column].astype(float).unique()), map(lambda v: f"{v:g}", sorted(
+                cells[column].astype(float).unique())))
+        ax.set_title(", ".join(f"{o.removeprefix('cell.')}={v:g}" if isinstance(v, float) else
+                               f"{o.removeprefix('cell.')}={v}" for o, v in zip(others, key)) or name, fontsize=9)
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"test distortion (mean, {level:.0%} CI)")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

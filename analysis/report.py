@@ -57,6 +57,18 @@ def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
     return notes
 
 
+def is_table1(cells: pd.DataFrame) -> bool:
+    """Is the study shaped like the paper's Table 1 (cells of dataset, channel, code length, eps)?"""
+    return {tables.axis_name(c) for c in tables.cell_columns(cells)} <= {"dataset", "channel", "bits", "eps"}
+
+
+def panel_name(entry: pd.Series, axes: list[str]) -> str:
+    """A figure panel's title: eps as the paper writes it, other axes as axis=value."""
+    parts = [f"$\\epsilon$ = {entry[c]:g}" if tables.axis_name(c) in ("eps", "test_eps") else
+             f"{tables.axis_name(c)}={tables.value_text(entry[c])}" for c in axes]
+    return ", ".join(parts) or f"$\\epsilon$ = {entry.eps:g}"
+
+
 def csv_section(written: dict, out: Path, name: str, frame: pd.DataFrame, title: str, text: str, body: str) -> list[str]:
     """Write `frame` as out/name (recorded in `written`) and return its report section."""
     written[name] = out / name
@@ -96,21 +108,33 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     written["reproduction.md"] = out / "reproduction.md"
     written["reproduction.md"].write_text(tables.reproduction_markdown(rep))
 
-    # --- figures ---
+    # --- figures: per dataset and channel, a panel per cell; an axis plot per numeric cell axis ---
     client = MlflowClient(uri)
-    for dataset, dcells in cells.groupby("dataset"):
-        runs = dcells.explode("run_ids")
-        hist = metric_history(uri, runs.run_ids).merge(
-            trials[["run_id", "method", "arm", "eps", "seed"]], on="run_id")
+    cells = tables.with_cells(cells)
+    axes = tables.cell_columns(cells)
+    by = [c for c in (tables.CELL_PREFIX + "dataset", tables.CELL_PREFIX + "channel") if c in axes] or ["dataset"]
+    for key, dcells in cells.groupby(by):
+        key = key if isinstance(key, tuple) else (key,)
+        dataset = dcells.dataset.iloc[0]
+        # a panel per cell of the block: by the axes that vary within it (Table 1: eps)
+        panel_axes = [c for c in axes if c not in by and dcells[c].nunique() > 1]
+        name = "_".join(str(k) for k in key) if len(key) == 1 or cells[by[1]].nunique() > 1 or key[1] != "bsc" \
+            else str(key[0])
+        panels = dcells.sort_values(panel_axes).assign(panel=[panel_name(r, panel_axes) for _, r in
+                                                              dcells.sort_values(panel_axes).iterrows()])
+        runs = panels.explode("run_ids")[["run_ids", "panel"]].rename(columns={"run_ids": "run_id"})
+        hist = metric_history(uri, runs.run_id).merge(trials[["run_id", "method", "arm", "seed"]], on="run_id") \
+            .merge(runs, on="run_id")
+        order = list(dict.fromkeys(panels.panel))
+        hist = hist.sort_values("panel", key=lambda p: p.map(order.index), kind="stable")
         if hist.arm.nunique() > hist.method.nunique():   # variants of a method: every arm's curve
             figures.save(figures.arm_curves(hist, dataset, {a: tables.arm_label(a) for a in hist.arm.unique()}),
-                         out, f"val_curves_arms_{dataset}")
+                         out, f"val_curves_arms_{name}")
         hist = hist[hist.arm == hist.method]      # Fig. 2 is the paper's NECST against its IABF
         if {"necst", "iabf"} & set(hist.method):
-            figures.save(figures.validation_curves(hist, dataset), out, f"fig2_val_curves_{dataset}")
-        eps0 = dcells.eps.min()
+            figures.save(figures.validation_curves(hist, dataset), out, f"fig2_val_curves_{name}")
+        first = panels[panels.panel == panels.panel.iloc[0]]
         grids = {}
-        first = dcells[dcells.eps == eps0]
         for row in first.itertuples():
             if "markov_chain.png" not in {a.path for a in client.list_artifacts(row.run_ids[0])}:
                 continue          # a search run (a table without confirmation) draws no samples
@@ -122,8 +146,15 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
                     continue
                 grids[tables.arm_label(row.arm)] = np.asarray(Image.open(path).convert("L"))
         if grids:
-            fig = figures.sample_grids(grids, f"Markov-chain samples, {dataset}, eps = {eps0:g} (rows: every 1/9 of the chain)")
-            figures.save(fig, out, f"fig3_markov_chain_{dataset}")
+            fig = figures.sample_grids(grids, f"Markov-chain samples, {' '.join(map(str, key))}, {first.panel.iloc[0]} "
+                                              "(rows: every 1/9 of the chain)")
+            figures.save(fig, out, f"fig3_markov_chain_{name}")
+    for column in axes:   # the ablation's own figure: test distortion against a numeric cell axis, per arm
+        if tables.axis_name(column) not in ("dataset", "channel") and cells[column].nunique() > 1 and \
+                pd.api.types.is_numeric_dtype(cells[column]):
+            others = [c for c in axes if c != column and cells[c].nunique() > 1]
+            figures.save(figures.cell_axis_plot(cells, column, others, tables.arm_label), out,
+                         f"axis_cell_{tables.axis_name(column)}")
     # the axes of the search: every completed search run against what it searched
     notes = axis_figures(completed[completed.phase == "search"] if confirmed else trials, out)
     spent = tables.cost(everything, plan)
@@ -136,12 +167,14 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
               f"{len(trials)} completed runs (search results: no confirmation phase)")
     budget = [f"- `{k}`: {v}" for k, v in sorted(params.items()) if k.startswith(("fixed.", "by_dataset."))
               and not k.endswith(".data_dir")]
+    shape = ", ".join(f"{tables.axis_name(c)} ({cells[c].nunique()})" for c in axes)
     report = [f"# Study {study}", "", f"{phases}; tracking: {display_uri(uri)}", "",
+              f"{cells[axes].drop_duplicates().shape[0]} cells: {shape} values; an entry is a cell and an arm.", "",
               "## Budget and fixed values", "", "Every trial's, from the study's parent run (by_dataset: per dataset, "
               "over fixed; anything else is iabf/config.py's default).", "", *(budget or ["- the defaults"]), "",
-              "## Table 1", "", markdown, "## The chosen configurations", "",
-              "| dataset | bits | eps | arm | configuration | n | val | test | std |", "|---|---|---|---|---|---|---|---|---|"]
-    report += [f"| {c.dataset} | {c.bits} | {c.eps:g} | {c.arm} | {c.config} | {c.n} | "
+              "## Table 1" if is_table1(cells) else "## Table", "", markdown, "## The chosen configurations", "",
+              "| cell | arm | configuration | n | val | test | std |", "|---|---|---|---|---|---|---|"]
+    report += [f"| {c.cell} | {c.arm} | {c.config} | {c.n} | "
                f"{c.val:.4g} | {c.test:.4g} | {c.std:.3g} |" for c in cells.itertuples()]
     con = tables.contrasts(cells)
     if len(con):

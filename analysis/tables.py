@@ -1,10 +1,12 @@
-"""Table 1 from a trials DataFrame (analysis.fetch): pure functions, DataFrame in, text out.
+"""Tables from a trials DataFrame (analysis.fetch): pure functions, DataFrame in, text out.
 
-An entry of the table is a cell (dataset, bits, test eps) and an arm (a row: NECST, ABF, IABF, or
-a variant). Selection follows the paper: per entry, the configuration (lambda for IABF, and any
-other searched nuisance parameter) with the lowest mean *validation* distortion over its seeds is
-chosen, and its *test* distortion reported. With the study protocol's confirmation runs
-(studies/protocol.py) each entry has exactly one configuration, run on every seed.
+An entry of every table is a cell of the study (its values of the axes the study declared, the
+`cell.<axis>` columns: by default dataset, channel, bits and test eps; K, flip_budget or anything
+else a study's `cells:` names) and an arm (a row: NECST, ABF, IABF, or a variant). Nothing is ever
+chosen among cells. With the protocol's confirmation runs (studies/plan.py) each entry is exactly
+one configuration, chosen in the search on other seeds (or the group's only one), run on every
+seed. Without them (search results, `confirm: false`), the configuration with the lowest mean
+*validation* distortion of its entry is chosen on the runs reported, and the caption says so.
 """
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ DATASET_NAMES = {"binary_mnist": "Binary MNIST", "mnist": "MNIST", "omniglot": "
                  "cifar10": "CIFAR10", "digits": "Digits (8x8)"}
 PAPER_TABLE1 = Path(__file__).with_name("paper_table1.csv")
 CELL = ["dataset", "bits", "method", "eps"]      # the paper's entries, which the reproduction compares
-ENTRY = [*CELL, "arm"]                           # ours: an arm of a method is a row of its own
+CELL_PREFIX = "cell."                            # analysis.fetch: a run's value of each cell axis
+LEGACY_AXES = ("dataset", "bits", "eps")         # the cell of a frame without cell columns (older callers)
+# the paper's setting, which the reproduction compares with (a parameter's default counts as its value)
+PAPER_SETTING = {"channel": "bsc", "K": 5, "n_bits": 0, "test_eps": -1.0, "flip_budget": -1.0}
 NOT_CONFIG = ("param.seed", "param.stack", "param.data_dir", "param.device", "param.download", "param.compile")
 
 
@@ -37,33 +42,68 @@ def config_text(row: pd.Series, columns) -> str:
     return " ".join(parts)
 
 
+def with_cells(trials: pd.DataFrame) -> pd.DataFrame:
+    """trials with its cell columns and arms: a frame from analysis.fetch has them; one without
+    (built by hand) is keyed on (dataset, bits, eps), and on channel where it has one."""
+    if "arm" not in trials:
+        trials = trials.assign(arm=trials.method)
+    if any(c.startswith(CELL_PREFIX) for c in trials.columns):
+        return trials
+    axes = [a for a in ("dataset", "channel", "bits", "eps") if a in trials]
+    return trials.assign(**{CELL_PREFIX + a: trials[a] for a in axes})
+
+
+def cell_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith(CELL_PREFIX)]
+
+
+def entry_columns(frame: pd.DataFrame) -> list[str]:
+    return [*cell_columns(frame), "arm"]
+
+
+def axis_name(column: str) -> str:
+    return column.removeprefix(CELL_PREFIX)
+
+
+def value_text(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per table entry (cell and arm): the configuration chosen by mean validation
-    distortion, its test mean, std, n, per-seed values; `best` (lowest test mean in its column) and
-    `tied` (not significantly different from the best: Welch's t-test, p >= alpha; needs 2+ seeds on
-    both sides). `config`: the chosen values of the parameters that vary between the runs of its
-    cell and arm in `context` (default: `trials`; the study's search runs show what was searched)."""
+    """One row per table entry (cell and arm): its configuration, its test mean, std, n, per-seed
+    values; `best` (lowest test mean among the arms of its cell) and `tied` (not significantly
+    different from the best: Welch's t-test, p >= alpha; needs 2+ seeds on both sides). An entry
+    of confirmation runs is one configuration; an entry of search results with several is given
+    the one with the lowest mean validation distortion. `config`: the chosen values of the
+    parameters that vary between the runs of its entry in `context` (default: `trials`; the
+    study's search runs show what was searched)."""
+    empty = ["cell", "dataset", "bits", "method", "eps", "arm", "config_hash", "config", "lam", "K", "val", "test",
+             "std", "n", "tests", "run_ids", "best", "tied", "p_value"]
     if trials.empty:
-        return pd.DataFrame(columns=[*ENTRY, "config_hash", "config", "lam", "K", "val", "test", "std", "n", "tests",
-                                     "run_ids", "best", "tied", "p_value"])
-    trials = trials if "arm" in trials else trials.assign(arm=trials.method)
-    context = trials if context is None else context
-    context = context if "arm" in context else context.assign(arm=context.method)
+        return pd.DataFrame(columns=[*cell_columns(trials), *empty])
+    trials = with_cells(trials)
+    context = with_cells(trials if context is None else context)
+    entry, axes = entry_columns(trials), cell_columns(trials)
     params = [c for c in trials.columns if c.startswith("param.") and c not in NOT_CONFIG]
     # per entry, the parameters its own runs vary: what its search chose between
     varying = {key: [c for c in params if c in group and group[c].astype(str).nunique() > 1]
-               for key, group in context.groupby(ENTRY, dropna=False)}
-    configs = (trials.groupby([*ENTRY, "config_hash"], dropna=False)
+               for key, group in context.groupby(entry, dropna=False)}
+    first = {c: (c, "first") for c in ("dataset", "bits", "method", "eps", "cell", *params) if c in trials}
+    configs = (trials.groupby([*entry, "config_hash"], dropna=False)
                .agg(lam=("lam", "first"), K=("K", "first"), val=("val", "mean"), test=("test", "mean"),
                     std=("test", "std"), n=("test", "size"), tests=("test", list), run_ids=("run_id", list),
-                    **{c: (c, "first") for c in params})
+                    **{c: spec for c, spec in first.items() if c not in entry})
                .reset_index())
-    configs["config"] = [config_text(r, varying.get(tuple(r[k] for k in ENTRY), [])) or "(none searched)"
+    configs["config"] = [config_text(r, varying.get(tuple(r[k] for k in entry), [])) or "(none searched)"
                          for _, r in configs.iterrows()]
-    configs = configs.drop(columns=params)
-    cells = configs.sort_values("val", kind="stable").groupby(ENTRY, dropna=False).head(1).copy()
+    if "phase" in trials and (trials.phase == "confirm").all():
+        several = configs.groupby(entry, dropna=False).size()
+        for key in several[several > 1].index:
+            warnings.warn(f"entry {key} has {several[key]} configurations among its confirmation runs: the study's "
+                          "cells do not tell them apart; the one best by validation is shown", stacklevel=2)
+    cells = configs.sort_values("val", kind="stable").groupby(entry, dropna=False).head(1).copy()
     cells["best"], cells["tied"], cells["p_value"] = False, False, float("nan")
-    for _, col in cells.groupby(["dataset", "bits", "eps"]):
+    for _, col in cells.groupby(axes, dropna=False):
         best = col["test"].idxmin()
         cells.loc[best, "best"] = True
         for i in col.index.drop(best):
@@ -73,7 +113,7 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
                 cells.at[i, "p_value"] = p
                 cells.at[i, "tied"] = bool(p >= alpha) if math.isfinite(p) else True
     order = {m: i for i, m in enumerate(METHODS)}
-    return cells.sort_values(["dataset", "bits", "eps", "method", "arm"],
+    return cells.sort_values([*axes, "method", "arm"],
                              key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
 
 
@@ -86,9 +126,14 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     diff = arm - baseline in test distortion (negative: the arm is better), with Welch's t-test
     p-value and its `level` confidence interval of the difference (NaN where either side has fewer
     than 2 seeds), and p_holm, the p-value adjusted for every contrast returned."""
-    cols = ["dataset", "bits", "eps", "arm", "against", "diff", "low", "high", "p_value", "n", "n_against", "rel_diff"]
+    cells = with_cells(cells)
+    axes = cell_columns(cells)
+    cols = [*axes, "dataset", "bits", "eps", "arm", "against", "diff", "low", "high", "p_value", "n", "n_against",
+            "rel_diff"]
     rows = []
-    for (dataset, bits, eps), col in cells.groupby(["dataset", "bits", "eps"]):
+    for key, col in cells.groupby(axes, dropna=False):   # arms within one cell only
+        key = key if isinstance(key, tuple) else (key,)
+        dataset, bits, eps = col.dataset.iloc[0], col.bits.iloc[0], col.eps.iloc[0]
         by_arm = {r.arm: r for r in col.itertuples()}
         for r in col.itertuples():
             v = r.arm.removeprefix(r.method).strip()
@@ -101,8 +146,8 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                 if len(a) >= 2 and len(b) >= 2:
                     t = stats.ttest_ind(a, b, equal_var=False)
                     p, (low, high) = float(t.pvalue), map(float, t.confidence_interval(level))
-                rows.append((dataset, bits, eps, r.arm, base, r.test - by_arm[base].test, low, high, p, len(a), len(b),
-                             r.test / by_arm[base].test - 1))
+                rows.append((*key, dataset, bits, eps, r.arm, base, r.test - by_arm[base].test, low, high, p, len(a),
+                             len(b), r.test / by_arm[base].test - 1))
     out = pd.DataFrame(rows, columns=cols)
     out["p_holm"] = holm(out.p_value)
     return out
@@ -113,8 +158,13 @@ def tally(con: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     (diff < 0, Holm-adjusted p < alpha), significantly worse, or neither, and which cells; also in
     how many its mean is lower at all (`lower`, significant or not) and the uncorrected p < alpha
     counts (`better_raw`, `worse_raw`), for the direction of the evidence where Holm finds none."""
-    def where(rows) -> str:
-        return ", ".join(f"{DATASET_NAMES.get(r.dataset, r.dataset)} {r.eps:g}" for r in rows.itertuples()) or "--"
+    axes = cell_columns(con)
+    shown = [c for c in axes if con[c].nunique() > 1 and axis_name(c) not in ("dataset", "bits", "eps")]
+
+    def where(rows) -> str:   # Table 1's cells as "Omniglot 0.3"; other axes as axis=value
+        return ", ".join(" ".join([DATASET_NAMES.get(r["dataset"], r["dataset"]), f"{r['eps']:g}",
+                                   *(f"{axis_name(c)}={value_text(r[c])}" for c in shown)])
+                         for _, r in rows.iterrows()) or "--"
 
     out = []
     for (arm, against), g in con.groupby(["arm", "against"], sort=False):
@@ -152,20 +202,65 @@ def contrasts_markdown(con: pd.DataFrame, alpha: float = 0.05) -> str:
     def fmt(p):
         return "--" if math.isnan(p) else f"{p:.3g}" + (" *" if p < alpha else "")
 
-    lines = ["| dataset | bits | eps | arm | against | diff (95% CI) | p (Welch) | p (Holm) | n |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for c in con.itertuples():
+    axes = cell_columns(con) or ["dataset", "bits", "eps"]
+    lines = ["| " + " | ".join(map(axis_name, axes)) + " | arm | against | diff (95% CI) | p (Welch) | p (Holm) | n |",
+             "|---" * (len(axes) + 6) + "|"]
+    for _, c in con.iterrows():
         ci = "" if math.isnan(c.low) else f" ({c.low:+.3f}, {c.high:+.3f})"
-        lines.append(f"| {c.dataset} | {c.bits} | {c.eps:g} | {arm_label(c.arm)} | {arm_label(c.against)} | "
-                     f"{c.diff:+.3f}{ci} | {fmt(c.p_value)} | {fmt(c.p_holm)} | {c.n} vs {c.n_against} |")
+        lines.append("| " + " | ".join(value_text(c[a]) for a in axes) + f" | {arm_label(c.arm)} | "
+                     f"{arm_label(c.against)} | {c['diff']:+.3f}{ci} | {fmt(c.p_value)} | {fmt(c.p_holm)} | "
+                     f"{c.n} vs {c.n_against} |")
     return "\n".join(lines) + "\n"
 
 
+def layout(cells: pd.DataFrame) -> tuple[list[str], str | None]:
+    """How a study's cells are laid out: (block axes, column axis). Table 1's layout for a study
+    shaped like it (a block per dataset and code length, a column per eps); for an ablation, the
+    column is eps where the study has it, else its last axis that varies (numeric first), and every
+    other axis makes blocks (a block per dataset and K, columns flip_budget). Within a block, each
+    column is one cell, so a column's entries are the arms of one cell: comparable."""
+    axes = cell_columns(cells)
+    varying = [c for c in axes if cells[c].nunique() > 1]
+    numeric = [c for c in varying if pd.api.types.is_numeric_dtype(cells[c])]
+    column = next((c for c in (CELL_PREFIX + "eps", CELL_PREFIX + "test_eps") if c in axes), None) or \
+        (numeric or varying or [None])[-1]
+    return [c for c in axes if c != column], column
+
+
 def _blocks(cells: pd.DataFrame):
-    """(dataset, bits) blocks in the paper's order, and the eps columns."""
+    """The blocks (one dict of block-axis values each) in the paper's dataset order, the column
+    axis and its values."""
+    block_axes, column = layout(cells)
     order = {d: i for i, d in enumerate(DATASET_ORDER)}
-    blocks = sorted({(d, int(b)) for d, b in zip(cells.dataset, cells.bits)}, key=lambda k: (order.get(k[0], 99), k))
-    return blocks, sorted(cells.eps.unique())
+    combos = cells[block_axes].drop_duplicates().to_dict("records") if block_axes else [{}]
+    combos.sort(key=lambda b: (order.get(b.get(CELL_PREFIX + "dataset"), 99),
+                               *(str(v) if not isinstance(v, (int, float)) else f"{v:020.6f}" for v in b.values())))
+    return combos, column, (sorted(cells[column].unique()) if column else [None])
+
+
+def block_name(block: dict, cells: pd.DataFrame) -> str:
+    """A block's heading: the dataset's name, then the values of the other block axes that vary
+    (or, for the channel, that are not the paper's BSC); the code length is in the row labels."""
+    name = DATASET_NAMES.get(block.get(CELL_PREFIX + "dataset"), block.get(CELL_PREFIX + "dataset", ""))
+    extra = shown(block, cells)
+    return ", ".join([name, *extra]) if name else ", ".join(extra) or "all"
+
+
+def shown(block: dict, cells: pd.DataFrame) -> list[str]:
+    """axis=value for the block axes a reader needs told: those that vary, and a channel that is
+    not the paper's BSC (dataset and code length have their own places)."""
+    return [f"{axis_name(c)}={value_text(v)}" for c, v in block.items()
+            if axis_name(c) not in ("dataset", "bits") and (cells[c].nunique() > 1 or (axis_name(c) == "channel"
+                                                                                      and v != "bsc"))]
+
+
+def column_heading(column: str | None, value, latex: bool) -> str:
+    if column is None:
+        return "test distortion"
+    name = axis_name(column)
+    if name in ("eps", "test_eps"):
+        return f"$\\epsilon={value_text(value)}$" if latex else f"eps {value_text(value)}"
+    return f"{name}={value_text(value)}".replace("_", "\\_" if latex else "_")
 
 
 def arm_label(arm: str) -> str:
@@ -188,27 +283,31 @@ def arms(cells: pd.DataFrame, planned: list[str] | None = None) -> list[str]:
 
 
 def _grid(cells: pd.DataFrame, fmt, planned: list[str] | None = None):
-    """Rows of (label, [entries]) per block; an entry the study planned and did not get is warned
-    about and shown as '--' (planned: the study's arms; see `arms`)."""
-    blocks, eps_cols = _blocks(cells)
-    key = "arm" if "arm" in cells else "method"
-    rows_of = arms(cells, planned) if key == "arm" else list(METHODS)
+    """Rows of (label, [entries]) per block, and the column axis and values; an entry the study
+    planned and did not get is warned about and shown as '--' (planned: the study's arms; see `arms`)."""
+    cells = with_cells(cells)
+    blocks, column, values = _blocks(cells)
+    rows_of = arms(cells, planned)
     out = []
-    for dataset, bits in blocks:
+    for block in blocks:
+        in_block = cells.loc[(cells[list(block)] == pd.Series(block)).all(axis=1)] if block else cells
+        bits = int(in_block.bits.iloc[0]) if len(in_block) else block.get(CELL_PREFIX + "bits", "")
         rows = []
         for arm in rows_of:
             entries = []
-            for eps in eps_cols:
-                hit = cells[(cells.dataset == dataset) & (cells.bits == bits) & (cells[key] == arm) & (cells.eps == eps)]
+            for v in values:
+                hit = in_block[(in_block.arm == arm) & ((in_block[column] == v) if column else True)]
                 if hit.empty:
+                    where = " ".join([str(block.get(CELL_PREFIX + "dataset", "")), f"{bits}-bit", arm,
+                                      *shown(block, cells), *([f"{axis_name(column)} {value_text(v)}"] if column else [])])
                     # one location and message: Python shows it once, however many formats are written
-                    warnings.warn(f"missing cell: {dataset} {bits}-bit {arm} eps {eps:g}")
+                    warnings.warn(f"missing cell: {' '.join(where.split())}")
                     entries.append("--")
                 else:
                     entries.append(fmt(hit.iloc[0]))
             rows.append((f"{bits}-bit {arm_label(arm)}", entries))
-        out.append((DATASET_NAMES.get(dataset, dataset), rows))
-    return out, eps_cols
+        out.append((block_name(block, cells), rows))
+    return out, column, values
 
 
 def _number(row, pm: str) -> str:
@@ -241,12 +340,13 @@ def to_latex(cells: pd.DataFrame, label: str = "tab:table1", confirmed: bool = F
         text = f"\\textbf{{{text}}}" if row.best else text
         return text + ("$^\\dagger$" if row.tied else "")
 
-    grid, eps_cols = _grid(cells, fmt, planned)
-    lines = ["\\begin{table}[t]", "\\centering", "\\begin{tabular}{l" + "c" * len(eps_cols) + "}", "\\toprule"]
+    grid, column, values = _grid(cells, fmt, planned)
+    lines = ["\\begin{table}[t]", "\\centering", "\\begin{tabular}{l" + "c" * len(values) + "}", "\\toprule"]
     for i, (name, rows) in enumerate(grid):
         if i:
             lines.append("\\midrule")
-        lines.append(" & ".join([name, *(f"$\\epsilon={e:g}$" for e in eps_cols)]) + " \\\\")
+        lines.append(" & ".join([name.replace("_", "\\_"), *(column_heading(column, v, True) for v in values)])
+                     + " \\\\")
         lines.append("\\midrule")
         lines += [" & ".join([label_, *entries]) + " \\\\" for label_, entries in rows]
     lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption(cells, confirmed)}}}", f"\\label{{{label}}}",
@@ -259,11 +359,11 @@ def to_markdown(cells: pd.DataFrame, confirmed: bool = False, planned: list[str]
         text = _number(row, " ± ")
         return (f"**{text}**" if row.best else text) + (" †" if row.tied else "")
 
-    grid, eps_cols = _grid(cells, fmt, planned)
+    grid, column, values = _grid(cells, fmt, planned)
     out = []
     for name, rows in grid:
-        out += [f"| {name} | " + " | ".join(f"eps {e:g}" for e in eps_cols) + " |",
-                "|---|" + "---|" * len(eps_cols)]
+        out += [f"| {name} | " + " | ".join(column_heading(column, v, False) for v in values) + " |",
+                "|---|" + "---|" * len(values)]
         out += [f"| {label_} | " + " | ".join(entries) + " |" for label_, entries in rows]
         out.append("")
     return "\n".join(out) + "\n" + caption(cells, confirmed).replace("$\\pm$", "±").replace("$^\\dagger$", "†").replace(
@@ -271,8 +371,12 @@ def to_markdown(cells: pd.DataFrame, confirmed: bool = False, planned: list[str]
 
 
 def to_csv(cells: pd.DataFrame) -> str:
-    cols = [*ENTRY, "config", "lam", "K", "n", "val", "test", "std", "best", "tied", "p_value", "run_ids"]
-    out = cells[cols].copy()
+    """One row per entry: a column per cell axis (its name), then the entry's numbers."""
+    cells = with_cells(cells)
+    axes = cell_columns(cells)
+    cols = [*axes, *(c for c in ("dataset", "bits", "method", "eps", "arm", "config", "lam", "K", "n", "val", "test",
+                                 "std", "best", "tied", "p_value", "run_ids") if CELL_PREFIX + c not in axes)]
+    out = cells[cols].rename(columns={c: axis_name(c) for c in axes})
     out["run_ids"] = out["run_ids"].map(" ".join)
     return out.to_csv(index=False)
 
@@ -307,12 +411,36 @@ def version(arm: str, method: str) -> str:
     return "paper" if arm == method else arm.removeprefix(method).strip() or arm
 
 
+def paper_setting(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The entries in the paper's setting (BSC, the paper's code length, test eps = eps, K = 5, the
+    adversary's budget = eps), and per reason how many entries were left out (an entry can have
+    several reasons; a parameter a frame does not carry counts as its default)."""
+    def value(c: str, default):
+        col = f"param.{c}"
+        return cells[col] if col in cells else pd.Series(default, index=cells.index)
+
+    eps = value("eps", float("nan")).where(value("eps", float("nan")).notna(), cells.eps)
+    why = {"not the BSC": value("channel", "bsc") != "bsc",
+           "not the paper's code length": value("n_bits", 0) != 0,
+           "test eps differs from the training eps": ~value("test_eps", -1.0).isin([-1.0]) &
+           (value("test_eps", -1.0) != eps),
+           "K is not 5": value("K", 5) != 5,
+           "the adversary's budget is not eps": ~value("flip_budget", -1.0).isin([-1.0]) &
+           (value("flip_budget", -1.0) != eps)}
+    out = pd.Series(False, index=cells.index)
+    for mask in why.values():
+        out |= mask
+    return cells[~out], {reason: int(mask.sum()) for reason, mask in why.items() if mask.any()}
+
+
 def reproduction(cells: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """Ours beside the paper per entry (each arm of a method against the paper's number for that
-    method): absolute and relative difference (ours - paper), and `closest`: per paper number, the
-    arm nearest to it."""
+    """Ours beside the paper per entry in the paper's setting (paper_setting; each arm of a method
+    against the paper's number for that method): absolute and relative difference (ours - paper),
+    and `closest`: per paper number, the arm nearest to it. `attrs["left_out"]`: the entries not in
+    the paper's setting, per reason."""
     cells = cells if "arm" in cells else cells.assign(arm=cells.method)
-    ours = cells[[*ENTRY, "test", "std", "n"]].rename(columns={"test": "ours"})
+    cells, left_out = paper_setting(cells)
+    ours = cells[[*CELL, "arm", "test", "std", "n"]].rename(columns={"test": "ours"})
     df = ours.merge(paper.rename(columns={"test": "paper"}), on=CELL, how="outer")
     df["arm"] = df.arm.fillna(df.method)
     df["n"] = df["n"].astype("Int64")
@@ -320,7 +448,9 @@ def reproduction(cells: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     df["rel_diff"] = df.abs_diff / df.paper
     gap = df.abs_diff.abs().fillna(math.inf)
     df["closest"] = gap.eq(gap.groupby([df[c] for c in CELL]).transform("min")) & df.ours.notna() & df.paper.notna()
-    return df.sort_values([*CELL, "arm"]).reset_index(drop=True)
+    df = df.sort_values([*CELL, "arm"]).reset_index(drop=True)
+    df.attrs["left_out"] = left_out
+    return df
 
 
 def ordering(table: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -341,8 +471,13 @@ def ordering(table: pd.DataFrame, value: str) -> pd.DataFrame:
 
 def reproduction_markdown(rep: pd.DataFrame) -> str:
     ours_cells = rep[rep.ours.notna()]
+    left_out = rep.attrs.get("left_out", {})
+    note = ("Entries not in the paper's setting (BSC, the paper's code length, test eps = eps, K = 5, the "
+            "adversary's budget = eps) are left out: " + "; ".join(f"{n} {why}" for why, n in left_out.items()) +
+            " (an entry may have several reasons).") if left_out else ""
     if ours_cells.empty:
-        return "# Reproduction of Table 1\n\nNo cell of this study is in the paper's Table 1.\n"
+        return "# Reproduction of Table 1\n\nNo cell of this study is in the paper's Table 1." + \
+            (f" {note}" if note else "") + "\n"
     paper_order = ordering(ours_cells.assign(arm=ours_cells.method), "paper").drop(columns="version")
     order = ordering(ours_cells, "ours").merge(paper_order, on=["dataset", "bits", "eps"], how="left")
     several = ours_cells.groupby(CELL).size().max() > 1
@@ -350,7 +485,7 @@ def reproduction_markdown(rep: pd.DataFrame) -> str:
              "Test distortion, ours (best configuration by validation) beside the paper's. "
              "diff = ours - paper; rel = diff / paper." +
              (" Where a method has several arms (versions), `closest` marks the one nearest the paper's number."
-              if several else ""), "",
+              if several else "") + (f" {note}" if note else ""), "",
              "| dataset | bits | method | arm | eps | ours | n | paper | diff | rel | closest |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ours_cells.itertuples():

@@ -1,10 +1,8 @@
-"""Metric names and the paper's distortion measure.
+"""Metric and tag names (the paper's distortion measure itself is iabf.losses.distortion).
 
-The analysis and the studies select and plot by these names: never rename one casually.
+The analysis and the studies select and plot by these names: never rename one casually. No torch
+here: analysis/ reads these names and must load without it.
 """
-import torch
-
-from .losses import log_likelihood, table1_scale
 
 EPOCH = "epoch"
 TRAIN_LOSS = "train/loss"            # the minimised objective, per image (eq. 29 with sign flipped)
@@ -33,15 +31,10 @@ GPU_PEAK_MB = "sys/gpu_peak_mb"           # peak GPU memory allocated by the tri
 # `analysis.best` points at, so it is named here, where analysis can read it without Ray
 STATE = "checkpoint.pt"
 
-
-def distortion(logits: torch.Tensor, x: torch.Tensor, binary: bool) -> torch.Tensor:
-    """Per-image distortion on the paper's Table 1 scale (see the reference spec, "Evaluation").
-
-    binary data: binary cross-entropy averaged over pixels (why BinaryMNIST reads ~0.11-0.25);
-    otherwise:   squared error of the sigmoid mean in [0,1], summed over pixels (MNIST ~13-48).
-    logits: (..., B, *image), x: (B, *image) -> (..., B)
-    """
-    return table1_scale(-log_likelihood(logits, x, binary), x, binary)
+# The tags a study puts on every trial's run (studies/plan.py says what they mean): the analysis
+# keys its tables on them
+PHASE, CELL, ARM, UID, CONFIRMS = "phase", "cell", "arm", "uid", "confirms"
+LABELS = (PHASE, CELL, ARM, UID, CONFIRMS)
 
 
 def seed_key(seed: int, key: str) -> str:

@@ -27,7 +27,7 @@ from . import stacked
 from .channels import bernoulli, transmit
 from .config import Config, ConfigError, config_from_args, config_parser, seed_configs
 from .data import IMAGE_SHAPE, DataError, Splits, load, to_float
-from .losses import binary_entropy, discriminator_loss, objective, tc_input
+from .losses import binary_entropy, discriminator_loss, distortion, objective, tc_input
 from .models import build
 from .stacked import NAMES, seed_metrics
 
@@ -81,7 +81,7 @@ def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: in
         x = to_float(images[i:i + cfg.eval_batch_size])
         p = torch.sigmoid(forward(enc, x))                          # (B, M)
         sent, received = transmit(p, cfg.eval_eps, cfg.channel, gen)
-        dist = dist + M.distortion(forward(dec, received), x, binary).sum()
+        dist = dist + distortion(forward(dec, received), x, binary).sum()
         errors = errors + (received != sent).sum()
         h_cond = h_cond + binary_entropy(p).sum()
         p_sum = p_sum + p.sum(0)

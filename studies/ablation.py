@@ -20,11 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from iabf.config import INT_MAX, ConfigError, Parser, short  # noqa: E402
-from iabf.data import DataError, check_available  # noqa: E402
-from studies import cluster, tracking  # noqa: E402
-from studies.protocol import groups, plan  # noqa: E402
-from studies.space import (SpaceError, check_gpu, check_stack, load_study, scheduler, searcher,  # noqa: E402
-                           smoke, table_columns)
+from studies.plan import DEFAULT_CELL, groups, plan  # noqa: E402
+from studies.space import SpaceError, check_gpu, check_stack, load_study, smoke, table_columns  # noqa: E402
 
 DEFAULT_SPACE = ROOT / "search_spaces" / "quick.yaml"
 
@@ -68,6 +65,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds to wait at the end for an unreachable tracking server to return (default: %(default)s)")
     p.add_argument("--verbose", action="store_true",
                    help="Ray's full output on the console (default: a status table; the rest in the study's log file)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the study's cells, groups, trials per phase, trial-epochs against the full grid and "
+                        "resources, then exit: no Ray, nothing written")
+    p.add_argument("--estimate", action="store_true",
+                   help="with --plan: also time each model the study trains on this machine (a few steps on the "
+                        "data in --data-dir) and print the expected trial-hours and wall time")
     p.add_argument("--chain-steps", type=bounded(int, 0, 10**7), default=None,
                    help="Markov-chain steps for each finished trial's samples (default: the space's chain_steps, "
                         "9000, the paper's, unless it says otherwise; 90 with --smoke)")
@@ -82,6 +85,14 @@ def main(argv=None) -> int:
                        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
         os.environ.setdefault(key, value)
 
+    if args.estimate and not args.plan:
+        print("error: --estimate goes with --plan (see --help)", file=sys.stderr)
+        return 2
+    if args.plan:   # before torch, Ray and MLflow are imported: a plan takes a second
+        return show_plan(args)
+    from iabf.data import DataError
+    from studies import cluster, tracking
+
     # --- validate everything before anything starts ---
     try:
         study, uri, experiment_dir = prepare(args)
@@ -93,6 +104,7 @@ def main(argv=None) -> int:
 
     from iabf.tune import trainable
     from studies import console
+    from studies.protocol import scheduler, searcher
 
     held = None if args.verbose else console.capture_logs()   # Ray's and MLflow's messages: the log file
     try:
@@ -162,10 +174,36 @@ def main(argv=None) -> int:
     return 0
 
 
-def prepare(args: argparse.Namespace):
-    """Everything checked before anything starts or is written: the space with the command line's
-    overrides, the datasets, the tracking URI, the cluster address. Returns (study, tracking URI,
-    experiment folder); raises one of the errors `main` turns into one line and exit code 2."""
+def show_plan(args: argparse.Namespace) -> int:
+    """--plan (and --estimate): what the study will run, and on this machine what it will cost."""
+    from studies import estimate
+
+    try:
+        study = with_overrides(args)
+    except (SpaceError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.estimate:   # the data it will time
+        from iabf.data import DataError
+        try:
+            check_data(study, args.data_dir)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    t = time.perf_counter()
+    print("\n".join(estimate.describe(study)), flush=True)
+    if args.estimate:
+        print(f"timing each model on this machine ({os.cpu_count()} CPUs, {study.resources['cpu']:g} per trial):",
+              flush=True)
+        est = estimate.estimate(study, args.chain_steps or study.chain_steps, args.max_concurrent)
+        print(f"expected: {est['trial_hours']:.2f} trial-hours for {est['trials']} trials at their full budget (ASHA's "
+              f"stops not counted); about {est['wall_hours'] * 60:.0f} min wall with {est['slots']} at once "
+              f"(took {time.perf_counter() - t:.0f} s to estimate)")
+    return 0
+
+
+def with_overrides(args: argparse.Namespace):
+    """The space with the command line's overrides, validated."""
     study = load_study(args.space)
     if args.stack is not None:
         study = check_stack(replace(study, stack=args.stack))
@@ -175,10 +213,25 @@ def prepare(args: argparse.Namespace):
         study.resources["gpu"] = check_gpu(args.gpus_per_trial, "--gpus-per-trial")
     if args.max_concurrent is not None:
         study.max_concurrent = args.max_concurrent
-    data_dir = str(Path(args.data_dir).expanduser().resolve())
-    study.fixed["data_dir"] = data_dir
+    return study
+
+
+def check_data(study, data_dir: str) -> None:
+    from iabf.data import check_available
+
+    study.fixed["data_dir"] = str(Path(data_dir).expanduser().resolve())
     for name in study.datasets():
-        check_available(name, data_dir)
+        check_available(name, study.fixed["data_dir"])
+
+
+def prepare(args: argparse.Namespace):
+    """Everything checked before anything starts or is written: the space with the command line's
+    overrides, the datasets, the tracking URI, the cluster address. Returns (study, tracking URI,
+    experiment folder); raises one of the errors `main` turns into one line and exit code 2."""
+    from studies import cluster, tracking
+
+    study = with_overrides(args)
+    check_data(study, args.data_dir)
     uri = tracking.check_uri(args.tracking_uri or tracking.default_tracking_uri())
     cluster.check_address(args.address)
     return study, uri, resolve_experiment(args, study)
@@ -227,6 +280,8 @@ def resolve_experiment(args, study) -> str:
 
 def summarize(study, uri, exp_id, parent, experiment_dir, counts, local: Path) -> None:
     """How the trials ended, the configuration chosen per cell (from the report), where things are."""
+    from studies import tracking
+
     print(f"\nruns (one per trial and seed): "
           f"{', '.join(f'{counts[k]} {k}' for k in ('completed', 'early_stopped', 'failed', 'interrupted'))}"
           f"; {counts['trial_hours']:.3f} trial-hours, {counts['gpu_hours']:.3f} GPU-hours")
@@ -242,7 +297,8 @@ def summarize(study, uri, exp_id, parent, experiment_dir, counts, local: Path) -
             entries = pd.read_csv(written["table1.csv"])
             what = "confirmed on every seed" if study.confirm else "search results, no confirmation phase"
             print(f"\nthe configuration chosen per cell and arm by validation ({what}); test distortion:")
-            print(entries[["dataset", "bits", "eps", "arm", "config", "n", "val", "test", "std"]].to_string(index=False))
+            axes = [a for a in (study.cells or DEFAULT_CELL) if a in entries]
+            print(entries[[*axes, "arm", "config", "n", "val", "test", "std"]].to_string(index=False))
             cost = pd.read_csv(written["cost.csv"])
             print("\ntrial-epochs per cell: " + "; ".join(
                 f"{c.cell}: {c.search_epochs:.0f} search + {c.confirm_epochs:.0f} confirmation "

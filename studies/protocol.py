@@ -1,144 +1,41 @@
-"""The study protocol: search inside each table cell, then confirm the choice on every seed.
+"""The study protocol's Ray hooks: the searcher and the scheduler that run studies/plan.py's plan.
 
-A *cell* is one entry of the paper's table: dataset, channel, code length and test eps (a space's
-`cells:` names other parameters). A *group* is one arm in one cell: the alternatives for one table
-entry. A study runs in two phases, in one Tuner, one MLflow parent run and one `--resume`:
-
-1. search: each group's configurations (its grid, or `num_samples` draws of its own seeded Optuna
-   sampler) train on the search seed (or the mean of a stack of search seeds), and Ray's ASHA,
-   one instance per group, stops the weak ones. A trial is only compared with the alternatives
-   for its own table entry: never across eps values, datasets or methods, and a group with one
-   configuration has nothing to search;
-2. confirm: once a group's search has ended, its best configuration by validation trains on every
-   seed in `seeds`, to the full budget, without early stopping (stacked where the dataset allows).
-   Tables use these runs only, so every entry has n = len(seeds).
-
-Seeds are repeats, never contestants: the search judges a configuration on its search seed(s);
-the confirmation reports it on all of `seeds`, which the search never saw (no winner's curse).
-`confirm: false` instead runs every configuration on every seed and tabulates those runs.
+What a study is (cells, groups, the two phases, counting and choosing) is studies/plan.py, which
+imports no Ray; here are only the two objects Ray Tune calls.
 
 `StudySearcher` and `GroupASHA` are thin routers in front of Ray's own OptunaSearch and
 ASHAScheduler, one instance per group; neither TPE nor ASHA is written again here.
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
 import math
 import pickle
 from collections import deque
-from dataclasses import dataclass
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from iabf import metrics as M
-from iabf.config import Config
 from iabf.tune import REPLAYED
-from iabf.tune import STUDY_KEYS as META   # trial parameters that are labels, not Config fields
-from studies.space import cell_axes, is_cell_key  # noqa: F401  (the protocol's cells)
+from studies.plan import Group  # noqa: F401  (a searcher pickled before plan.py existed names it here)
+from studies.plan import (CONFIRM, SEARCH, cell_label, choose, grid_points, groups, n_configs, score,
+                          seed_groups)
 
-SEARCH, CONFIRM = "search", "confirm"
-
-
-# --- cells and groups -----------------------------------------------------------------------------
-
-def cell_of(cfg: Config, keys: list[str] | None = None) -> dict:
-    """The table entry a configuration belongs to: by default (dataset, channel, bits, test eps)."""
-    if keys is None:
-        return {"dataset": cfg.dataset, "channel": cfg.channel, "bits": cfg.bits, "eps": cfg.eval_eps}
-    return {k: getattr(cfg, k) for k in keys}
+META = M.LABELS   # trial parameters that are labels, not Config fields
 
 
-def cell_label(cell: dict) -> str:
-    """digits/bsc/16b/eps0.1 for the default cell; key=value pairs otherwise."""
-    if list(cell) == ["dataset", "channel", "bits", "eps"]:
-        return f"{cell['dataset']}/{cell['channel']}/{cell['bits']}b/eps{cell['eps']:g}"
-    return "/".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cell.items())
+def searcher(study) -> "StudySearcher":
+    """The study's trials, both phases."""
+    return StudySearcher(study)
 
 
-@dataclass
-class Group:
-    """One arm in one cell: what the search chooses between, and what the confirmation reports."""
-    cell: dict          # cell_of() of its configurations
-    arm: str            # the arm's name
-    base: dict          # the Config values every configuration of the group shares
-    space: dict         # what it searches: {parameter: {distribution: args}}
-    dataset: str
-
-    @property
-    def key(self) -> str:
-        return f"{cell_label(self.cell)} | {self.arm}"
-
-    @property
-    def seed(self) -> int:
-        """Its samplers' seed: fixed by what the group is, so a study repeats its suggestions."""
-        return int(hashlib.sha1(self.key.encode()).hexdigest()[:8], 16)
-
-
-def groups(study) -> list[Group]:
-    axes = cell_axes(study)
-    out = []
-    for values in itertools.product(*axes.values()):
-        for arm in study.arms:
-            cell = dict(zip(axes, values))
-            base = {**study.fixed_for(cell.get("dataset", study.fixed.get("dataset", Config.dataset))), **cell,
-                    **arm.fixed}
-            space = {**{k: v for k, v in study.search.items() if k not in axes}, **arm.search}
-            cfg = Config.from_dict(base)
-            out.append(Group(cell=cell_of(cfg, study.cells), arm=arm.name, base=base, space=space, dataset=cfg.dataset))
-    return out
-
-
-def grid_points(space: dict) -> list[dict] | None:
-    """Every configuration of a grid space; None where a distribution is sampled."""
-    if any(next(iter(spec)) != "grid" for spec in space.values()):
+def scheduler(study, state_root: str | None = None) -> "GroupASHA | None":
+    """Ray's ASHA, one per group; none without early stopping. state_root: where the trials keep
+    their state, from which a resumed study rebuilds ASHA's records."""
+    if study.scheduler is None:
         return None
-    names = list(space)
-    return [dict(zip(names, combo)) for combo in itertools.product(*(space[k]["grid"] for k in names))]
-
-
-def n_configs(group: Group, study) -> int:
-    """How many configurations a group searches, counted, not built."""
-    if any(next(iter(spec)) != "grid" for spec in group.space.values()):
-        return study.num_samples
-    return math.prod(len(spec["grid"]) for spec in group.space.values())
-
-
-def seed_groups(seeds: list[int], stack: int) -> list[list[int]]:
-    return [seeds[i:i + stack] for i in range(0, len(seeds), stack)]
-
-
-def cell_plan(study) -> list[dict]:
-    """Per cell: the trials and trial-epochs the study plans, per phase, and what the full grid
-    without early stopping (every configuration on every seed to the end) would cost. Search
-    epochs are an upper bound (ASHA stops some trials early); epochs count per seed."""
-    cells: dict[str, dict] = {}
-    for g in groups(study):
-        epochs = g.base.get("epochs", Config().epochs)
-        max_t = min(epochs, study.scheduler["max_t"]) if study.scheduler else epochs
-        c = cells.setdefault(cell_label(g.cell), {"cell": cell_label(g.cell), "search_trials": 0, "search_epochs": 0,
-                                                  "confirm_trials": 0, "confirm_epochs": 0, "full_grid_epochs": 0})
-        n, per_seed_group = n_configs(g, study), len(seed_groups(study.seeds, study.stack_for(g.dataset)))
-        c["full_grid_epochs"] += n * len(study.seeds) * epochs
-        if not study.confirm:
-            c["search_trials"] += n * per_seed_group
-            c["search_epochs"] += n * len(study.seeds) * max_t
-        else:
-            if n > 1:
-                c["search_trials"] += n
-                c["search_epochs"] += n * len(study.search_seeds) * max_t
-            c["confirm_trials"] += per_seed_group
-            c["confirm_epochs"] += len(study.seeds) * epochs
-    return list(cells.values())
-
-
-def plan(study) -> dict:
-    """The whole study's cell_plan, summed; `trials` is every trial of both phases."""
-    keys = ("search_trials", "search_epochs", "confirm_trials", "confirm_epochs", "full_grid_epochs")
-    out = {k: sum(c[k] for c in cell_plan(study)) for k in keys}
-    return {**out, "trials": out["search_trials"] + out["confirm_trials"]}
+    return GroupASHA(study.metric, study.mode, state_root, **study.scheduler)
 
 
 def tune_space(space: dict) -> dict:
@@ -160,24 +57,6 @@ def optuna_searcher(group: Group, study):
         if study.searcher == "optuna" else optuna.samplers.RandomSampler(seed=group.seed)
     return OptunaSearch(space=OptunaSearch.convert_search_space(tune_space(group.space)), metric=study.metric,
                         mode=study.mode, sampler=sampler)
-
-
-def score(result: dict, metric: str) -> float:
-    """What chooses a group's configuration: the best validation distortion so far (the model a
-    trial keeps), or the last value of another metric."""
-    value = result.get(M.BEST_VAL_DISTORTION if metric == M.VAL_DISTORTION else metric)
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
-
-
-def choose(results: list[dict], mode: str) -> dict | None:
-    """The best of a group's search trials: among those that trained longest (ASHA's survivors),
-    the best score. results: {"uid", "params", "epoch", "score"}; failed trials have no score."""
-    ok = [r for r in results if math.isfinite(r["score"])]
-    if not ok:
-        return None
-    furthest = max(r["epoch"] for r in ok)
-    sign = 1 if mode == "min" else -1
-    return min((r for r in ok if r["epoch"] == furthest), key=lambda r: sign * r["score"])
 
 
 # --- the searcher: both phases, every group --------------------------------------------------------

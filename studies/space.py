@@ -1,5 +1,5 @@
 """Search spaces: a YAML file per study (schema in search_spaces/README.md), validated in full
-before anything starts. `studies/protocol.py` turns a Study into trials (cells, search, confirmation).
+before anything starts. `studies/plan.py` says what a Study's trials are (cells, search, confirmation).
 
 Every error names the file, the key and what is allowed, as one line (`SpaceError`).
 """
@@ -18,6 +18,7 @@ import yaml
 
 from iabf import metrics as M
 from iabf.config import ARCH_KIND, FIELD_TYPES, INT_MAX, Config, ConfigError, one_line, short, with_preset
+from studies.plan import cell_axes, plan
 
 SEARCHERS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -82,8 +83,6 @@ class Study:
         return sorted(found)
 
     def n_trials(self) -> int:
-        from studies.protocol import plan
-
         return plan(self)["trials"]
 
     def fixed_for(self, dataset: str) -> dict:
@@ -406,20 +405,6 @@ def check_size(study: Study) -> Study:
     return check_stack(study)
 
 
-def cell_axes(study) -> dict[str, list]:
-    """The searched parameters that make cells: each value is a cell of its own."""
-    return {k: next(iter(spec.values())) for k, spec in study.search.items() if is_cell_key(k, study)}
-
-
-def is_cell_key(key: str, study: Study) -> bool:
-    """Does this parameter decide which cell a trial is in? (A test eps of -1 means the training eps.)"""
-    if study.cells is not None:
-        return key in study.cells
-    return key in ("dataset", "channel", "n_bits", "test_eps") or \
-        (key == "eps" and study.fixed.get("test_eps", -1.0) < 0)
-
-
-
 def name_arms(arms: list[Arm]) -> list[Arm]:
     """An unnamed arm is named by its method, and by the values that tell it from the other arms of
     that method when there are several (`iabf flip=topk`)."""
@@ -518,20 +503,3 @@ def table_columns(study: Study) -> dict[str, str]:
     if len(study.seeds) > 1:
         columns["seed"] = "seed"
     return columns
-
-
-def searcher(study: Study):
-    """The study's trials, both phases (studies/protocol.py)."""
-    from studies.protocol import StudySearcher
-
-    return StudySearcher(study)
-
-
-def scheduler(study: Study, state_root: str | None = None):
-    """Ray's ASHA, one per group (studies/protocol.py); none without early stopping. state_root:
-    where the trials keep their state, from which a resumed study rebuilds ASHA's records."""
-    if study.scheduler is None:
-        return None
-    from studies.protocol import GroupASHA
-
-    return GroupASHA(study.metric, study.mode, state_root, **study.scheduler)

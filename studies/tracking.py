@@ -36,7 +36,8 @@ from ray import tune
 
 from iabf import metrics as M
 from iabf.train import run_name
-from iabf.tune import ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STUDY_KEYS, config_from_params, parts
+from iabf.tune import ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, config_from_params, parts
+from studies.plan import PLAN_ARTIFACT, SEARCH, record
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
 STOP_REASONS = ("completed", "early_stopped", "failed")
@@ -99,9 +100,7 @@ def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     if study.path and Path(study.path).is_file():
         client.log_text(run_id, Path(study.path).read_text(errors="replace"), "space.yaml")
-    from studies.protocol import cell_plan
-
-    client.log_dict(run_id, {"confirm": study.confirm, "cells": cell_plan(study)}, "plan.json")
+    client.log_dict(run_id, record(study), PLAN_ARTIFACT)
     return exp_id, run_id
 
 
@@ -210,16 +209,16 @@ class MLflowTracking(tune.Callback):
 
     def _log(self, trial) -> list[_TrialLog]:
         if trial.trial_id not in self._logs:
-            labels = {k: str(trial.config[k]) for k in STUDY_KEYS if k in trial.config}
+            labels = {k: str(trial.config[k]) for k in M.LABELS if k in trial.config}
             self._logs[trial.trial_id] = [
-                _TrialLog(trial.trial_id, run_name(p.cfg) + ("-search" if labels.get("phase") == "search" else ""),
+                _TrialLog(trial.trial_id, run_name(p.cfg) + ("-search" if labels.get(M.PHASE) == SEARCH else ""),
                           p.cfg.to_dict(), labels, p.prefix, p.folder) for p in parts(config_from_params(trial.config))]
         return self._logs[trial.trial_id]
 
     def _open(self, log: _TrialLog) -> None:
         """Find the trial's run (a resumed trial keeps its run, found by what it is: its uid; by its
         trial id before uids) or create it."""
-        who = f"tags.uid = '{log.labels['uid']}'" if "uid" in log.labels else f"tags.trial_id = '{log.trial_id}'"
+        who = f"tags.{M.UID} = '{log.labels[M.UID]}'" if M.UID in log.labels else f"tags.trial_id = '{log.trial_id}'"
         found = self.client.search_runs(
             [self.experiment_id], max_results=1,
             filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and {who} "

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from iabf.config import FIELD_TYPES, INT_MAX, Config, ConfigError, one_line
 from iabf import train
 from studies import ablation
-from studies.protocol import grid_points, groups, plan
+from studies.plan import grid_points, groups, plan
 from studies.space import SpaceError, Study, load_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,8 @@ import torch
 
 from iabf.config import Config
 from iabf.data import load, to_float
-from iabf.losses import (adversary, binary_entropy, discriminator_loss, infomax, log_likelihood, objective,
+from iabf.losses import (adversary, binary_entropy, discriminator_loss, distortion, infomax, log_likelihood, objective,
                          permute_dims, tc_estimate, vimco)
-from iabf.metrics import distortion
 from iabf.models import build, discriminator
 
 

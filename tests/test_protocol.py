@@ -18,7 +18,8 @@ from ray.tune.search import Searcher
 
 from iabf import metrics as M
 from iabf.train import load_models
-from studies.protocol import GroupASHA, StudySearcher, choose, groups, plan
+from studies.plan import choose, groups, plan
+from studies.protocol import GroupASHA, StudySearcher
 from studies.space import validate
 
 ROOT = Path(__file__).resolve().parents[1]

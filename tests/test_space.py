@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studies.protocol import groups, plan
+from studies.plan import groups, plan
 from studies.space import SpaceError, load_study, smoke, table_columns, validate
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))

@@ -1,0 +1,59 @@
+"""`studies/ablation.py --plan` on every shipped study: what it will run, counted, in a fraction of a
+second, without Ray, torch or MLflow, and nothing written; `--estimate` times the models on real data."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from studies.plan import plan
+from studies.space import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+PROBE = ("import runpy, sys\n"
+         "sys.argv = ['ablation.py', *sys.argv[1:]]\n"
+         "try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+         "except SystemExit as e:\n    code = e.code\n"
+         "print('EXIT', code, 'LOADED', sorted(m for m in ('ray', 'torch', 'mlflow') if m in sys.modules))\n")
+
+
+def probe(tmp_path, *args):
+    code = PROBE.format(script=str(ROOT / "studies" / "ablation.py"))
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("space", SPACES, ids=[p.stem for p in SPACES])
+def test_plan_counts_every_shipped_study_without_starting_anything(tmp_path, space):
+    out = probe(tmp_path, "--space", str(space), "--plan")
+    assert out.stdout.strip().splitlines()[-1] == "EXIT 0 LOADED []", out.stdout[-2000:] + out.stderr[-2000:]
+    counts = plan(load_study(space))
+    line = next(line for line in out.stdout.splitlines() if line.startswith("trials:"))
+    assert re.match(rf"trials: {counts['search_trials']} search .* \+ {counts['confirm_trials']} confirmation .* = "
+                    rf"{counts['trials']}\b", line), line
+    assert f"{counts['full_grid_epochs']:,}" in out.stdout and "resources:" in out.stdout
+    assert list(tmp_path.iterdir()) == [] and not out.stderr   # no store, no results folder, no Ray session
+
+
+def test_a_bad_space_is_refused_by_plan_as_by_a_run(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: s\nsearch: {K: {grid: []}}\n")
+    out = probe(tmp_path, "--space", str(bad), "--plan")
+    assert "EXIT 2" in out.stdout and out.stderr.strip().count("\n") == 0 and "non-empty list" in out.stderr
+
+
+@pytest.mark.slow
+def test_estimate_times_each_model_on_real_data_and_prices_the_plan(tmp_path):
+    out = probe(tmp_path, "--space", str(ROOT / "search_spaces" / "quick.yaml"), "--plan", "--estimate",
+                "--data-dir", str(tmp_path / "data"))
+    assert "EXIT 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    timed = [line for line in out.stdout.splitlines() if line.strip().startswith("timed digits")]
+    # quick.yaml trains NECST and ABF stacked 3 seeds, IABF on one search seed and on a stack of 3
+    assert len(timed) == 4 and all(float(re.search(r"([\d,]+) training images/s", t).group(1).replace(",", "")) > 0
+                                   for t in timed)
+    hours, minutes, slots = re.search(r"expected: ([\d.]+) trial-hours for 12 trials .* about (\d+) min wall with (\d+) "
+                                      r"at once", out.stdout).groups()
+    assert float(hours) > 0 and int(slots) >= 1
+    assert not any(p.name in ("mlflow.db", "results", "mlruns") for p in tmp_path.iterdir())
