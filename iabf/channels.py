@@ -3,8 +3,15 @@
 Shapes: p, y: (B, M) per image and bit; codes drawn for VIMCO: (K, B, M). `eps` may be a float
 or a per-bit tensor broadcastable to (B, M), which is how the adversary (eq. 30) reuses them.
 Every random draw takes an explicit torch.Generator, so a run is reproducible from its seed.
+
+A channel is one row of CHANNELS (at the end): how it composes with the encoder's probabilities,
+how it corrupts a code, and which flips the adversary may make on it. Adding one is adding a row
+(and its name to iabf.config.CHANNELS, which validates names without importing torch).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -16,6 +23,11 @@ def compose(p: torch.Tensor, eps) -> torch.Tensor:
     """Eq. 18 (and eq. 30 with per-bit eps*): P(received bit = 1) when a Bernoulli(p) bit
     crosses a BSC that flips it with probability eps: p - 2 p eps + eps."""
     return (p - 2 * p * eps + eps).clamp(CLIP, 1 - CLIP)
+
+
+def compose_z(p: torch.Tensor, eps) -> torch.Tensor:
+    """The Z-channel's eq. 18: a 1 survives with probability 1 - eps, a 0 always: p (1 - eps)."""
+    return (p * (1 - eps)).clamp(CLIP, 1 - CLIP)
 
 
 def bernoulli_log_prob(y: torch.Tensor, p: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -46,27 +58,34 @@ def bec(y: torch.Tensor, eps, gen: torch.Generator | None = None) -> torch.Tenso
     return torch.where(erased, torch.full_like(y, ERASED), y)
 
 
+def z(y: torch.Tensor, eps, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Z-channel: each 1 becomes 0 with probability eps; a 0 always arrives as 0."""
+    drops = torch.rand(y.shape, generator=gen, device=y.device) < eps
+    return torch.where(drops, torch.zeros_like(y), y)
+
+
 def transmit(p: torch.Tensor, eps, channel: str, gen: torch.Generator | None = None):
     """One code per image through the channel, as at test time (the reference's one sample at the
     test noise). Returns (sent bits, received symbols), both (B, M)."""
     y = bernoulli(p, gen)
-    return y, (bsc if channel == "bsc" else bec)(y, eps, gen)
+    return y, CHANNELS[channel].corrupt(y, eps, gen)
 
 
 def sample_noisy(p: torch.Tensor, eps, channel: str, K: int, gen: torch.Generator | None = None):
     """K received codes per image from p_noisy(y|x) (eq. 17-18), with log p_noisy for the score
     function of VIMCO. p: (B, M) -> received (K, B, M) (no gradient), log_prob (K, B) (gradient to p).
 
-    BSC: the received bit is Bernoulli(compose(p, eps)), so sample that directly (eq. 18).
-    BEC: an erasure does not depend on the encoder, so only unerased bits carry log-probability.
+    A channel whose output is a bit (BSC, Z): the received bit is Bernoulli(compose(p, eps)), so
+    sample that directly (eq. 18). BEC: an erasure does not depend on the encoder, so only
+    unerased bits carry log-probability.
     """
     pk = p.detach().expand(K, *p.shape)
-    if channel == "bsc":
-        q = compose(p, eps)
-        y = bernoulli(compose(pk, eps), gen)
-        return y, bernoulli_log_prob(y, q)
+    ch = CHANNELS[channel]
+    if ch.compose is not None:
+        y = bernoulli(ch.compose(pk, eps), gen)
+        return y, bernoulli_log_prob(y, ch.compose(p, eps))
     y = bernoulli(pk, gen)
-    received = bec(y, eps, gen)
+    received = ch.corrupt(y, eps, gen)
     return received, bernoulli_log_prob(y, p, mask=(received != ERASED).to(p.dtype))
 
 
@@ -103,9 +122,40 @@ def topk_eps(grad: torch.Tensor, k: int, gen: torch.Generator | None = None) -> 
     return torch.zeros_like(grad).scatter_(-1, idx, 1.0)
 
 
+def ones_mask(y: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The Z-channel's eq. 25: only a 1 can be flipped (to 0), and only where that raises the loss."""
+    return flip_mask(y, grad) * y
+
+
 def adversarial_eps(y: torch.Tensor, grad: torch.Tensor, flip: str, budget: float, k: int,
-                    gen: torch.Generator | None = None) -> torch.Tensor:
+                    gen: torch.Generator | None = None, channel: str = "bsc") -> torch.Tensor:
     """eps* = eps_i * m_i (eq. 25, 30): the adversary's per-bit noise for codes y (B, M), given the
-    gradient of the reconstruction loss with respect to y."""
+    gradient of the reconstruction loss with respect to y; m_i: the flips `channel` can make."""
     eps = budget_eps(grad, budget) if flip == "budget" else topk_eps(grad, k, gen)
-    return eps * flip_mask(y, grad)
+    return eps * CHANNELS[channel].mask(y, grad)
+
+
+# --- the channels -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel: compose(p, eps) = P(received bit = 1) for a Bernoulli(p) bit (None where what
+    arrives is not a bit: the BEC's erasures), corrupt(y, eps, gen) what a code looks like after it,
+    and mask(y, grad) which of a code's bits the adversary may attack (eq. 25): its per-bit noise
+    eps* then goes through the same channel (eq. 30)."""
+    compose: Callable | None
+    corrupt: Callable
+    mask: Callable
+    doc: str
+
+
+CHANNELS = {
+    "bsc": Channel(compose, bsc, flip_mask, "binary symmetric (eq. 17-18): every bit flipped with probability eps; "
+                                            "the adversary flips 0 -> 1 and 1 -> 0"),
+    # erasing moves a bit to ERASED = 0.5, in the same direction as flipping it: the adversary erases
+    # the bits whose flip would raise the loss (eq. 25's rule), with eq. 30's budget
+    "bec": Channel(None, bec, flip_mask, "binary erasure: every bit erased with probability eps; the adversary "
+                                         "erases the bits whose erasure raises the loss"),
+    "z": Channel(compose_z, z, ones_mask, "Z-channel: every 1 becomes 0 with probability eps, a 0 stays 0; the "
+                                          "adversary flips only 1 -> 0"),
+}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 DATASETS = ("digits", "binary_mnist", "mnist", "omniglot", "cifar10")
 METHODS = ("necst", "abf", "iabf")
-CHANNELS = ("bsc", "bec")
+CHANNELS = ("bsc", "bec", "z")   # the rows of iabf.channels.CHANNELS (torch-free here; a test keeps them equal)
 FLIPS = ("budget", "topk")
 TC_INPUTS = ("bits", "probs")
 VIMCO_SIGNALS = ("loglik", "loss")
@@ -70,7 +70,8 @@ class Config:
     dataset: str = _f("mnist", f"dataset, one of {DATASETS}")
     method: str = _f("iabf", "necst (eq. 16), abf (adversarial bit flip, eq. 30), iabf (abf + infomax, eq. 29)")
     n_bits: int = _f(0, "code length m; 0 = the paper's for the dataset (BinaryMNIST/MNIST 100, Omniglot 200, CIFAR10 500)")
-    channel: str = _f("bsc", "bsc (binary symmetric, eq. 18) or bec (binary erasure)")
+    channel: str = _f("bsc", "bsc (binary symmetric, eq. 18), bec (binary erasure) or z (Z-channel: 1 -> 0 "
+                             "with probability eps, 0 stays 0)")
     eps: float = _f(0.1, "training channel noise: flip (BSC) or erasure (BEC) probability, in [0, 0.5]")
     test_eps: float = _f(-1.0, "channel noise at validation and test; -1 = same as eps")
     lam: float = _f(0.01, "lambda, weight of the infomax term L_info (eq. 29); used by iabf only; paper: {0.1, 0.01, 0.001}")
@@ -79,7 +80,8 @@ class Config:
     flip: str = _f("budget", "budget: the paper's eps_i proportional to |dL/dy_i| with sum M*eps (default); "
                              "topk: the reference code's hard Gumbel-top-k flips")
     flip_budget: float = _f(-1.0, "adversary's noise per bit (budget M*flip_budget); -1 = eps, as in the paper")
-    flip_k: int = _f(10, "topk only: bits drawn for flipping per image (reference code: 10)")
+    flip_k: int = _f(10, "topk only: bits drawn for flipping per image (reference code: 10); 0 = round(M x eps), "
+                         "the channel's expected flips in the trial's own cell")
     # --- infomax (eq. 10-14, 27) ---
     tc_input: str = _f("bits", "what the TC discriminator sees: bits sampled as in Algorithm 1 (default, "
                                "straight-through gradient to the encoder) or probs (the reference code)")
@@ -125,6 +127,11 @@ class Config:
         return self.eps if self.test_eps < 0 else self.test_eps
 
     @property
+    def resolved_flip_k(self) -> int:
+        """flip_k, with 0 meaning round(M x eps) (at least 1): the flips the channel itself makes."""
+        return self.flip_k or max(1, math.floor(self.bits * self.eps + 0.5))
+
+    @property
     def adv_eps(self) -> float:
         return self.eps if self.flip_budget < 0 else self.flip_budget
 
@@ -158,7 +165,7 @@ class Config:
         need(self.lam >= 0, "lam", "a number >= 0")
         need(self.K >= 1, "K", "an integer >= 1")
         need(self.n_bits >= 0, "n_bits", "0 (the paper's) or a positive integer")
-        need(self.flip_k >= 1, "flip_k", "an integer >= 1")
+        need(self.flip_k >= 0, "flip_k", "0 (round(M x eps)) or an integer >= 1")
         need(self.clean_weight >= 0, "clean_weight", "a number >= 0")
         need(self.epochs >= 1, "epochs", "an integer >= 1")
         need(self.batch_size >= 1, "batch_size", "an integer >= 1")

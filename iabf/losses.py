@@ -119,7 +119,7 @@ def adversary(dec: nn.Module, x: torch.Tensor, y: torch.Tensor, binary: bool, cf
     y = y.detach().requires_grad_(True)
     loss = -log_likelihood(dec(y), x, binary).sum()
     (grad,) = torch.autograd.grad(loss, y)
-    return adversarial_eps(y.detach(), grad, cfg.flip, cfg.adv_eps, cfg.flip_k, gen)
+    return adversarial_eps(y.detach(), grad, cfg.flip, cfg.adv_eps, cfg.resolved_flip_k, gen, cfg.channel)
 
 
 def objective(dec: nn.Module, disc: nn.Module, enc: nn.Module, x: torch.Tensor, p: torch.Tensor,

@@ -306,9 +306,11 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
 # --- command line ---------------------------------------------------------------------------
 
 def run_name(cfg: Config) -> str:
-    """What the run is, e.g. mnist-iabf-eps0.1-lam0.01-K5-s0."""
+    """What the run is, e.g. mnist-iabf-eps0.1-lam0.01-K5-s0; a channel other than the paper's BSC
+    is named too (mnist-iabf-z-eps0.1-...), so runs on two channels never share a folder."""
     lam = f"-lam{cfg.lam:g}" if cfg.method == "iabf" else ""
-    return f"{cfg.dataset}-{cfg.method}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}"
+    channel = "" if cfg.channel == "bsc" else f"-{cfg.channel}"
+    return f"{cfg.dataset}-{cfg.method}{channel}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}"
 
 
 def main(argv: list[str] | None = None) -> int:

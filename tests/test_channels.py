@@ -4,8 +4,10 @@ import math
 import pytest
 import torch
 
-from iabf.channels import (ERASED, adversarial_eps, bec, bernoulli, bsc, budget_eps, compose, flip_mask,
-                           sample_noisy, topk_eps, transmit)
+from iabf.channels import CHANNELS as CHANNELS_TABLE
+from iabf.channels import (ERASED, adversarial_eps, bec, bernoulli, bsc, budget_eps, compose, compose_z, flip_mask,
+                           sample_noisy, topk_eps, transmit, z)
+from iabf.config import Config, ConfigError
 
 
 def gen(seed=0):
@@ -117,3 +119,65 @@ def test_topk_prefers_large_gradients():
     g[:, 3] = 5.0  # softmax(g^2) puts almost all mass on bit 3
     picked = topk_eps(g, 1, gen(11))
     assert picked[:, 3].mean() > 0.99
+
+
+# --- the channel table, the Z-channel -----------------------------------------------------------
+
+def test_every_channel_name_the_config_allows_is_a_row_of_the_table_and_no_other():
+    from iabf.config import CHANNELS as NAMES
+    from iabf.channels import CHANNELS
+
+    assert set(CHANNELS) == set(NAMES)
+    with pytest.raises(ConfigError, match="channel='awgn' is not allowed: one of bsc, bec, z"):
+        Config(channel="awgn")
+    with pytest.raises(KeyError):      # a name that is no row never falls through to another channel
+        transmit(torch.full((2, 4), 0.5), 0.1, "awgn", gen(0))
+
+
+def test_z_channel_only_turns_ones_into_zeros_at_rate_eps():
+    y = torch.bernoulli(torch.full((400, 250), 0.5), generator=gen(20))
+    received = z(y, 0.3, gen(21))
+    assert torch.all(received[y == 0] == 0)                       # a 0 always arrives as 0
+    rate = (received[y == 1] == 0).float().mean().item()
+    # 50,000 ones, binomial sd of the rate sqrt(0.3 * 0.7 / 50,000) = 0.002: 5 sd
+    assert abs(rate - 0.3) < 0.01
+
+
+def test_z_channel_composition_matches_sending_through_it():
+    p = torch.rand(1, 64, generator=gen(22))
+    direct = torch.stack([transmit(p, 0.25, "z", gen(100 + i))[1] for i in range(4000)]).mean(0)
+    composed, _ = sample_noisy(p, 0.25, "z", K=4000, gen=gen(23))
+    assert torch.allclose(compose_z(p, 0.25), p * 0.75, atol=1e-6)
+    # two Monte Carlo means of 4,000 draws each: sd of a difference <= sqrt(2 * 0.25 / 4000) = 0.011
+    assert torch.allclose(direct, composed.mean(0), atol=0.05)
+    assert torch.allclose(composed.mean(0), p * 0.75, atol=0.04)
+
+
+@pytest.mark.parametrize("flip", ["budget", "topk"])
+def test_an_abf_step_on_the_z_channel_flips_only_ones(flip):
+    """The adversary's noise on a Z-channel lands on 1s only, and sent through the channel it turns
+    1s into 0s and never a 0 into a 1."""
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(40, 64))
+    x = torch.rand(32, 64, generator=gen(24))
+    p = torch.rand(32, 40, generator=gen(25))
+    y = torch.bernoulli(p, generator=gen(26))
+    cfg = Config(dataset="digits", method="abf", channel="z", eps=0.2, flip=flip, n_bits=40)
+    from iabf.losses import adversary
+    eps = adversary(lambda c: dec(c).view(-1, 1, 8, 8), x.view(-1, 1, 8, 8), y, False, cfg, gen(27))
+    assert torch.all(eps[y == 0] == 0) and eps.sum() > 0
+    received = CHANNELS_TABLE["z"].corrupt(y, eps, gen(28))
+    assert torch.all(received <= y) and (received < y).any()
+    codes, _ = sample_noisy(p, eps, "z", K=8, gen=gen(29))
+    assert torch.all(codes <= 1) and codes.shape == (8, 32, 40)
+
+
+def test_flip_k_zero_is_the_channels_own_number_of_flips_in_each_cell():
+    assert Config(dataset="mnist", eps=0.1, flip_k=0).resolved_flip_k == 10
+    assert Config(dataset="mnist", eps=0.3, flip_k=0).resolved_flip_k == 30
+    assert Config(dataset="omniglot", eps=0.1, flip_k=0).resolved_flip_k == 20
+    assert Config(dataset="cifar10", eps=0.4, flip_k=0).resolved_flip_k == 200
+    assert Config(dataset="mnist", eps=0.3, flip_k=10).resolved_flip_k == 10      # the reference's fixed 10
+    assert Config(dataset="mnist", eps=0.001, flip_k=0).resolved_flip_k == 1      # never none
+    with pytest.raises(ConfigError, match="flip_k=-1 is not allowed"):
+        Config(flip_k=-1)
