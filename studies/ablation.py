@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -112,10 +113,14 @@ def main(argv=None) -> int:
     except ConnectionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # a scheduler, `kill`, `docker stop` or a spot reclaim sends SIGTERM: stop as Ctrl-C does (Tune
+    # saves its state and returns; --resume finishes the study), not with Ray's native abort (exit 134)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     local = local_dir(experiment_dir)   # the log and the report: on this machine, whatever the storage
     if held is not None:
         console.to_file(held, local)
 
+    tracking.create_store(uri)
     exp_id, parent = tracking.start_study(uri, study, experiment_dir, resume=args.resume is not None)
     planned = plan(study)
     print(f"study {study.name}: {len(groups(study))} groups (cell x arm), {planned['trials']} trials: "

@@ -354,8 +354,13 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def check_uri(uri: str) -> str:
-    """Accept sqlite:///, file:// (or a plain folder) and http(s)://; a server must answer now."""
+    """Accept sqlite:/// and http(s)://; a server must answer now, a sqlite store must be a database
+    (or new) in a folder that can hold it. Nothing is created but the folder (create_store, once
+    the study starts, makes the store)."""
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
     if scheme in ("http", "https"):
         import requests
@@ -366,10 +371,56 @@ def check_uri(uri: str) -> str:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__}); "
                                 f"start it (mlflow server --host 127.0.0.1 --port 5000) or forward its port") from None
     elif scheme == "sqlite":
-        Path(uri.split(":///", 1)[-1]).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-    elif scheme not in ("", "file"):
+        sqlite_path(uri)
+    elif scheme in ("", "file"):   # MLflow 3 keeps the file store read-only ("maintenance mode")
+        raise TrackingError(f"tracking URI {uri!r}: MLflow {mlflow_version()} no longer writes a file store; "
+                            f"use sqlite:///PATH/mlflow.db (a new file is created) or http(s)://HOST:PORT")
+    else:
         raise TrackingError(f"tracking URI {uri!r} has an unsupported scheme {scheme!r}; "
-                            f"use sqlite:///PATH.db, file:///DIR or http(s)://HOST:PORT")
+                            f"use sqlite:///PATH.db or http(s)://HOST:PORT")
     return uri
 
 
+def mlflow_version() -> str:
+    import mlflow
+
+    return mlflow.__version__
+
+
+def sqlite_path(uri: str) -> Path:
+    """A sqlite store's file: its folder made, the file checked to be a database (or new)."""
+    path = Path(uri.split(":///", 1)[-1]).expanduser()
+    try:
+        path.resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrackingError(f"tracking URI {uri!r}: cannot make its folder {path.parent} "
+                            f"({type(e).__name__}: {e.strerror or e})") from None
+    if path.is_dir():
+        raise TrackingError(f"tracking URI {uri!r}: {path} is a folder, not a database file")
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            if f.read(16) != SQLITE_MAGIC:
+                raise TrackingError(f"tracking URI {uri!r}: {path} is not an SQLite database; "
+                                    f"name a new file or an MLflow store")
+    return path
+
+
+def create_store(uri: str) -> None:
+    """A sqlite store's schema, created (or upgraded) under a lock (<file>.lock) by whichever study
+    comes first: two studies started at once on a new store would otherwise both create MLflow's
+    tables, and one fail in alembic's migration. A server's store is the server's business."""
+    import fcntl
+
+    if not uri.startswith("sqlite:"):
+        return
+    path = sqlite_path(uri)
+    try:
+        lock = open(f"{path}.lock", "a")
+    except OSError as e:
+        raise TrackingError(f"tracking URI {uri!r}: cannot write beside {path} ({type(e).__name__})") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)       # released when the file closes
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)   # creates or upgrades the schema
+        except MlflowException as e:
+            raise TrackingError(f"tracking URI {uri!r}: {str(e).splitlines()[0][:300]}") from None

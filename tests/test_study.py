@@ -214,6 +214,27 @@ def test_interrupted_then_killed_in_the_confirmation_study_resumes_without_dupli
     assert len(confirmed) == 1 and confirmed <= {r.data.tags["uid"] for r in children}
 
 
+def test_sigterm_stops_a_study_like_ctrl_c_and_resume_finishes_it(tmp_path):
+    """What a scheduler, `kill`, `docker stop` or a spot reclaim sends: a clean stop with the
+    --resume command (not Ray's native abort), then --resume finishes with one run per trial."""
+    p = space(tmp_path, study="term", fixed={"epochs": 6, "K": 2, "method": "necst"},
+              search={"lr": {"grid": [0.001, 0.002]}}, seeds=[0], stack=1, max_concurrent=1)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = study(tmp_path, "--space", str(p), wait=False)
+    wait_for(client, "term", lambda runs: len(completed(runs)) >= 1 and len(runs) > 1)
+    proc.send_signal(signal.SIGTERM)
+    first, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in first, first[-3000:]
+    assert "Traceback" not in first and "Aborted" not in first and "SIGTERM received" not in first
+    _, before = runs_of(client, "term")
+    assert all(r.info.status != "RUNNING" for r in before)
+    out = study(tmp_path, "--space", str(p), "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (parent,), children = runs_of(client, "term")
+    assert parent.info.status == "FINISHED" and len(children) == 3     # 2 search + 1 confirmation
+    assert all(r.data.tags["stop_reason"] == "completed" for r in children)
+
+
 @pytest.mark.slow
 def test_a_search_interrupted_between_rungs_stops_the_same_trials_as_an_uninterrupted_one(tmp_path):
     """One search group of 6 configurations run one at a time (deterministic order and curves),

@@ -14,6 +14,16 @@ def run(tmp_path, monkeypatch, capsys, *args):
     return rc, err
 
 
+def touch(path, data=b"x"):
+    path.write_bytes(data)
+    return path
+
+
+def mkdir(path):
+    path.mkdir()
+    return path
+
+
 def space(tmp_path, text):
     p = tmp_path / "s.yaml"
     p.write_text(text if isinstance(text, str) else yaml.safe_dump(text))
@@ -34,6 +44,14 @@ CASES = [
     ("missing data offline", lambda t: ["--space", space(t, {"study": "s", "dataset": "mnist"}), "--data-dir", str(t / "d")],
      "python -m iabf.data prepare mnist"),
     ("unsupported tracking scheme", lambda t: ["--smoke", "--tracking-uri", "ftp://x/y"], "unsupported scheme 'ftp'"),
+    ("sqlite store under a regular file", lambda t: ["--smoke", "--tracking-uri", f"sqlite:///{touch(t / 'f')}/mlflow.db"],
+     "cannot make its folder"),
+    ("sqlite file that is no database", lambda t: ["--smoke", "--tracking-uri", f"sqlite:///{touch(t / 'x.db', b'hello')}"],
+     "is not an SQLite database"),
+    ("sqlite store that is a folder", lambda t: ["--smoke", "--tracking-uri", f"sqlite:///{mkdir(t / 'd.db')}"],
+     "is a folder, not a database file"),
+    ("file store, read-only in MLflow 3", lambda t: ["--smoke", "--tracking-uri", f"file://{t / 'mlruns'}"],
+     "no longer writes a file store"),
     ("unreachable address", lambda t: ["--smoke", "--address", "127.0.0.1:9"], "cannot reach the Ray cluster at '127.0.0.1:9'"),
     ("nothing to resume", lambda t: ["--smoke", "--resume"], "no earlier run of study 'quick-smoke' to resume"),
 ]
@@ -45,3 +63,25 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, monkeypatch,
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_studies_started_at_once_on_a_new_store_create_its_schema_once(tmp_path):
+    """Three processes open one new sqlite store in the same instant, as two studies started together
+    do: with the store created under its lock, every one of them can then write to it."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time\n"
+            "from studies import tracking\n"
+            "from mlflow.tracking import MlflowClient\n"
+            "while time.time() < float(sys.argv[2]): time.sleep(0.001)\n"
+            "tracking.create_store(sys.argv[1])\n"
+            "MlflowClient(sys.argv[1]).create_experiment(sys.argv[3])\n")
+    uri, start = f"sqlite:///{tmp_path / 'new.db'}", time.time() + 6   # every process imported and waiting
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(start), f"e{i}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(3)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(o[-800:] for o in outs)
+    from mlflow.tracking import MlflowClient
+    assert {e.name for e in MlflowClient(uri).search_experiments()} >= {"e0", "e1", "e2"}
