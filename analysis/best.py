@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from analysis import tables
-from analysis.fetch import FetchError, fetch_runs, table_runs
+from analysis.fetch import FetchError, check_store, fetch_runs, table_runs
 from iabf.metrics import STATE
 
 
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON (one object per cell and arm) for scripts")
     args = p.parse_args(argv)
     try:
+        check_store(args.tracking_uri)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             records, confirmed = best(args.tracking_uri, args.study, args.parent)

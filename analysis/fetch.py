@@ -21,6 +21,32 @@ class FetchError(LookupError):
     """The study or run asked for is not in the tracking store."""
 
 
+def check_store(uri: str) -> None:
+    """A store to read from, checked before anything is opened or written: a sqlite file that
+    exists and is a database (MLflow's client would create an empty one), or a server that answers
+    within seconds (MLflow's client retries for minutes). Raises FetchError."""
+    import os
+
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+        os.environ.setdefault(key, value)
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme == "sqlite":
+        path = Path(uri.split(":///", 1)[-1]).expanduser()
+        if not path.is_file():
+            raise FetchError(f"no tracking store at {path} (tracking URI {uri!r})")
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise FetchError(f"{path} is not an SQLite database (tracking URI {uri!r})")
+    elif scheme in ("http", "https"):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as e:
+            raise FetchError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__})") from None
+
+
 def _typed(params: dict) -> dict:
     conv = {"int": int, "float": float, "bool": lambda s: s == "True", "str": str}
     return {k: conv[FIELD_TYPES[k]](v) for k, v in params.items() if k in FIELD_TYPES}

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from analysis import figures, tables
-from analysis.fetch import (FetchError, display_uri, fetch_runs, metric_history, planned_arms, study_params, study_plan,
+from analysis.fetch import (FetchError, check_store, display_uri, fetch_runs, metric_history, planned_arms, study_params, study_plan,
                             table_runs)
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -57,6 +57,10 @@ def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
     return notes
 
 
+class NothingToReport(LookupError):
+    """A study with nothing a table could show (no completed trial)."""
+
+
 def is_table1(cells: pd.DataFrame) -> bool:
     """Is the study shaped like the paper's Table 1 (cells of dataset, channel, code length, eps)?"""
     return {tables.axis_name(c) for c in tables.cell_columns(cells)} <= {"dataset", "channel", "bits", "eps"}
@@ -80,25 +84,30 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     """Everything the issue lists, written to `out`; returns {name: path}. Safe on partial studies:
     missing cells print '--' with a warning."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     everything = fetch_runs(uri, study, parent, include_unfinished=True)
     completed = everything[everything.stop_reason == "completed"].reset_index(drop=True)
     written: dict[str, Path] = {}
     if completed.empty:
-        warnings.warn(f"study {study!r} has no completed trial yet: nothing to tabulate", stacklevel=2)
-        return written
+        raise NothingToReport(f"study {study!r} has no completed trial yet: nothing to tabulate")
+    out.mkdir(parents=True, exist_ok=True)
     trials, confirmed = table_runs(completed)   # confirmation runs only, where the study has them
+    params, plan = study_params(uri, study, parent), study_plan(uri, study, parent)
+    # a study whose confirmation phase has not run yet (interrupted): its search results, marked so
+    provisional = not confirmed and bool(plan.get("confirm", True) if plan else params.get("confirm") == "True")
+    if provisional:
+        warnings.warn(f"study {study!r}: its confirmation phase has not run; this table is provisional (search "
+                      "results on the search seeds); finish the study with `python studies/ablation.py --space "
+                      "<its file> --resume`", stacklevel=2)
     trials = trials.reset_index(drop=True)
     cells = tables.select_cells(trials, context=everything)   # what a group searched: all its runs
-    params, plan = study_params(uri, study, parent), study_plan(uri, study, parent)
     arms = planned_arms(params)
     # warns once per entry the study planned and did not get
-    latex = tables.to_latex(cells, confirmed=confirmed, planned=arms)
+    latex = tables.to_latex(cells, confirmed=confirmed, planned=arms, provisional=provisional)
     for label in sorted({c["cell"] for c in (plan or {}).get("cells", [])} - set(trials.cell)):
         warnings.warn(f"missing cell: {label}, planned, has no {'confirmation' if confirmed else 'completed'} run")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # ... and the other formats need not say it again
-        markdown = tables.to_markdown(cells, confirmed=confirmed, planned=arms)
+        markdown = tables.to_markdown(cells, confirmed=confirmed, planned=arms, provisional=provisional)
     for name, text in (("table1.tex", latex), ("table1.md", markdown), ("table1.csv", tables.to_csv(cells))):
         written[name] = out / name
         written[name].write_text(text)
@@ -164,6 +173,8 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
 
     phases = (f"{len(trials)} confirmation runs (every configuration chosen in the search, on every seed) and "
               f"{len(completed) - len(trials)} completed search runs" if confirmed else
+              f"**Provisional**: {len(trials)} completed search runs; the study's confirmation phase has not run "
+              "(finish it with `python studies/ablation.py --space <its file> --resume`)" if provisional else
               f"{len(trials)} completed runs (search results: no confirmation phase)")
     budget = [f"- `{k}`: {v}" for k, v in sorted(params.items()) if k.startswith(("fixed.", "by_dataset."))
               and not k.endswith(".data_dir")]
@@ -216,6 +227,17 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     return written
 
 
+def check_out(out: Path) -> None:
+    """An output folder that can be made: it, or its nearest existing parent, is a writable folder."""
+    here = out
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise FetchError(f"--out {out}: {here} is a file, not a folder")
+    if not os.access(here, os.W_OK):
+        raise FetchError(f"--out {out}: {here} is not writable")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,10 +248,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     try:
+        check_out(Path(args.out))
+        check_store(args.tracking_uri)
         written = write_report(args.tracking_uri, args.study, args.out, args.parent)
     except FetchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NothingToReport as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {len(written)} files and figures to {args.out}", file=sys.stderr)
     return 0
 

@@ -317,12 +317,14 @@ def _number(row, pm: str) -> str:
     return text
 
 
-def caption(cells: pd.DataFrame, confirmed: bool = False) -> str:
+def caption(cells: pd.DataFrame, confirmed: bool = False, provisional: bool = False) -> str:
     ns = sorted(set(int(n) for n in cells.n)) if len(cells) else [0]
     n = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
     seeds = f"mean $\\pm$ std over seeds ({n} per cell). " if ns[-1] > 1 else f"one seed per cell ({n}). "
     searched = "config" not in cells or (cells.config != "(none searched)").any()
-    how = ("chosen by validation distortion in a search on other seeds, then trained on every seed reported here"
+    how = ("chosen by validation distortion on the same runs that are reported. PROVISIONAL: search results on "
+           "the search seeds; the study's confirmation phase has not run" if provisional else
+           "chosen by validation distortion in a search on other seeds, then trained on every seed reported here"
            if confirmed and searched else
            "of each arm (nothing searched), trained on every seed reported here" if confirmed else
            "chosen by validation distortion on the same runs that are reported (search results, no confirmation phase)")
@@ -333,7 +335,7 @@ def caption(cells: pd.DataFrame, confirmed: bool = False) -> str:
 
 
 def to_latex(cells: pd.DataFrame, label: str = "tab:table1", confirmed: bool = False,
-             planned: list[str] | None = None) -> str:
+             planned: list[str] | None = None, provisional: bool = False) -> str:
     """The paper's Table 1 layout: a block per dataset, rows NECST/ABF/IABF, columns eps; booktabs."""
     def fmt(row):
         text = _number(row, " $\\pm$ ")
@@ -349,12 +351,13 @@ def to_latex(cells: pd.DataFrame, label: str = "tab:table1", confirmed: bool = F
                      + " \\\\")
         lines.append("\\midrule")
         lines += [" & ".join([label_, *entries]) + " \\\\" for label_, entries in rows]
-    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption(cells, confirmed)}}}", f"\\label{{{label}}}",
+    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption(cells, confirmed, provisional)}}}", f"\\label{{{label}}}",
               "\\end{table}"]
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(cells: pd.DataFrame, confirmed: bool = False, planned: list[str] | None = None) -> str:
+def to_markdown(cells: pd.DataFrame, confirmed: bool = False, planned: list[str] | None = None,
+                provisional: bool = False) -> str:
     def fmt(row):
         text = _number(row, " ± ")
         return (f"**{text}**" if row.best else text) + (" †" if row.tied else "")
@@ -366,7 +369,7 @@ def to_markdown(cells: pd.DataFrame, confirmed: bool = False, planned: list[str]
                 "|---|" + "---|" * len(values)]
         out += [f"| {label_} | " + " | ".join(entries) + " |" for label_, entries in rows]
         out.append("")
-    return "\n".join(out) + "\n" + caption(cells, confirmed).replace("$\\pm$", "±").replace("$^\\dagger$", "†").replace(
+    return "\n".join(out) + "\n" + caption(cells, confirmed, provisional).replace("$\\pm$", "±").replace("$^\\dagger$", "†").replace(
         "$p \\geq 0.05$", "p >= 0.05") + "\n"
 
 

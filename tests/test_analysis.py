@@ -255,14 +255,15 @@ def test_holm_adjustment_on_known_p_values():
     assert tables.holm(p).round(6).tolist()[3:] == [0.09, 0.2]
 
 
-def planned_store(tmp_path, arms, runs):
+def planned_store(tmp_path, arms, runs, confirm: bool | None = None):
     """A study whose parent run logged the arms it planned (as studies/tracking.py does) and a budget;
     runs: (arm/method, eps, test) of completed search runs, none with Markov-chain samples."""
     uri = f"sqlite:///{tmp_path / 'planned.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("planned")
     parent = client.create_run(exp, tags={"study": "planned"}).info.run_id
-    client.log_batch(parent, params=[Param("arms", str(arms)), Param("fixed.epochs", "3"),
+    client.log_batch(parent, params=[*([Param("confirm", str(confirm))] if confirm is not None else []),
+                                     Param("arms", str(arms)), Param("fixed.epochs", "3"),
                                      Param("fixed.data_dir", "/home/someone/data"),
                                      Param("by_dataset.mnist.max_train_examples", "500")])
     for method, eps, test in runs:
@@ -304,3 +305,47 @@ def test_analysis_reads_mlflow_without_importing_ray_torch_or_the_study_runner()
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'studies')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "['studies', 'studies.plan']"
+
+
+def test_a_study_whose_confirmation_has_not_run_is_reported_as_provisional(tmp_path, capsys):
+    uri = planned_store(tmp_path, ["iabf"], [("iabf", 0.1, 13.0)], confirm=True)
+    with pytest.warns(UserWarning, match="confirmation phase has not run; this table is provisional"):
+        assert report_main(["--tracking-uri", uri, "--study", "planned", "--out", str(tmp_path / "r")]) == 0
+    assert "PROVISIONAL" in (tmp_path / "r" / "table1.md").read_text()
+    assert "**Provisional**" in (tmp_path / "r" / "report.md").read_text()
+    done = planned_store(tmp_path / "b", ["iabf"], [("iabf", 0.1, 13.0)], confirm=False)   # confirm: false
+    assert report_main(["--tracking-uri", done, "--study", "planned", "--out", str(tmp_path / "r2")]) == 0
+    assert "PROVISIONAL" not in (tmp_path / "r2" / "table1.md").read_text()
+
+
+def report_error(tmp_path, capsys, *args):
+    capsys.readouterr()                 # what came before (MLflow creating a test store) is not the report's
+    rc = report_main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def test_the_report_refuses_a_store_or_folder_it_cannot_use_in_one_line_and_creates_nothing(tmp_path, capsys):
+    import time
+
+    from procs import free_port
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "junk.db").write_text("not a database")
+    cases = [(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"], "no tracking store at"),
+             (["--tracking-uri", f"sqlite:///{tmp_path / 'junk.db'}"], "is not an SQLite database"),
+             (["--tracking-uri", f"http://127.0.0.1:{free_port()}"], "is unreachable"),
+             (["--tracking-uri", "sqlite:///x.db", "--out", str(tmp_path / "file" / "report")], "is a file, not a folder")]
+    for args, needle in cases:
+        started = time.time()
+        rc, err = report_error(tmp_path, capsys, "--study", "s", "--out", str(tmp_path / "out"), *args)
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (args, err)
+        assert time.time() - started < 15                    # seconds, not MLflow's minutes of retries
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_study_with_no_completed_trial_exits_non_zero_and_writes_nothing(tmp_path, capsys):
+    uri = planned_store(tmp_path, ["iabf"], [])
+    rc, err = report_error(tmp_path, capsys, "--tracking-uri", uri, "--study", "planned", "--out", str(tmp_path / "r"))
+    assert rc == 1 and err == ["error: study 'planned' has no completed trial yet: nothing to tabulate"]
+    assert not (tmp_path / "r").exists()
