@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from .train import Diverged, load_checkpoint, models_from_state, run, save_check
 
 REPLAYED = "replayed"     # a result reported again on resume (see `trainable`), not a new epoch
 NODE_ID, HOSTNAME = "node_id", "hostname"   # in every result: the Ray node and host that trained it
+STATE_RESET = "state_reset"   # in every result of a trial whose state file could not be read (TrialState.load)
 STATE = M.STATE           # inside every Tune checkpoint; the final one also holds the artifacts below
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
 
@@ -98,6 +101,7 @@ class TrialState:
         self.fs, folder = filesystem(root)
         self.path = f"{folder}/{trial_id}.pt"
         self.fs.create_dir(folder, recursive=True)
+        self.damaged = ""   # what load() found wrong with the file, if anything
 
     def save(self, states: list[dict], history: list[dict]) -> None:
         buffer = io.BytesIO()
@@ -108,10 +112,25 @@ class TrialState:
         self.fs.move(tmp, self.path)
 
     def load(self, device: str) -> dict | None:
+        """The saved state, or None. A file that cannot be read (saves are atomic, so this is damage
+        from outside: a disk, a copy, a hand) is set aside as <file>.damaged, named in `damaged`,
+        and the trial starts again from its first epoch."""
         if self.fs.get_file_info(self.path).type != pyarrow.fs.FileType.File:
             return None
-        with self.fs.open_input_file(self.path) as f:
-            return torch.load(io.BytesIO(f.read()), map_location=device, weights_only=True)
+        try:
+            with self.fs.open_input_file(self.path) as f:
+                saved = torch.load(io.BytesIO(f.read()), map_location=device, weights_only=True)
+            if not isinstance(saved, dict) or not {"states", "history"} <= set(saved):
+                raise ValueError("not a trial state")
+            return saved
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
+            aside = f"{self.path}.damaged"
+            self.fs.move(self.path, aside)
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            self.damaged = (f"state file {self.path} could not be read ({type(e).__name__}: {reason}); set aside as "
+                            f"{aside}; the trial trains again from its first epoch")
+            print(f"warning: {self.damaged}", file=sys.stderr, flush=True)
+            return None
 
 
 def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = None) -> None:
@@ -136,7 +155,8 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
         tune.report({**past, REPLAYED: True})
 
     gpu = context.get_trial_resources().required_resources.get("GPU", 0.0)
-    where = {NODE_ID: ray.get_runtime_context().get_node_id(), HOSTNAME: socket.gethostname()}   # who ran it
+    where = {NODE_ID: ray.get_runtime_context().get_node_id(), HOSTNAME: socket.gethostname(),   # who ran it
+             **({STATE_RESET: own.damaged} if own is not None and own.damaged else {})}
 
     def report(metrics: dict, checkpoint) -> None:
         t0 = time.perf_counter()

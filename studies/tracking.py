@@ -36,7 +36,7 @@ from ray import tune
 
 from iabf import metrics as M
 from iabf.train import run_name
-from iabf.tune import ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, config_from_params, parts
+from iabf.tune import ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, config_from_params, parts
 from studies.plan import PLAN_ARTIFACT, SEARCH, record
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
@@ -293,7 +293,13 @@ class MLflowTracking(tune.Callback):
     @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info):
         node = result.get(NODE_ID)
+        reset = result.get(STATE_RESET) and not getattr(trial, "_reset_said", False)
+        if reset:   # said once, on the console and on its runs
+            print(f"warning: trial {trial.trial_id}: {result[STATE_RESET]}", file=sys.stderr, flush=True)
+            trial._reset_said = True
         for log in self._log(trial):   # a replayed result (iabf/tune.py) fills epochs this run lacks
+            if reset:   # its run continues; the epochs it had are not logged again
+                log.tags[STATE_RESET] = str(result[STATE_RESET])[:5000]
             if node and not result.get(REPLAYED) and (not log.nodes or log.nodes[-1] != node):
                 log.nodes.append(node)
                 log.tags.update({NODE_ID: node, HOSTNAME: str(result.get(HOSTNAME, "")), "node_ids": ",".join(log.nodes)})

@@ -214,25 +214,37 @@ def test_interrupted_then_killed_in_the_confirmation_study_resumes_without_dupli
     assert len(confirmed) == 1 and confirmed <= {r.data.tags["uid"] for r in children}
 
 
-def test_sigterm_stops_a_study_like_ctrl_c_and_resume_finishes_it(tmp_path):
+def test_sigterm_stops_a_study_like_ctrl_c_and_resume_finishes_it_past_a_damaged_state_file(tmp_path):
     """What a scheduler, `kill`, `docker stop` or a spot reclaim sends: a clean stop with the
-    --resume command (not Ray's native abort), then --resume finishes with one run per trial."""
+    --resume command (not Ray's native abort). The unfinished trial's state file is then truncated:
+    --resume names it, sets it aside and trains that trial again from its start, in the same MLflow
+    run, every epoch logged once."""
     p = space(tmp_path, study="term", fixed={"epochs": 6, "K": 2, "method": "necst"},
               search={"lr": {"grid": [0.001, 0.002]}}, seeds=[0], stack=1, max_concurrent=1)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     proc = study(tmp_path, "--space", str(p), wait=False)
-    wait_for(client, "term", lambda runs: len(completed(runs)) >= 1 and len(runs) > 1)
+    wait_for(client, "term", lambda runs: len(completed(runs)) >= 1 and any(
+        not r.data.tags.get("stop_reason") and r.data.metrics.get(M.EPOCH, 0) >= 2 for r in runs))
     proc.send_signal(signal.SIGTERM)
     first, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "--resume" in first, first[-3000:]
     assert "Traceback" not in first and "Aborted" not in first and "SIGTERM received" not in first
     _, before = runs_of(client, "term")
     assert all(r.info.status != "RUNNING" for r in before)
+    unfinished = next(r for r in before if not r.data.tags.get("stop_reason"))
+    state = next((tmp_path / "results").glob(f"term-*/state/{unfinished.data.tags['uid']}.pt"))
+    state.write_bytes(state.read_bytes()[:100])                       # damage from outside: truncated
     out = study(tmp_path, "--space", str(p), "--resume")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    said = [line for line in (out.stdout + out.stderr).splitlines() if "could not be read" in line]
+    assert said and str(state) in said[0] and "trains again from its first epoch" in said[0], out.stderr[-2000:]
+    assert state.with_name(state.name + ".damaged").exists()
     (parent,), children = runs_of(client, "term")
     assert parent.info.status == "FINISHED" and len(children) == 3     # 2 search + 1 confirmation
     assert all(r.data.tags["stop_reason"] == "completed" for r in children)
+    again = next(r for r in children if r.info.run_id == unfinished.info.run_id)   # the same run continued
+    assert "could not be read" in again.data.tags["state_reset"]
+    assert sorted(m.step for m in client.get_metric_history(again.info.run_id, M.EPOCH)) == list(range(1, 7))
 
 
 @pytest.mark.slow
