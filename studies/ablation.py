@@ -109,10 +109,14 @@ def main(argv=None) -> int:
 
     held = None if args.verbose else console.capture_logs()   # Ray's and MLflow's messages: the log file
     try:
-        print(cluster.connect(args.address, include_dashboard=False, log_to_driver=args.verbose), flush=True)
-    except ConnectionError as e:
+        joined = cluster.connect(args.address, include_dashboard=False, log_to_driver=args.verbose)
+        print(joined, flush=True)
+        warning = cluster.check_fits(study.resources, local=joined.startswith("started a local Ray"))
+    except (ConnectionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     # a scheduler, `kill`, `docker stop` or a spot reclaim sends SIGTERM: stop as Ctrl-C does (Tune
     # saves its state and returns; --resume finishes the study), not with Ray's native abort (exit 134)
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))

@@ -98,3 +98,23 @@ def connect(address: str | None, **init) -> str:
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     where = ray.get_runtime_context().gcs_address
     return f"joined the Ray cluster at {where}: {nodes} node(s), {cpus} CPUs, {gpus:g} GPUs"
+
+
+def check_fits(resources: dict, local: bool) -> str | None:
+    """A trial's request against the nodes there are (call after connect). On a local Ray, which
+    cannot grow, a request no node can satisfy is refused (ValueError, one line with what the nodes
+    have); on a cluster, which an autoscaler may grow, it is a warning to print (returned), since
+    Ray's own "insufficient resources" message goes only to the study's log."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    want = {"CPU": float(resources.get("cpu", 1)), "GPU": float(resources.get("gpu", 0))}
+    if any(all(n.get(k, 0.0) >= v for k, v in want.items() if v) for n in nodes):
+        return None
+    have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no nodes"
+    asked = f"{want['CPU']:g} CPUs and {want['GPU']:g} GPUs per trial"
+    if local:
+        raise ValueError(f"resources: {asked}, but no node of this Ray has that (nodes: {have}); lower "
+                         f"resources.cpu / resources.gpu or --gpus-per-trial, or join a cluster that has it (--address)")
+    return (f"warning: no node of the cluster has {asked} now (nodes: {have}); the trials wait until an "
+            f"autoscaler adds such a node, and forever if none does")

@@ -326,6 +326,16 @@ def test_remote_tracking_against_a_real_mlflow_server(tmp_path, mlflow_server):
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_trial_no_node_can_hold_is_refused_before_anything_starts(tmp_path):
+    """A local Ray cannot grow: 64 GPUs per trial would wait forever (`1 PENDING`), so it is refused
+    in one line that names what the nodes have, and nothing is written."""
+    out = study(tmp_path, "--smoke", "--gpus-per-trial", "64")
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "64 GPUs per trial, but no node of this Ray has that (nodes: " in err[0]
+    assert "Traceback" not in out.stderr and not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     out = study(tmp_path, "--smoke", uri=f"http://127.0.0.1:{free_port()}")
     assert out.returncode == 2
