@@ -134,15 +134,71 @@ def prepare(name: str, data_dir: str | os.PathLike) -> Path:
     return path
 
 
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def inspect_npz(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each array's (shape, dtype) in an .npz, from the .npy headers alone (nothing decompressed
+    past them), or DataError naming the file and what is wrong with it."""
+    import zipfile
+
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a dataset file (an .npz)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            out = {}
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                out[info.filename[:-4]] = (tuple(shape), np.dtype(dtype))
+            return out
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{path}: not a readable .npz ({type(e).__name__}: {reason})") from None
+
+
+def check_file(name: str, path: Path) -> None:
+    """Check a dataset file against its layout before anything trains: the four arrays, uint8
+    images of the dataset's shape, one label per image, a test split, and more training images
+    than the validation split takes. One DataError line naming the file and the problem."""
+    arrays = inspect_npz(path)
+    missing = [k for k in KEYS if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: lacks {', '.join(missing)} (a dataset file holds uint8 {', '.join(KEYS)}); rebuild "
+                        f"it with `python -m iabf.data prepare {name} --data-dir {path.parent}`")
+    c, h, w = IMAGE_SHAPE[name]
+    want = (h, w) if c == 1 else (h, w, c)
+    for split_ in ("train", "test"):
+        (shape, dtype), (labels, _) = arrays[f"x_{split_}"], arrays[f"y_{split_}"]
+        if dtype != np.uint8:
+            raise DataError(f"{path}: x_{split_} is {dtype}; expected uint8 pixels 0..255 (the layout of "
+                            f"`python -m iabf.data prepare`)")
+        if tuple(shape[1:]) != want:
+            raise DataError(f"{path}: x_{split_} has images of shape {tuple(shape[1:])}; {name} expects "
+                            f"{want} (N, {', '.join(map(str, want))})")
+        if len(labels) != 1 or labels[0] != shape[0]:
+            raise DataError(f"{path}: y_{split_} has shape {labels}; expected one label per image ({shape[0]},)")
+        if shape[0] == 0:
+            raise DataError(f"{path}: x_{split_} has no images")
+    if arrays["x_train"][0][0] <= N_VALID[name]:
+        raise DataError(f"{path}: x_train has {arrays['x_train'][0][0]} images; {name}'s validation split takes "
+                        f"{N_VALID[name]:,} of them, so at least {N_VALID[name] + 1:,} are needed")
+
+
 def load_arrays(name: str, data_dir: str | os.PathLike, download: bool = False) -> dict[str, np.ndarray]:
     path = npz_path(name, data_dir)
     if path.exists():
-        with np.load(path, allow_pickle=False) as d:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(d.files)
-            if missing:
-                raise DataError(f"{path} lacks {sorted(missing)}; rebuild it with "
-                                f"`python -m iabf.data prepare {name} --data-dir {path.parent}`")
-            return {k: d[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        check_file(name, path)
+        try:
+            with np.load(path, allow_pickle=False) as d:
+                return {k: d[k] for k in KEYS}
+        except (OSError, ValueError, EOFError) as e:   # a member damaged past its header
+            raise DataError(f"{path}: cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
     try:
         check_available(name, data_dir)
     except DataError:
@@ -155,11 +211,13 @@ def load_arrays(name: str, data_dir: str | os.PathLike, download: bool = False) 
 
 
 def check_available(name: str, data_dir: str | os.PathLike) -> None:
-    """Raise DataError (saying how to prepare it) unless `name` can be loaded offline from data_dir."""
-    if name == "digits" or npz_path(name, data_dir).exists():
+    """Raise DataError (saying how to prepare it) unless `name` can be loaded offline from data_dir,
+    from a file that fits its layout (check_file: headers only, so a study checks in milliseconds)."""
+    if name == "digits":
         return
-    if name == "binary_mnist" and npz_path("mnist", data_dir).exists():
-        return
+    for source in (name, "mnist") if name == "binary_mnist" else (name,):
+        if npz_path(source, data_dir).exists():
+            return check_file(name, npz_path(source, data_dir))
     raise _missing(name, data_dir)
 
 

@@ -337,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:   # named by its option, as the user typed it
         print(f"error: --{e.key.replace('_', '-')}: {e}" if e.key else f"error: {e}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, FloatingPointError) as e:
+    except DataError as e:    # bad input: the dataset file is named, nothing was written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -176,6 +176,10 @@ def main(argv=None) -> int:
     if left:
         print(f"error: {left} trial updates could not be written to MLflow at {uri}", file=sys.stderr)
         return 1
+    if not counts.get("completed") and counts.get("failed"):
+        print(f"error: every trial of the study failed ({counts['failed']}); their reasons are on the `trial ... "
+              f"failed` lines above and in each run's `failure` tag", file=sys.stderr)
+        return 1
     if counts.get("interrupted"):
         print(f"\ninterrupted with {counts['interrupted']} trial(s) unfinished; continue with:\n"
               f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)

@@ -14,6 +14,22 @@ def run(tmp_path, monkeypatch, capsys, *args):
     return rc, err
 
 
+def bad_npz(t, name, data: bytes):
+    (t / "d").mkdir(exist_ok=True)
+    (t / "d" / f"{name}.npz").write_bytes(data)
+    return t / "d"
+
+
+def small_npz(t, name, shape):
+    import numpy as np
+
+    (t / "d").mkdir(exist_ok=True)
+    x = np.zeros(shape, np.uint8)
+    np.savez(t / "d" / f"{name}.npz", x_train=x, y_train=np.zeros(len(x), np.uint8), x_test=x[:2],
+             y_test=np.zeros(2, np.uint8))
+    return t / "d"
+
+
 def touch(path, data=b"x"):
     path.write_bytes(data)
     return path
@@ -43,6 +59,13 @@ CASES = [
     ("missing space file", lambda t: ["--space", str(t / "none.yaml")], "no such search-space file"),
     ("missing data offline", lambda t: ["--space", space(t, {"study": "s", "dataset": "mnist"}), "--data-dir", str(t / "d")],
      "python -m iabf.data prepare mnist"),
+    ("truncated dataset file", lambda t: ["--space", space(t, {"study": "s", "dataset": "mnist"}), "--data-dir",
+                                          str(bad_npz(t, "mnist", b"PK\x03\x04 truncated"))], "not a readable .npz"),
+    ("dataset file of the wrong shape", lambda t: ["--space", space(t, {"study": "s", "dataset": "mnist"}), "--data-dir",
+                                                   str(small_npz(t, "mnist", (10_001, 32, 32)))], "mnist expects (28, 28)"),
+    ("too few images for the validation split", lambda t: ["--space", space(t, {"study": "s", "dataset": "mnist"}),
+                                                           "--data-dir", str(small_npz(t, "mnist", (500, 28, 28)))],
+     "at least 10,001 are needed"),
     ("unsupported tracking scheme", lambda t: ["--smoke", "--tracking-uri", "ftp://x/y"], "unsupported scheme 'ftp'"),
     ("sqlite store under a regular file", lambda t: ["--smoke", "--tracking-uri", f"sqlite:///{touch(t / 'f')}/mlflow.db"],
      "cannot make its folder"),
