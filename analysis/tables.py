@@ -17,11 +17,12 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from iabf.datasets import SPECS
+
 METHODS = ("necst", "abf", "iabf")
 METHOD_NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF"}
 DATASET_ORDER = ("binary_mnist", "omniglot", "cifar10", "mnist", "digits")   # the paper's order, then ours
-DATASET_NAMES = {"binary_mnist": "Binary MNIST", "mnist": "MNIST", "omniglot": "Omniglot",
-                 "cifar10": "CIFAR10", "digits": "Digits (8x8)"}
+DATASET_NAMES = {k: spec.display for k, spec in SPECS.items()}   # one of one's own: by its name
 PAPER_TABLE1 = Path(__file__).with_name("paper_table1.csv")
 CELL = ["dataset", "bits", "method", "eps"]      # the paper's entries, which the reproduction compares
 CELL_PREFIX = "cell."                            # analysis.fetch: a run's value of each cell axis

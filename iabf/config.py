@@ -11,7 +11,9 @@ import math
 import reprlib
 from dataclasses import dataclass, field, fields
 
-DATASETS = ("digits", "binary_mnist", "mnist", "omniglot", "cifar10")
+from .datasets import SPECS, default_bits, is_name
+
+DATASETS = tuple(SPECS)   # the known ones (iabf/datasets.py); any other <name>.npz in data_dir is one too
 METHODS = ("necst", "abf", "iabf")
 CHANNELS = ("bsc", "bec", "z")   # the rows of iabf.channels.CHANNELS (torch-free here; a test keeps them equal)
 FLIPS = ("budget", "topk")
@@ -20,10 +22,9 @@ VIMCO_SIGNALS = ("loglik", "loss")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
-# Model family per dataset (the architectures themselves are in models.ARCH)
-ARCH_KIND = {"digits": "mlp", "binary_mnist": "mlp", "mnist": "mlp", "omniglot": "mlp", "cifar10": "conv"}
-# Code length per dataset: the paper's Table 1 (digits is ours: 64 pixels, 17 grey levels).
-DEFAULT_BITS = {"digits": 16, "binary_mnist": 100, "mnist": 100, "omniglot": 200, "cifar10": 500}
+# Model family and code length per known dataset, from its spec (the architectures are in models.ARCH)
+ARCH_KIND = {k: spec.arch for k, spec in SPECS.items()}
+DEFAULT_BITS = {k: spec.bits for k, spec in SPECS.items()}
 
 
 INT_MAX = 2**31 - 1   # every integer setting fits in 32 bits (seeds included): larger is a typo or a fuzz
@@ -67,9 +68,11 @@ def _f(default, help):  # a field with its documentation, shown by `--help`
 @dataclass
 class Config:
     # --- what is trained ---
-    dataset: str = _f("mnist", f"dataset, one of {DATASETS}")
+    dataset: str = _f("mnist", f"dataset: one of {', '.join(DATASETS)}, or the name of any <name>.npz in data_dir "
+                               "(its spec inferred from its arrays: python -m iabf.data info NAME)")
     method: str = _f("iabf", "necst (eq. 16), abf (adversarial bit flip, eq. 30), iabf (abf + infomax, eq. 29)")
-    n_bits: int = _f(0, "code length m; 0 = the paper's for the dataset (BinaryMNIST/MNIST 100, Omniglot 200, CIFAR10 500)")
+    n_bits: int = _f(0, "code length m; 0 = the paper's for the dataset (BinaryMNIST/MNIST 100, Omniglot 200, CIFAR10 500; "
+                        "100 for a dataset of one's own)")
     channel: str = _f("bsc", "bsc (binary symmetric, eq. 18), bec (binary erasure) or z (Z-channel: 1 -> 0 "
                              "with probability eps, 0 stays 0)")
     eps: float = _f(0.1, "training channel noise: flip (BSC) or erasure (BEC) probability, in [0, 0.5]")
@@ -120,7 +123,7 @@ class Config:
     # Derived values live here, not as more fields, so there is one source of truth.
     @property
     def bits(self) -> int:
-        return self.n_bits or DEFAULT_BITS[self.dataset]
+        return self.n_bits or default_bits(self.dataset)
 
     @property
     def eval_eps(self) -> float:
@@ -150,7 +153,8 @@ class Config:
                 need(math.isfinite(v), f.name, "a finite number")
             if f.type == "int":
                 need(abs(v) <= INT_MAX, f.name, f"an integer of at most {INT_MAX}")
-        need(self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
+        need(self.dataset in DATASETS or is_name(self.dataset), "dataset",
+             f"one of {', '.join(DATASETS)}, or the name of a <name>.npz in data_dir (letters, digits, _ . -)")
         need(self.method in METHODS, "method", f"one of {', '.join(METHODS)}")
         need(self.channel in CHANNELS, "channel", f"one of {', '.join(CHANNELS)}")
         need(self.flip in FLIPS, "flip", f"one of {', '.join(FLIPS)}")
@@ -176,7 +180,7 @@ class Config:
         need(self.stack >= 1, "stack", "an integer >= 1")
         need(self.stack == 1 or self.compile == "off", "stack", "1 with compile (stacked seeds run under vmap, uncompiled)")
         # vmap cannot batch BatchNorm's in-place running statistics (the conv models of cifar10)
-        need(self.stack == 1 or ARCH_KIND.get(self.dataset) == "mlp", "stack",
+        need(self.stack == 1 or ARCH_KIND.get(self.dataset, "mlp") == "mlp", "stack",
              f"1 for {self.dataset} (stacked seeds need an MLP dataset: {', '.join(d for d, k in ARCH_KIND.items() if k == 'mlp')})")
         need(self.max_train_examples >= 0, "max_train_examples", "0 (all) or a positive integer")
         need(self.seed >= 0, "seed", "an integer >= 0")

@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .datasets import OWN_VALID_FRACTION, SPECS, DatasetSpec, infer
+
 SPLIT_SEED = 0        # fixed forever: changing it changes every reported number
 BINARIZE_SEED = 0     # BinaryMNIST: one fixed Bernoulli draw of the MNIST intensities
-N_VALID = {"digits": 300, "binary_mnist": 10_000, "mnist": 10_000, "omniglot": 500, "cifar10": 10_000}
-IMAGE_SHAPE = {"digits": (1, 8, 8), "binary_mnist": (1, 28, 28), "mnist": (1, 28, 28),
-               "omniglot": (1, 28, 28), "cifar10": (3, 32, 32)}  # (C, H, W) as training sees them
-BINARY = {"binary_mnist"}  # Bernoulli likelihood; the rest are squared error on [0,1]
+# the known datasets' specs (iabf/datasets.py), by field
+N_VALID = {k: spec.n_valid for k, spec in SPECS.items()}
+IMAGE_SHAPE = {k: spec.shape for k, spec in SPECS.items()}   # (C, H, W) as training sees them
+BINARY = {k for k, spec in SPECS.items() if spec.binary}     # Bernoulli likelihood; the rest squared error
 DIGITS_N_TEST = 297   # sklearn's 1,797 digits -> 1,200 train / 300 valid / 297 test
 
 
@@ -162,32 +164,58 @@ def inspect_npz(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         raise DataError(f"{path}: not a readable .npz ({type(e).__name__}: {reason})") from None
 
 
-def check_file(name: str, path: Path) -> None:
+def check_file(name: str, path: Path) -> DatasetSpec:
     """Check a dataset file against its layout before anything trains: the four arrays, uint8
-    images of the dataset's shape, one label per image, a test split, and more training images
-    than the validation split takes. One DataError line naming the file and the problem."""
+    images of the dataset's shape (a dataset of one's own: its x_train's, the same in x_test), one
+    label per image, a test split, and more training images than the validation split takes.
+    Returns the spec (inferred for a dataset of one's own, binary not yet known: spec_of says).
+    One DataError line naming the file and the problem."""
     arrays = inspect_npz(path)
     missing = [k for k in KEYS if k not in arrays]
     if missing:
-        raise DataError(f"{path}: lacks {', '.join(missing)} (a dataset file holds uint8 {', '.join(KEYS)}); rebuild "
-                        f"it with `python -m iabf.data prepare {name} --data-dir {path.parent}`")
-    c, h, w = IMAGE_SHAPE[name]
+        how = (f"rebuild it with `python -m iabf.data prepare {name} --data-dir {path.parent}`" if name in SPECS else
+               "a dataset file holds uint8 " + ", ".join(KEYS))
+        raise DataError(f"{path}: lacks {', '.join(missing)}; {how}")
+    for split_ in ("train", "test"):
+        if arrays[f"x_{split_}"][1] != np.uint8:
+            raise DataError(f"{path}: x_{split_} is {arrays[f'x_{split_}'][1]}; expected uint8 pixels 0..255 (the "
+                            f"layout of `python -m iabf.data prepare`)")
+    if name in SPECS:
+        spec = SPECS[name]
+    else:
+        try:
+            spec = infer(name, arrays["x_train"][0], binary=False)
+        except ValueError as e:
+            raise DataError(f"{path}: {e}") from None
+    c, h, w = spec.shape
     want = (h, w) if c == 1 else (h, w, c)
     for split_ in ("train", "test"):
-        (shape, dtype), (labels, _) = arrays[f"x_{split_}"], arrays[f"y_{split_}"]
-        if dtype != np.uint8:
-            raise DataError(f"{path}: x_{split_} is {dtype}; expected uint8 pixels 0..255 (the layout of "
-                            f"`python -m iabf.data prepare`)")
+        (shape, _), (labels, _) = arrays[f"x_{split_}"], arrays[f"y_{split_}"]
         if tuple(shape[1:]) != want:
-            raise DataError(f"{path}: x_{split_} has images of shape {tuple(shape[1:])}; {name} expects "
-                            f"{want} (N, {', '.join(map(str, want))})")
+            raise DataError(f"{path}: x_{split_} has images of shape {tuple(shape[1:])}; {name} expects {want}")
         if len(labels) != 1 or labels[0] != shape[0]:
             raise DataError(f"{path}: y_{split_} has shape {labels}; expected one label per image ({shape[0]},)")
         if shape[0] == 0:
             raise DataError(f"{path}: x_{split_} has no images")
-    if arrays["x_train"][0][0] <= N_VALID[name]:
-        raise DataError(f"{path}: x_train has {arrays['x_train'][0][0]} images; {name}'s validation split takes "
-                        f"{N_VALID[name]:,} of them, so at least {N_VALID[name] + 1:,} are needed")
+    n_train = arrays["x_train"][0][0]
+    if n_train <= spec.n_valid:
+        raise DataError(f"{path}: x_train has {n_train} images; {name}'s validation split takes "
+                        f"{spec.n_valid:,} of them, so at least {spec.n_valid + 1:,} are needed")
+    return spec
+
+
+def spec_of(name: str, data_dir: str | os.PathLike, arrays: dict | None = None) -> DatasetSpec:
+    """A dataset's spec: the table's, or for a dataset of one's own inferred from its file (its
+    arrays, when already read: binary when every pixel is 0 or 255)."""
+    if name in SPECS:
+        return SPECS[name]
+    path = npz_path(name, data_dir)
+    if not path.exists():
+        raise _missing(name, data_dir)
+    spec = check_file(name, path)
+    x = (arrays or load_arrays(name, data_dir))["x_train"]
+    binary = bool(np.isin(x, (0, 255)).all())
+    return DatasetSpec(spec.display, spec.shape, binary, spec.arch, spec.bits, spec.n_valid)
 
 
 def load_arrays(name: str, data_dir: str | os.PathLike, download: bool = False) -> dict[str, np.ndarray]:
@@ -217,23 +245,28 @@ def check_available(name: str, data_dir: str | os.PathLike) -> None:
         return
     for source in (name, "mnist") if name == "binary_mnist" else (name,):
         if npz_path(source, data_dir).exists():
-            return check_file(name, npz_path(source, data_dir))
+            check_file(name, npz_path(source, data_dir))
+            return
     raise _missing(name, data_dir)
 
 
 def _missing(name: str, data_dir) -> DataError:
+    if name not in SPECS:
+        return DataError(f"dataset {name!r}: no file {npz_path(name, data_dir)}; a dataset of one's own is a <name>.npz "
+                         f"of uint8 {', '.join(KEYS)} in --data-dir (known datasets: {', '.join(SPECS)})")
     return DataError(f"dataset file {npz_path(name, data_dir)} not found; prepare it with "
                      f"`python -m iabf.data prepare {name} --data-dir {Path(data_dir)}` (needs internet), "
                      f"or point --data-dir at a folder that has it")
 
 
-def split(name: str, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split(name: str, arrays: dict[str, np.ndarray], spec: DatasetSpec | None = None) -> tuple[np.ndarray, ...]:
     """(train, valid, test) images as (N, C, H, W) uint8."""
     def nchw(x):
         return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
 
-    x, n_val = nchw(arrays["x_train"]), N_VALID[name]
-    if name == "cifar10":  # the reference keeps data_batch_5 (the last 10k) for validation
+    spec = spec or SPECS[name]
+    x, n_val = nchw(arrays["x_train"]), spec.n_valid
+    if spec.val_last:  # CIFAR-10: the reference keeps data_batch_5 (the last 10k) for validation
         train_idx, val_idx = np.arange(len(x) - n_val), np.arange(len(x) - n_val, len(x))
     else:
         perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
@@ -244,16 +277,16 @@ def split(name: str, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
 def load(name: str, data_dir: str | os.PathLike, device: torch.device | str = "cpu",
          max_train_examples: int = 0, download: bool = False) -> Splits:
     """Read the arrays once and put them on `device`; training then indexes them directly."""
-    if name not in N_VALID:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(N_VALID)}")
-    train, val, test = split(name, load_arrays(name, data_dir, download))
+    arrays = load_arrays(name, data_dir, download)
+    spec = spec_of(name, data_dir, arrays)
+    train, val, test = split(name, arrays, spec)
     if max_train_examples:
         train = train[:max_train_examples]
 
     def dev(a):
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
-    return Splits(dev(train), dev(val), dev(test), binary=name in BINARY)
+    return Splits(dev(train), dev(val), dev(test), binary=spec.binary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,17 +296,27 @@ def main(argv: list[str] | None = None) -> int:
     pp = sub.add_parser("prepare", help="download a dataset through torchvision and write <name>.npz")
     pp.add_argument("name", choices=sorted(N_VALID))
     pp.add_argument("--data-dir", default="data", help="where <name>.npz is written (default: data)")
-    pi = sub.add_parser("info", help="print the split sizes of a prepared dataset")
-    pi.add_argument("name", choices=sorted(N_VALID))
+    pi = sub.add_parser("info", help="the spec a dataset trains with (inferred for one of your own) and its splits")
+    pi.add_argument("name", help=f"one of {', '.join(SPECS)}, or the name of a <name>.npz in --data-dir")
     pi.add_argument("--data-dir", default="data")
     args = p.parse_args(argv)
     try:
         if args.cmd == "prepare":
             print(prepare(args.name, args.data_dir))
         else:
-            tr, va, te = split(args.name, load_arrays(args.name, args.data_dir))
-            print(f"{args.name}: train {tr.shape}, valid {va.shape}, test {te.shape}")
-    except (DataError, OSError, RuntimeError) as e:
+            arrays = load_arrays(args.name, args.data_dir)
+            spec = spec_of(args.name, args.data_dir, arrays)
+            tr, va, te = split(args.name, arrays, spec)
+            from .datasets import default_bits
+            how = "known" if args.name in SPECS else \
+                f"inferred from {npz_path(args.name, args.data_dir)} (validation: {OWN_VALID_FRACTION:.0%} of x_train)"
+            print(f"{args.name} ({how}): images {spec.shape} (C, H, W), "
+                  f"{'Bernoulli (binary pixels)' if spec.binary else 'squared error'} likelihood, {spec.arch} model, "
+                  f"{default_bits(args.name)} bits by default; train {tr.shape[0]}, valid {va.shape[0]}, test {te.shape[0]}")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ARCH_KIND
 
 # tf.nn.leaky_relu's default slope, which the reference code used
 SLOPE = 0.2
@@ -98,8 +97,10 @@ def discriminator(bits: int, hidden: int = 500) -> nn.Sequential:
 
 
 def build(dataset: str, image_shape: tuple[int, ...], bits: int) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """(encoder, decoder, discriminator) for a dataset."""
-    arch, kind = ARCH[dataset], ARCH_KIND[dataset]
+    """(encoder, decoder, discriminator) for a dataset: its own widths, or for a dataset of one's own
+    those of its family (MNIST's MLP for grey images, CIFAR-10's conv model for 3 x 32 x 32)."""
+    kind = "conv" if tuple(image_shape) == (3, 32, 32) else "mlp"
+    arch = ARCH.get(dataset) or ARCH["cifar10" if kind == "conv" else "mnist"]
     if kind == "conv":
         enc = conv_encoder(arch["enc"], bits)
         dec = Decoder(conv_decoder(arch["dec"], bits), image_shape)

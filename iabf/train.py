@@ -108,6 +108,7 @@ def snapshot(models: dict, opt_states: dict, gen: torch.Generator, epoch: int, b
         "optimizer": opt_states,
         "generator": gen.get_state(),
         "wall_seconds": wall_seconds,
+        "image_shape": list(models["decoder"].image_shape),   # a dataset of one's own has no table entry
     }
 
 
@@ -136,7 +137,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def models_from_state(state: dict, which: str = "best_model", device="cpu"):
     """(config, encoder, decoder) in eval mode, by default with the best-by-validation weights."""
     cfg = Config.from_dict(state["config"])
-    enc, dec, _ = build(cfg.dataset, IMAGE_SHAPE[cfg.dataset], cfg.bits)
+    enc, dec, _ = build(cfg.dataset, tuple(state.get("image_shape") or IMAGE_SHAPE[cfg.dataset]), cfg.bits)
     weights = state[which] or state["model"]
     enc.load_state_dict(weights["encoder"]), dec.load_state_dict(weights["decoder"])
     return cfg, enc.to(device).eval(), dec.to(device).eval()
@@ -236,6 +237,9 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
     seeds, S = [c.seed for c in cfgs], len(cfgs)
     if data is None:
         data = load(cfg.dataset, cfg.data_dir, device, cfg.max_train_examples, cfg.download)
+    if S > 1 and data.image_shape == (3, 32, 32):   # Config knows the table's datasets; this, one's own
+        raise ConfigError(f"stack={S} is not allowed: 1 for {cfg.dataset} (a conv model: vmap cannot batch its "
+                          "BatchNorm)", "stack")
     models, gens = [], []
     for c in cfgs:
         torch.manual_seed(c.seed)                                         # initialisation

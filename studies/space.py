@@ -95,7 +95,8 @@ class Study:
         if self.stack != "auto":
             return self.stack
         consecutive = self.seeds == list(range(self.seeds[0], self.seeds[0] + len(self.seeds)))
-        stackable = ARCH_KIND[dataset] == "mlp" and self.fixed_for(dataset).get("compile", "off") == "off"
+        # a dataset of one's own is not stacked by auto (its model is known only from its file)
+        stackable = ARCH_KIND.get(dataset) == "mlp" and self.fixed_for(dataset).get("compile", "off") == "off"
         return len(self.seeds) if consecutive and stackable else 1
 
 

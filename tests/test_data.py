@@ -57,7 +57,7 @@ def test_prepare_writes_the_shared_layout_atomically(tmp_path, data_dir):
 def test_missing_file_offline_says_how_to_prepare(tmp_path):
     with pytest.raises(DataError, match=r"python -m iabf.data prepare mnist --data-dir"):
         load("mnist", tmp_path)
-    assert main(["info", "cifar10", "--data-dir", str(tmp_path)]) == 1
+    assert main(["info", "cifar10", "--data-dir", str(tmp_path)]) == 2
 
 
 def test_max_train_examples_takes_a_prefix_of_the_training_split(data_dir):

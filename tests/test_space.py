@@ -117,7 +117,7 @@ BAD = [
     (with_(fixed={"K": "five"}), "fixed.K: K='five' is not allowed: expected int"),
     (with_(fixed={"K": 0}), "fixed.K: K=0 is not allowed: an integer >= 1"),
     (with_(fixed={"lam": -0.1}), "fixed.lam: lam=-0.1 is not allowed: a number >= 0"),
-    (with_(dataset="svhn"), "fixed.dataset: dataset='svhn' is not allowed: one of digits"),
+    (with_(dataset="sv hn"), "fixed.dataset: dataset='sv hn' is not allowed: one of digits"),
     (with_(search={"eps": {"grid": [0.1, 0.7]}}), "search.eps.grid[1]: eps=0.7 is not allowed"),
     (with_(search={"eps": {"grid": [0.1, 0.5]}}), "search.eps.grid[1]: eps=0.5 is not allowed in a study"),
     (with_(search={"eps": {"grid": []}}), "search.eps.grid: expected a non-empty list"),

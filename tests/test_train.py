@@ -111,7 +111,8 @@ def test_cli_trains_saves_best_and_prints_json_last(tmp_path, capsys):
 @pytest.mark.parametrize("args, needle", [
     (["--eps", "0.7"], "eps=0.7 is not allowed"),
     (["--eps", "-0.1"], "eps=-0.1 is not allowed"),
-    (["--dataset", "svhn"], "dataset='svhn' is not allowed"),
+    (["--dataset", "svhn"], "dataset 'svhn': no file"),                  # a name, but no svhn.npz
+    (["--dataset", "svhn/../x"], "dataset='svhn/../x' is not allowed"),  # not a file name
     (["--method", "vae"], "method='vae' is not allowed"),
     (["--K", "0"], "K=0 is not allowed"),
     (["--lam", "-0.01"], "lam=-0.01 is not allowed"),
