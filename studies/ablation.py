@@ -246,8 +246,22 @@ def prepare(args: argparse.Namespace):
     study = with_overrides(args)
     check_data(study, args.data_dir)
     uri = tracking.check_uri(args.tracking_uri or tracking.default_tracking_uri())
+    check_storage(args.storage)
     cluster.check_address(args.address)
     return study, uri, resolve_experiment(args, study)
+
+
+def check_storage(storage: str) -> None:
+    """A local --storage must be (or be makeable in) a writable folder; a URI is its store's business."""
+    if "://" in storage:
+        return
+    here = Path(storage).expanduser().resolve()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise SpaceError(f"--storage {storage}: {here} is a file, not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise SpaceError(f"--storage {storage}: {here} is not writable")
 
 
 def storage_of(path: str) -> str:

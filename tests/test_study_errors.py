@@ -77,6 +77,8 @@ CASES = [
      "is a folder, not a database file"),
     ("file store, read-only in MLflow 3", lambda t: ["--smoke", "--tracking-uri", f"file://{t / 'mlruns'}"],
      "no longer writes a file store"),
+    ("storage under a regular file", lambda t: ["--smoke", "--storage", str(touch(t / "r") / "results")],
+     "is a file, not a folder"),
     ("unreachable address", lambda t: ["--smoke", "--address", "127.0.0.1:9"], "cannot reach the Ray cluster at '127.0.0.1:9'"),
     ("nothing to resume", lambda t: ["--smoke", "--resume"], "no earlier run of study 'quick-smoke' to resume"),
 ]
