@@ -326,6 +326,18 @@ def test_remote_tracking_against_a_real_mlflow_server(tmp_path, mlflow_server):
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_two_studies_started_at_once_on_a_new_store_both_finish(tmp_path):
+    """Both would create MLflow's tables in a new sqlite store at once (alembic's 'online migration
+    expected to match one row' in one of them); the store's schema is made once, under its lock."""
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    procs = [study(tmp_path / name, "--smoke", uri=uri, wait=False) for name in ("a", "b")
+             if (tmp_path / name).mkdir() is None]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-2000:] for o in outs)
+    _, children = runs_of(MlflowClient(uri), "quick-smoke")
+    assert len(children) == 6 and all(r.data.tags["stop_reason"] == "completed" for r in children)
+
+
 def test_a_trial_no_node_can_hold_is_refused_before_anything_starts(tmp_path):
     """A local Ray cannot grow: 64 GPUs per trial would wait forever (`1 PENDING`), so it is refused
     in one line that names what the nodes have, and nothing is written."""
