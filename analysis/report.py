@@ -183,7 +183,10 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
               f"{cells[axes].drop_duplicates().shape[0]} cells: {shape} values; an entry is a cell and an arm.", "",
               "## Budget and fixed values", "", "Every trial's, from the study's parent run (by_dataset: per dataset, "
               "over fixed; anything else is iabf/config.py's default).", "", *(budget or ["- the defaults"]), "",
-              "## Table 1" if is_table1(cells) else "## Table", "", markdown, "## The chosen configurations", "",
+              "## Table 1" if is_table1(cells) else "## Table", "", markdown,
+              *(["## Per arm, across the ablation", "", "Test distortion, mean ± std over seeds; each entry is one "
+                 "cell of the table above.", "", grids] if (grids := tables.arm_grids(cells)) else []),
+              "## The chosen configurations", "",
               "| cell | arm | configuration | n | val | test | std |", "|---|---|---|---|---|---|---|"]
     report += [f"| {c.cell} | {c.arm} | {c.config} | {c.n} | "
                f"{c.val:.4g} | {c.test:.4g} | {c.std:.3g} |" for c in cells.itertuples()]

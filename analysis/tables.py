@@ -223,9 +223,36 @@ def layout(cells: pd.DataFrame) -> tuple[list[str], str | None]:
     axes = cell_columns(cells)
     varying = [c for c in axes if cells[c].nunique() > 1]
     numeric = [c for c in varying if pd.api.types.is_numeric_dtype(cells[c])]
-    column = next((c for c in (CELL_PREFIX + "eps", CELL_PREFIX + "test_eps") if c in axes), None) or \
-        (numeric or varying or [None])[-1]
+    noise = [c for c in (CELL_PREFIX + "eps", CELL_PREFIX + "test_eps") if c in axes]
+    column = next((c for c in noise if c in varying), None) or (numeric or varying or noise or [None])[-1]
     return [c for c in axes if c != column], column
+
+
+def arm_grids(cells: pd.DataFrame) -> str:
+    """For a study with two or more cell axes that vary: per arm (and per value of any further
+    varying axis), a grid of test distortion, the last two varying axes as rows and columns
+    (K x flip budget): how one arm moves across the ablation. Markdown; "" for other studies."""
+    cells = with_cells(cells)
+    varying = [c for c in cell_columns(cells) if cells[c].nunique() > 1]
+    if len(varying) < 2:
+        return ""
+    rows_axis, cols_axis, rest = varying[-2], varying[-1], varying[:-2]
+    out = []
+    for arm in arms(cells):
+        for key, g in (cells[cells.arm == arm].groupby(rest) if rest else [((), cells[cells.arm == arm])]):
+            key = key if isinstance(key, tuple) else (key,)
+            cols = sorted(g[cols_axis].unique())
+            title = ", ".join([arm_label(arm), *(f"{axis_name(c)}={value_text(v)}" for c, v in zip(rest, key))])
+            out += [f"| {title}: {axis_name(rows_axis)} \\ {axis_name(cols_axis)} | "
+                    + " | ".join(value_text(c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
+            for r in sorted(g[rows_axis].unique()):
+                line = []
+                for c in cols:
+                    hit = g[(g[rows_axis] == r) & (g[cols_axis] == c)]
+                    line.append(_number(hit.iloc[0], " ± ") if len(hit) else "--")
+                out.append(f"| {value_text(r)} | " + " | ".join(line) + " |")
+            out.append("")
+    return "\n".join(out)
 
 
 def _blocks(cells: pd.DataFrame):
