@@ -22,6 +22,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from analysis import figures, tables
+from iabf import metrics as M
+from studies.plan import SEARCH
 from analysis.fetch import (FetchError, check_store, display_uri, fetch_runs, metric_history, planned_arms, study_params, study_plan,
                             table_runs)
 
@@ -32,7 +34,7 @@ NOT_SEARCHED = ("param.seed", "param.stack", "param.data_dir", "param.device", "
 def searched_params(trials: pd.DataFrame) -> list[str]:
     """Numeric parameters that vary within a group (cell and arm) of the study's trials, seeds aside:
     what a search chose between, not what tells one arm from another."""
-    groups = trials.groupby(["cell", "arm"]) if {"cell", "arm"} <= set(trials.columns) else [(None, trials)]
+    groups = trials.groupby([M.CELL, M.ARM]) if {M.CELL, M.ARM} <= set(trials.columns) else [(None, trials)]
     return [c for c in trials.columns if c.startswith("param.") and c not in NOT_SEARCHED
             and pd.api.types.is_numeric_dtype(trials[c]) and not pd.api.types.is_bool_dtype(trials[c])
             and any(g[c].nunique() > 1 for _, g in groups)]
@@ -41,7 +43,7 @@ def searched_params(trials: pd.DataFrame) -> list[str]:
 def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
     """One axis plot per searched parameter. Across several groups (cell and arm), distortion is shown
     relative to the best of its group, so scales are comparable; edge notes are per group."""
-    notes, cell = [], ["cell", "arm"]
+    notes, cell = [], [M.CELL, M.ARM]
     for param in searched_params(trials):
         df = trials.copy()
         several = df.groupby(cell).ngroups > 1
@@ -103,7 +105,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     arms = planned_arms(params)
     # warns once per entry the study planned and did not get
     latex = tables.to_latex(cells, confirmed=confirmed, planned=arms, provisional=provisional)
-    for label in sorted({c["cell"] for c in (plan or {}).get("cells", [])} - set(trials.cell)):
+    for label in sorted({c["cell"] for c in (plan or {}).get("cells", [])} - set(trials[M.CELL])):
         warnings.warn(f"missing cell: {label}, planned, has no {'confirmation' if confirmed else 'completed'} run")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # ... and the other formats need not say it again
@@ -165,7 +167,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
             figures.save(figures.cell_axis_plot(cells, column, others, tables.arm_label), out,
                          f"axis_cell_{tables.axis_name(column)}")
     # the axes of the search: every completed search run against what it searched
-    notes = axis_figures(completed[completed.phase == "search"] if confirmed else trials, out)
+    notes = axis_figures(completed[completed[M.PHASE] == SEARCH] if confirmed else trials, out)
     spent = tables.cost(everything, plan)
     failed = everything[everything.stop_reason == "failed"]
     written["cost.csv"] = out / "cost.csv"

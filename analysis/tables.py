@@ -17,7 +17,9 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from iabf import metrics as M
 from iabf.datasets import SPECS
+from studies.plan import CONFIRM
 
 METHODS = ("necst", "abf", "iabf")
 METHOD_NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF"}
@@ -97,7 +99,7 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
                .reset_index())
     configs["config"] = [config_text(r, varying.get(tuple(r[k] for k in entry), [])) or "(none searched)"
                          for _, r in configs.iterrows()]
-    if "phase" in trials and (trials.phase == "confirm").all():
+    if M.PHASE in trials and (trials[M.PHASE] == CONFIRM).all():
         several = configs.groupby(entry, dropna=False).size()
         for key in several[several > 1].index:
             warnings.warn(f"entry {key} has {several[key]} configurations among its confirmation runs: the study's "
@@ -418,10 +420,10 @@ def cost(trials: pd.DataFrame, plan: dict | None = None) -> pd.DataFrame:
     without early stopping would have cost (from the study's plan, when it logged one)."""
     df = trials.assign(gpu_hours=trials.get("metric.sys/gpu_seconds", 0.0) / 3600,
                        trial_hours=trials.get("metric.sys/wall_seconds", 0.0) / 3600,
-                       search_epochs=trials.epochs.where(trials.phase != "confirm", 0.0),
-                       confirm_epochs=trials.epochs.where(trials.phase == "confirm", 0.0)).fillna(
+                       search_epochs=trials.epochs.where(trials[M.PHASE] != CONFIRM, 0.0),
+                       confirm_epochs=trials.epochs.where(trials[M.PHASE] == CONFIRM, 0.0)).fillna(
         {"gpu_hours": 0.0, "trial_hours": 0.0})
-    out = (df.groupby("cell").agg(runs=("run_id", "size"), search_epochs=("search_epochs", "sum"),
+    out = (df.groupby(M.CELL).agg(runs=("run_id", "size"), search_epochs=("search_epochs", "sum"),
                                   confirm_epochs=("confirm_epochs", "sum"), trial_hours=("trial_hours", "sum"),
                                   gpu_hours=("gpu_hours", "sum")).reset_index())
     planned = {c["cell"]: c["full_grid_epochs"] for c in (plan or {}).get("cells", [])}

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -255,9 +256,8 @@ def test_a_study_over_two_noise_levels_keeps_each_cells_best_and_confirms_every_
     assert max(first_rung[r.info.run_id] for r in cells["0.0"]) < min(first_rung[r.info.run_id] for r in cells["0.4"])
     for eps, runs in cells.items():   # ... while each cell's own ASHA lets its best finish
         assert any(r.data.tags["stop_reason"] == "completed" for r in runs), eps
-    table = (next((tmp_path / "results").glob("two_eps-*/report")) / "table1.csv").read_text()
-    rows = [line.split(",") for line in table.splitlines()[1:]]
-    assert len(rows) == 2 and all(r[7] == "2" for r in rows)            # both cells, n = len(seeds) = 2
+    table = pd.read_csv(next((tmp_path / "results").glob("two_eps-*/report")) / "table1.csv")
+    assert sorted(table.eps) == [0.0, 0.4] and (table.n == 2).all()    # both cells, n = len(seeds) = 2
 
     # the best runs, from MLflow: the confirmation runs and checkpoints that load
     found = subprocess.run([sys.executable, "-m", "analysis.best", "--study", "two_eps", "--json",
