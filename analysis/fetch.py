@@ -21,15 +21,21 @@ class FetchError(LookupError):
     """The study or run asked for is not in the tracking store."""
 
 
-def check_store(uri: str) -> None:
-    """A store to read from, checked before anything is opened or written: a sqlite file that
-    exists and is a database (MLflow's client would create an empty one), or a server that answers
-    within seconds (MLflow's client retries for minutes). Raises FetchError."""
+def limit_mlflow_retries() -> None:
+    """A lost tracking server should cost seconds per attempt, not minutes (MLflow's defaults retry
+    7 times with backoff); what the environment sets wins."""
     import os
 
     for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
                        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
         os.environ.setdefault(key, value)
+
+
+def check_store(uri: str) -> None:
+    """A store to read from, checked before anything is opened or written: a sqlite file that
+    exists and is a database (MLflow's client would create an empty one), or a server that answers
+    within seconds (MLflow's client retries for minutes). Raises FetchError."""
+    limit_mlflow_retries()
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
     if scheme == "sqlite":
         path = Path(uri.split(":///", 1)[-1]).expanduser()

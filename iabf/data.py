@@ -209,13 +209,8 @@ def spec_of(name: str, data_dir: str | os.PathLike, arrays: dict | None = None) 
     arrays, when already read: binary when every pixel is 0 or 255)."""
     if name in SPECS:
         return SPECS[name]
-    path = npz_path(name, data_dir)
-    if not path.exists():
-        raise _missing(name, data_dir)
-    spec = check_file(name, path)
-    x = (arrays or load_arrays(name, data_dir))["x_train"]
-    binary = bool(np.isin(x, (0, 255)).all())
-    return DatasetSpec(spec.display, spec.shape, binary, spec.arch, spec.bits, spec.n_valid)
+    x = (arrays or load_arrays(name, data_dir))["x_train"]   # load_arrays has checked the file (check_file)
+    return infer(name, x.shape, binary=bool(np.isin(x, (0, 255)).all()))
 
 
 def load_arrays(name: str, data_dir: str | os.PathLike, download: bool = False) -> dict[str, np.ndarray]:

@@ -81,18 +81,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-    # a lost tracking server should cost seconds per attempt, not minutes (MLflow's defaults retry 7x)
-    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
-        os.environ.setdefault(key, value)
 
     if args.estimate and not args.plan:
         print("error: --estimate goes with --plan (see --help)", file=sys.stderr)
         return 2
     if args.plan:   # before torch, Ray and MLflow are imported: a plan takes a second
         return show_plan(args)
+    from analysis.fetch import limit_mlflow_retries
     from iabf.data import DataError
     from studies import cluster, tracking
+
+    limit_mlflow_retries()
 
     # --- validate everything before anything starts ---
     try:
