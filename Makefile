@@ -1,4 +1,4 @@
-# Every target bootstraps .venv on first use, so a fresh clone needs nothing but python3 >= 3.10.
+# Every target bootstraps .venv on first use, so a fresh clone needs nothing but python3 >= 3.11 (Sionna 2, the separation baseline's LDPC library, needs it).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

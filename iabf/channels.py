@@ -10,6 +10,7 @@ how it corrupts a code, and which flips the adversary may make on it. Adding one
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -135,6 +136,31 @@ def adversarial_eps(y: torch.Tensor, grad: torch.Tensor, flip: str, budget: floa
     return eps * CHANNELS[channel].mask(y, grad)
 
 
+# --- what a received symbol says about the sent bit (a channel decoder's input) -------------------
+
+LLR_MAX = 20.0    # a certain symbol (eps = 0, a Z-channel's 1, an unerased BEC bit): Sionna's own clip
+
+
+def _log_odds(eps: float) -> float:
+    """log((1 - eps) / eps), clipped to LLR_MAX."""
+    return LLR_MAX if eps <= 0 else min(LLR_MAX, math.log((1 - eps) / eps))
+
+
+def llr_bsc(r: torch.Tensor, eps: float) -> torch.Tensor:
+    """log P(sent 1 | r) / P(sent 0 | r) for equally likely bits: +-log((1 - eps) / eps)."""
+    return (2 * r - 1) * _log_odds(eps)
+
+
+def llr_bec(r: torch.Tensor, eps: float) -> torch.Tensor:
+    """An erasure says nothing (0); an arrived bit is certain."""
+    return torch.where(r == ERASED, torch.zeros_like(r), (2 * r - 1) * LLR_MAX)
+
+
+def llr_z(r: torch.Tensor, eps: float) -> torch.Tensor:
+    """A 1 arrives only if a 1 was sent (certain); a 0 is a sent 0, or a sent 1 dropped: log eps."""
+    return torch.where(r > 0.5, torch.full_like(r, LLR_MAX), torch.full_like(r, max(-LLR_MAX, math.log(eps)) if eps > 0 else -LLR_MAX))
+
+
 # --- the channels -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -142,20 +168,23 @@ class Channel:
     """One channel: compose(p, eps) = P(received bit = 1) for a Bernoulli(p) bit (None where what
     arrives is not a bit: the BEC's erasures), corrupt(y, eps, gen) what a code looks like after it,
     and mask(y, grad) which of a code's bits the adversary may attack (eq. 25): its per-bit noise
-    eps* then goes through the same channel (eq. 30)."""
+    eps* then goes through the same channel (eq. 30); llr(r, eps) the log-likelihood ratio of a
+    sent 1 over a sent 0 given what arrived (positive for 1, Sionna's sign), for a channel decoder
+    (separation.py); its capacity is in iabf/capacity.py, torch-free."""
     compose: Callable | None
     corrupt: Callable
     mask: Callable
+    llr: Callable
     doc: str
 
 
 CHANNELS = {
-    "bsc": Channel(compose, bsc, flip_mask, "binary symmetric (eq. 17-18): every bit flipped with probability eps; "
+    "bsc": Channel(compose, bsc, flip_mask, llr_bsc, "binary symmetric (eq. 17-18): every bit flipped with probability eps; "
                                             "the adversary flips 0 -> 1 and 1 -> 0"),
     # erasing moves a bit to ERASED = 0.5, in the same direction as flipping it: the adversary erases
     # the bits whose flip would raise the loss (eq. 25's rule), with eq. 30's budget
-    "bec": Channel(None, bec, flip_mask, "binary erasure: every bit erased with probability eps; the adversary "
+    "bec": Channel(None, bec, flip_mask, llr_bec, "binary erasure: every bit erased with probability eps; the adversary "
                                          "erases the bits whose erasure raises the loss"),
-    "z": Channel(compose_z, z, ones_mask, "Z-channel: every 1 becomes 0 with probability eps, a 0 stays 0; the "
+    "z": Channel(compose_z, z, ones_mask, llr_z, "Z-channel: every 1 becomes 0 with probability eps, a 0 stays 0; the "
                                           "adversary flips only 1 -> 0"),
 }

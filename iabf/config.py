@@ -11,10 +11,12 @@ import math
 import reprlib
 from dataclasses import dataclass, field, fields
 
+from .capacity import K_MIN, RATE_MAX, RATE_MIN, capacity_bits, ldpc_k, ldpc_k_range
 from .datasets import SPECS, default_bits, is_name
 
 DATASETS = tuple(SPECS)   # the known ones (iabf/datasets.py); any other <name>.npz in data_dir is one too
-METHODS = ("necst", "abf", "iabf")
+METHODS = ("necst", "abf", "iabf", "separation")
+CHANNEL_CODES = ("ldpc", "capacity", "none")   # separation's channel code (iabf/separation.py)
 CHANNELS = ("bsc", "bec", "z")   # the rows of iabf.channels.CHANNELS (torch-free here; a test keeps them equal)
 FLIPS = ("budget", "topk")
 TC_INPUTS = ("bits", "probs")
@@ -70,7 +72,8 @@ class Config:
     # --- what is trained ---
     dataset: str = _f("mnist", f"dataset: one of {', '.join(DATASETS)}, or the name of any <name>.npz in data_dir "
                                "(its spec inferred from its arrays: python -m iabf.data info NAME)")
-    method: str = _f("iabf", "necst (eq. 16), abf (adversarial bit flip, eq. 30), iabf (abf + infomax, eq. 29)")
+    method: str = _f("iabf", "necst (eq. 16), abf (adversarial bit flip, eq. 30), iabf (abf + infomax, eq. 29), "
+                             "separation (a noiseless learned source code of k bits, then a channel code to M bits)")
     n_bits: int = _f(0, "code length m; 0 = the paper's for the dataset (BinaryMNIST/MNIST 100, Omniglot 200, CIFAR10 500; "
                         "100 for a dataset of one's own)")
     channel: str = _f("bsc", "bsc (binary symmetric, eq. 18), bec (binary erasure) or z (Z-channel: 1 -> 0 "
@@ -85,6 +88,14 @@ class Config:
     flip_budget: float = _f(-1.0, "adversary's noise per bit (budget M*flip_budget); -1 = eps, as in the paper")
     flip_k: int = _f(10, "topk only: bits drawn for flipping per image (reference code: 10); 0 = round(M x eps), "
                          "the channel's expected flips in the trial's own cell")
+    # --- separation: source code, then channel code (iabf/separation.py) ---
+    channel_code: str = _f("ldpc", "separation only: ldpc (a 5G NR LDPC code of rate k/M, Sionna's encoder with rate "
+                                   "matching, belief-propagation decoding), capacity (the optimistic bound, not a "
+                                   "scheme: k = floor(M C(eps)) bits delivered error-free) or none (uncoded: k = M bits "
+                                   "straight through the channel)")
+    code_rate: float = _f(0.0, "separation with ldpc: the code's rate k/M in [0.2, 0.926] (k = round(rate x M), kept "
+                               "to the k 5G allows); 0 = the largest k below M C(eps), or rate 1/5 where C(eps) < 1/5")
+    bp_iters: int = _f(20, "separation with ldpc: belief-propagation iterations (Sionna's default)")
     # --- infomax (eq. 10-14, 27) ---
     tc_input: str = _f("bits", "what the TC discriminator sees: bits sampled as in Algorithm 1 (default, "
                                "straight-through gradient to the encoder) or probs (the reference code)")
@@ -135,6 +146,16 @@ class Config:
         return self.flip_k or max(1, math.floor(self.bits * self.eps + 0.5))
 
     @property
+    def latent_bits(self) -> int:
+        """The bits the encoder emits: M, or for separation the source code's k (the channel code
+        takes them to M): round(code_rate x M) for ldpc, floor(M C(eps)) for the bound, M uncoded."""
+        if self.method != "separation" or self.channel_code == "none":
+            return self.bits
+        if self.channel_code == "capacity":
+            return capacity_bits(self.bits, self.eval_eps, self.channel)
+        return ldpc_k(self.bits, self.eval_eps, self.channel, self.code_rate)
+
+    @property
     def adv_eps(self) -> float:
         return self.eps if self.flip_budget < 0 else self.flip_budget
 
@@ -158,6 +179,10 @@ class Config:
         need(self.method in METHODS, "method", f"one of {', '.join(METHODS)}")
         need(self.channel in CHANNELS, "channel", f"one of {', '.join(CHANNELS)}")
         need(self.flip in FLIPS, "flip", f"one of {', '.join(FLIPS)}")
+        need(self.channel_code in CHANNEL_CODES, "channel_code", f"one of {', '.join(CHANNEL_CODES)}")
+        need(self.code_rate == 0.0 or RATE_MIN <= self.code_rate <= RATE_MAX, "code_rate",
+             f"0 (the default k) or a rate in [{RATE_MIN:g}, {RATE_MAX:.3f}] (3GPP TS 38.212: 1/5 to 948/1024)")
+        need(self.bp_iters >= 1, "bp_iters", "an integer >= 1")
         need(self.tc_input in TC_INPUTS, "tc_input", f"one of {', '.join(TC_INPUTS)}")
         need(self.vimco_signal in VIMCO_SIGNALS, "vimco_signal", f"one of {', '.join(VIMCO_SIGNALS)}")
         need(self.val_batch >= 0, "val_batch", "0 (the whole validation split) or a positive integer")
@@ -184,6 +209,8 @@ class Config:
              f"1 for {self.dataset} (stacked seeds need an MLP dataset: {', '.join(d for d, k in ARCH_KIND.items() if k == 'mlp')})")
         need(self.max_train_examples >= 0, "max_train_examples", "0 (all) or a positive integer")
         need(self.seed >= 0, "seed", "an integer >= 0")
+        need(self.method != "separation" or self.channel_code != "ldpc" or bool(ldpc_k_range(self.bits)), "n_bits",
+             f"at least {K_MIN + 1} for separation with a 5G LDPC code (k >= {K_MIN}, rate <= 948/1024)")
         need("\0" not in self.data_dir, "data_dir", "a path without NUL characters")
 
     def to_dict(self) -> dict:

@@ -17,15 +17,17 @@ from .data import DataError, load, to_float
 
 @torch.no_grad()
 def markov_chain(enc, dec, x0: torch.Tensor, eps: float, channel: str = "bsc", steps: int = 9000,
-                 every: int = 1000, noise_std: float = 0.01, gen: torch.Generator | None = None) -> torch.Tensor:
+                 every: int = 1000, noise_std: float = 0.01, gen: torch.Generator | None = None,
+                 send=None) -> torch.Tensor:
     """Eq. 32: y_t ~ p_noisy(y|x_t) through the channel, x_{t+1} from q(x|y_t).
 
     As in the reference: x_{t+1} is the decoder's mean plus Gaussian noise of std `noise_std`,
     clipped to [0, 1]. x0: (N, C, H, W) in [0, 1]. Returns (1 + steps // every, N, C, H, W):
-    the start and every `every`-th state."""
+    the start and every `every`-th state. send: how a code crosses (separation.link); default the channel."""
+    send = send or (lambda p, g: transmit(p, eps, channel, g))
     x, frames = x0, [x0]
     for t in range(1, steps + 1):
-        _, received = transmit(torch.sigmoid(enc(x)), eps, channel, gen)
+        _, received = send(torch.sigmoid(enc(x)), gen)
         x = torch.sigmoid(dec(received))
         noise = torch.randn(x.shape, generator=gen, device=x.device)
         x = (x + noise_std * noise).clamp(0, 1)
@@ -36,9 +38,10 @@ def markov_chain(enc, dec, x0: torch.Tensor, eps: float, channel: str = "bsc", s
 
 @torch.no_grad()
 def reconstructions(enc, dec, x: torch.Tensor, eps: float, channel: str = "bsc",
-                    gen: torch.Generator | None = None) -> torch.Tensor:
+                    gen: torch.Generator | None = None, send=None) -> torch.Tensor:
     """(2, N, C, H, W): the images and their decodings after one pass through the channel."""
-    _, received = transmit(torch.sigmoid(enc(x)), eps, channel, gen)
+    send = send or (lambda p, g: transmit(p, eps, channel, g))
+    _, received = send(torch.sigmoid(enc(x)), gen)
     return torch.stack([x, torch.sigmoid(dec(received))])
 
 
@@ -52,6 +55,7 @@ def save_grid(frames: torch.Tensor, path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .separation import link
     from .train import CheckpointError, load_models
 
     p = argparse.ArgumentParser(prog="python -m iabf.sampling", description=__doc__,
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         x0 = to_float(data.test[: args.n])
         gen = torch.Generator().manual_seed(args.seed)
         eps = cfg.eval_eps if args.eps is None else args.eps
-        frames = markov_chain(enc, dec, x0, eps, cfg.channel, args.steps, args.every, gen=gen)
+        frames = markov_chain(enc, dec, x0, eps, cfg.channel, args.steps, args.every, gen=gen, send=link(cfg, eps))
         print(save_grid(frames, args.out))
     except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,11 +24,12 @@ import torch
 
 from . import metrics as M
 from . import stacked
-from .channels import bernoulli, transmit
+from .channels import bernoulli
 from .config import Config, ConfigError, config_from_args, config_parser, seed_configs
 from .data import IMAGE_SHAPE, DataError, Splits, load, to_float
 from .losses import binary_entropy, discriminator_loss, distortion, objective, tc_input
 from .models import build
+from .separation import link, source_code
 from .stacked import NAMES, seed_metrics
 
 CHECKPOINT_VERSION = 1
@@ -69,28 +70,31 @@ def forward(module, x: torch.Tensor) -> torch.Tensor:
 def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: int) -> dict:
     """Table 1's measure over a whole split: encode, one channel sample at the test eps, decode.
     The channel noise is drawn from a fixed seed, so epochs are compared on the same noise.
-    Also the bit error rate of that channel draw and the per-bit entropies of the codes (eq. 11).
+    Also the bit error rate of that channel draw, the word error rate (codes that arrived with any
+    bit wrong; for separation: after the channel decoder), and the per-bit entropies of the codes (eq. 11).
     Returns plain floats (one device sync)."""
     was_training = enc.training
     enc.eval(), dec.eval()
     gen = torch.Generator(device=images.device).manual_seed(seed)
     n = len(images)
-    dist = errors = h_cond = torch.zeros((), device=images.device)
+    dist = errors = words = h_cond = torch.zeros((), device=images.device)
     p_sum = 0
+    send = link(cfg)                                                # the channel (separation: coded)
     for i in range(0, n, cfg.eval_batch_size):
         x = to_float(images[i:i + cfg.eval_batch_size])
         p = torch.sigmoid(forward(enc, x))                          # (B, M)
-        sent, received = transmit(p, cfg.eval_eps, cfg.channel, gen)
+        sent, received = send(p, gen)
         dist = dist + distortion(forward(dec, received), x, binary).sum()
-        errors = errors + (received != sent).sum()
+        wrong = received != sent
+        errors, words = errors + wrong.sum(), words + wrong.any(-1).sum()
         h_cond = h_cond + binary_entropy(p).sum()
         p_sum = p_sum + p.sum(0)
     enc.train(was_training), dec.train(was_training)
     h_marg = binary_entropy(p_sum / n)                              # H(Y_d) per bit, nats
     bits = h_marg.numel()
-    out = torch.stack([dist / n, errors / (n * bits), h_marg.mean() / math.log(2),
+    out = torch.stack([dist / n, errors / (n * bits), words / n, h_marg.mean() / math.log(2),
                        (h_marg.sum() - h_cond / n) / math.log(2)]).tolist()
-    return dict(zip(("distortion", "bit_error_rate", "marginal_entropy", "mutual_info"), out))
+    return dict(zip(("distortion", "bit_error_rate", "word_error_rate", "marginal_entropy", "mutual_info"), out))
 
 
 def snapshot(models: dict, opt_states: dict, gen: torch.Generator, epoch: int, best: dict, cfg: Config,
@@ -137,7 +141,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def models_from_state(state: dict, which: str = "best_model", device="cpu"):
     """(config, encoder, decoder) in eval mode, by default with the best-by-validation weights."""
     cfg = Config.from_dict(state["config"])
-    enc, dec, _ = build(cfg.dataset, tuple(state.get("image_shape") or IMAGE_SHAPE[cfg.dataset]), cfg.bits)
+    enc, dec, _ = build(cfg.dataset, tuple(state.get("image_shape") or IMAGE_SHAPE[cfg.dataset]), cfg.latent_bits)
     weights = state[which] or state["model"]
     enc.load_state_dict(weights["encoder"]), dec.load_state_dict(weights["decoder"])
     return cfg, enc.to(device).eval(), dec.to(device).eval()
@@ -243,7 +247,7 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
     models, gens = [], []
     for c in cfgs:
         torch.manual_seed(c.seed)                                         # initialisation
-        models.append(dict(zip(NAMES, (m.to(device) for m in build(c.dataset, data.image_shape, c.bits)))))
+        models.append(dict(zip(NAMES, (m.to(device) for m in build(c.dataset, data.image_shape, c.latent_bits)))))
         gens.append(torch.Generator(device=device).manual_seed(c.seed))   # batch order (one seed: its noise too)
     start, wall_before = 0, 0.0
     bests = [{"val": math.inf, "epoch": 0, "model": None} for _ in cfgs]
@@ -255,9 +259,10 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
         bests = [{"val": st["best_val"], "epoch": st["best_epoch"], "model": st["best_model"]} for st in resume]
         # wall time is cumulative across restarts; a stack's is split evenly between its seeds
         start, wall_before = resume[0]["epoch"], resume[0].get("wall_seconds", 0.0) * S
+    trained = source_code(cfg)   # what the step optimises (separation: its noiseless source code)
     step, sync, optimizer_states, extra_state = (
-        plain_engine(models[0], gens[0], cfg, resume and resume[0]) if S == 1 else
-        stacked.engine(models, cfg, resume, device))
+        plain_engine(models[0], gens[0], trained, resume and resume[0]) if S == 1 else
+        stacked.engine(models, trained, resume, device))
 
     def checkpoints(epoch: int, bests: list, wall: float) -> list[dict]:
         return [{**snapshot(m, o, g, epoch, b, c, wall / S), **extra_state()}
@@ -313,8 +318,9 @@ def run_name(cfg: Config) -> str:
     """What the run is, e.g. mnist-iabf-eps0.1-lam0.01-K5-s0; a channel other than the paper's BSC
     is named too (mnist-iabf-z-eps0.1-...), so runs on two channels never share a folder."""
     lam = f"-lam{cfg.lam:g}" if cfg.method == "iabf" else ""
+    code = f"-{cfg.channel_code}-k{cfg.latent_bits}" if cfg.method == "separation" else ""
     channel = "" if cfg.channel == "bsc" else f"-{cfg.channel}"
-    return f"{cfg.dataset}-{cfg.method}{channel}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}"
+    return f"{cfg.dataset}-{cfg.method}{code}{channel}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from . import metrics as M
 from .config import Config, seed_configs
 from .data import load, to_float
 from .sampling import markov_chain, reconstructions, save_grid
+from .separation import link
 from .train import Diverged, load_checkpoint, models_from_state, run, save_checkpoint
 
 REPLAYED = "replayed"     # a result reported again on resume (see `trainable`), not a new epoch
@@ -64,9 +65,10 @@ def write_artifacts(folder: Path, cfg: Config, enc, dec, test_images: torch.Tens
     (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     x = to_float(test_images[:10])
     gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
-    save_grid(reconstructions(enc, dec, x, cfg.eval_eps, cfg.channel, gen), folder / "reconstructions.png")
+    send = link(cfg)   # the channel, or separation's channel code around it
+    save_grid(reconstructions(enc, dec, x, cfg.eval_eps, cfg.channel, gen, send), folder / "reconstructions.png")
     every = max(1, chain_steps // 9)
-    frames = markov_chain(enc, dec, x, cfg.eval_eps, cfg.channel, chain_steps, every, gen=gen)
+    frames = markov_chain(enc, dec, x, cfg.eval_eps, cfg.channel, chain_steps, every, gen=gen, send=send)
     save_grid(frames, folder / "markov_chain.png")
 
 

@@ -96,8 +96,8 @@ def _first(spec: dict):
 
 def profile_key(cfg, seeds: int) -> tuple:
     """What sets a trial's speed; lambda, eps and the seed do not."""
-    return (cfg.dataset, cfg.method, cfg.K, cfg.bits, cfg.channel, cfg.flip, cfg.flip_k, cfg.tc_input, cfg.vimco_signal,
-            cfg.clean_weight > 0, seeds, cfg.device, cfg.compile)
+    return (cfg.dataset, cfg.method, cfg.K, cfg.bits, cfg.latent_bits, cfg.channel, cfg.channel_code, cfg.flip,
+            cfg.flip_k, cfg.tc_input, cfg.vimco_signal, cfg.clean_weight > 0, seeds, cfg.device, cfg.compile)
 
 
 def time_profile(cfg, seeds: int, threads: int, steps: int = 12) -> dict:
@@ -108,6 +108,7 @@ def time_profile(cfg, seeds: int, threads: int, steps: int = 12) -> dict:
     from iabf import metrics as M
     from iabf.data import load, to_float
     from iabf.sampling import markov_chain
+    from iabf.separation import link
     from iabf.train import resolve_device, run
 
     torch.set_num_threads(threads)
@@ -121,11 +122,11 @@ def time_profile(cfg, seeds: int, threads: int, steps: int = 12) -> dict:
     out = {"train": 1.0 / warm[M.EXAMPLES_PER_S], "val": warm[M.EVAL_SECONDS] * seeds / val}
     from iabf.models import build
 
-    enc, dec, _ = (m.to(device) for m in build(cfg.dataset, data.image_shape, cfg.bits))
+    enc, dec, _ = (m.to(device) for m in build(cfg.dataset, data.image_shape, cfg.latent_bits))
     x = to_float(data.test[:4])
     t = time.perf_counter()
     with torch.no_grad():
-        markov_chain(enc, dec, x, cfg.eval_eps, cfg.channel, steps=50, every=50)
+        markov_chain(enc, dec, x, cfg.eval_eps, cfg.channel, steps=50, every=50, send=link(cfg))
     out["chain"] = (time.perf_counter() - t) / 50
     return out
 

@@ -15,7 +15,7 @@ from iabf import config as C
 from iabf.datasets import NAME
 from studies import space as S
 
-ENUMS = {"method": C.METHODS, "channel": C.CHANNELS, "flip": C.FLIPS, "tc_input": C.TC_INPUTS,
+ENUMS = {"method": C.METHODS, "channel": C.CHANNELS, "channel_code": C.CHANNEL_CODES, "flip": C.FLIPS, "tc_input": C.TC_INPUTS,
          "vimco_signal": C.VIMCO_SIGNALS, "device": C.DEVICES, "compile": C.COMPILE_MODES}
 TYPES = {"int": "integer", "float": "number", "str": "string", "bool": "boolean"}
 
