@@ -127,6 +127,30 @@ def cell_axis_plot(cells: pd.DataFrame, column: str, others: list[str], label=la
     return fig
 
 
+def summary_curves(entries: pd.DataFrame, title: str, label, level: float = 0.95):
+    """Test distortion against eps, one line per arm, from summary statistics (mean, sample std, n:
+    a t-interval at `level`), so that another study's committed table can share the axes.
+    entries: columns arm, eps, test, std, n (an arm named "... bound": dashed, a bound, not a scheme)."""
+    from scipy import stats
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    spare = iter(c for c in plt.cm.tab10.colors[3:] + plt.cm.Dark2.colors)   # tab10's first three: COLORS
+    for arm, a in entries.groupby("arm", sort=False):
+        a = a.sort_values("eps")
+        half = [stats.t.ppf(0.5 + level / 2, n - 1) * s / np.sqrt(n) if n > 1 and np.isfinite(s) else 0.0
+                for s, n in zip(a["std"], a["n"].astype(int))]
+        dashed = "bound" in arm
+        ax.errorbar(a.eps, a.test, yerr=half, fmt="o--" if dashed else "o-", capsize=3, lw=1.2, ms=4,
+                    color=COLORS.get(arm) or next(spare, "black"), label=label(arm))
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("$\\epsilon$ (channel noise)")
+    ax.set_ylabel(f"test distortion (mean, {level:.0%} CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def sample_grids(images: dict, title: str):
     """Fig. 3: a Markov-chain sample grid per method, side by side. images: method -> HxW(x3) array."""
     fig, axes = plt.subplots(1, len(images), figsize=(4 * len(images), 4), squeeze=False)

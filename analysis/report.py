@@ -82,9 +82,34 @@ def csv_section(written: dict, out: Path, name: str, frame: pd.DataFrame, title:
     return ["", f"## {title}", "", text, "", body]
 
 
-def write_report(uri: str, study: str, out: str | Path, parent: str | None = None, quiet: bool = False) -> dict:
+def against_section(written: dict, out: Path, cells: pd.DataFrame, path: str | Path) -> list[str]:
+    """This study's entries beside another study's committed table (`--against`): a figure per dataset
+    (test distortion against eps, every arm of both), the contrasts of each of its arms against each of
+    ours per cell, from summary statistics. Comparable only if both ran the same budget and seeds."""
+    other = tables.read_table(path)
+    con = tables.against(cells, other)
+    if con.empty:
+        warnings.warn(f"--against {path}: no cell (dataset, code length, eps) in common with this study", stacklevel=2)
+        return []
+    mine = cells[tables.ENTRY]
+    theirs = other[other.set_index(["dataset", "bits", "eps"]).index.isin(
+        mine.set_index(["dataset", "bits", "eps"]).index)][tables.ENTRY]
+    for (dataset, bits), entries in pd.concat([theirs, mine]).groupby(["dataset", "bits"]):
+        fig = figures.summary_curves(entries, f"{tables.DATASET_NAMES.get(dataset, dataset)}, M = {bits}: this study and {Path(path).parent.name or path}",
+                                     tables.arm_label)
+        figures.save(fig, out, f"against_eps_{dataset}")
+    return csv_section(written, out, "against.csv", con, f"Against {path}",
+                       f"Each arm of {path} minus each arm of this study in the same cell (dataset, code length, eps), "
+                       "in test distortion (negative: the other table's arm is better), with the 95% confidence "
+                       "interval of the difference and Welch's t-test from the two tables' means, standard deviations "
+                       "and seed counts; p (Holm): adjusted over every contrast of this section; * p < 0.05. The two "
+                       "studies are comparable only at the same budget and seeds.", tables.contrasts_markdown(con))
+
+
+def write_report(uri: str, study: str, out: str | Path, parent: str | None = None, quiet: bool = False,
+                 against: str | Path | None = None) -> dict:
     """Everything the issue lists, written to `out`; returns {name: path}. Safe on partial studies:
-    missing cells print '--' with a warning."""
+    missing cells print '--' with a warning. against: another study's table1.csv to set beside it."""
     out = Path(out)
     everything = fetch_runs(uri, study, parent, include_unfinished=True)
     completed = everything[everything.stop_reason == "completed"].reset_index(drop=True)
@@ -207,6 +232,8 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
                               "report (p < 0.05); the cells where its mean is lower at all; the same counts without "
                               "the adjustment; and the mean relative difference (arm over baseline, minus 1; "
                               "negative: better).", tables.tally_markdown(counts))
+    if against is not None:
+        report += against_section(written, out, cells, against)
     report += ["", "## Notes on the search ranges", ""]
     report += [f"- {n}" for n in notes] or ["- no searched hyperparameter has its best value at an edge"]
     report += ["", "## Failed trials", ""]
@@ -250,13 +277,18 @@ def main(argv=None) -> int:
     p.add_argument("--study", required=True, help="the study's name (its MLflow experiment)")
     p.add_argument("--out", default="report", help="output folder (default: %(default)s)")
     p.add_argument("--parent", default=None, help="a study run id; default: the study's latest run")
+    p.add_argument("--against", default=None, metavar="TABLE1_CSV",
+                   help="another study's table1.csv (e.g. docs/table1_cpu/table1.csv, same budget and seeds): its "
+                        "arms beside this study's, per cell, in a figure per dataset and contrasts (against.csv)")
     args = p.parse_args(argv)
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     try:
         check_out(Path(args.out))
         check_store(args.tracking_uri)
-        written = write_report(args.tracking_uri, args.study, args.out, args.parent)
-    except FetchError as e:
+        if args.against is not None:
+            tables.read_table(args.against)      # a bad file fails before anything is written
+        written = write_report(args.tracking_uri, args.study, args.out, args.parent, against=args.against)
+    except (FetchError, tables.TableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NothingToReport as e:

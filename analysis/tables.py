@@ -14,6 +14,7 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -22,7 +23,7 @@ from iabf.datasets import SPECS
 from studies.plan import CONFIRM
 
 METHODS = ("necst", "abf", "iabf")
-METHOD_NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF"}
+METHOD_NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF", "separation": "Separation"}
 DATASET_ORDER = ("binary_mnist", "omniglot", "cifar10", "mnist", "digits")   # the paper's order, then ours
 DATASET_NAMES = {k: spec.display for k, spec in SPECS.items()}   # one of one's own: by its name
 PAPER_TABLE1 = Path(__file__).with_name("paper_table1.csv")
@@ -200,6 +201,62 @@ def holm(p: pd.Series) -> pd.Series:
     return adjusted.reindex(p.index)
 
 
+# --- against another study's committed table (its table1.csv): summary statistics, per cell ------------------
+
+ENTRY = ["dataset", "bits", "eps", "arm", "method", "test", "std", "n"]
+
+
+class TableError(ValueError):
+    """A table given to compare with that is not one analysis.report wrote."""
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Another study's table1.csv (analysis.report's), its entries with what a summary contrast needs."""
+    path = Path(path)
+    try:
+        other = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise TableError(f"--against {path}: not a readable table ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    missing = [c for c in ENTRY if c not in other]
+    if missing:
+        raise TableError(f"--against {path}: not a table1.csv of analysis.report: no column(s) {', '.join(missing)}")
+    return other
+
+
+def welch(m1: float, s1: float, n1: int, m2: float, s2: float, n2: int, level: float = 0.95):
+    """Welch's t-test and the `level` confidence interval of m1 - m2 from means, sample stds and sizes
+    (the same numbers as from the samples): (low, high, p); NaN where a side has fewer than 2."""
+    if n1 < 2 or n2 < 2 or not all(map(math.isfinite, (s1, s2))):
+        return float("nan"), float("nan"), float("nan")
+    v1, v2 = s1 ** 2 / n1, s2 ** 2 / n2
+    se = math.sqrt(v1 + v2)
+    if se == 0:
+        return m1 - m2, m1 - m2, 1.0 if m1 == m2 else 0.0
+    df = (v1 + v2) ** 2 / (v1 ** 2 / (n1 - 1) + v2 ** 2 / (n2 - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    p = 2 * stats.t.sf(abs(m1 - m2) / se, df)
+    return m1 - m2 - half, m1 - m2 + half, float(p)
+
+
+def against(cells: pd.DataFrame, other: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Each of the other table's arms against each of this study's, in the cells both have (dataset,
+    code length, eps): diff = other - this (negative: the other table's arm is better), Welch's 95% CI
+    and p from the summary statistics, p_holm over every contrast returned."""
+    ours = cells[ENTRY]
+    rows = []
+    for (dataset, bits, eps), mine in ours.groupby(["dataset", "bits", "eps"]):
+        theirs = other[(other.dataset == dataset) & (other.bits == bits) & np.isclose(other.eps, eps)]
+        for o in theirs.itertuples():
+            for m in mine.itertuples():
+                low, high, p = welch(o.test, o.std, int(o.n), m.test, m.std, int(m.n), level)
+                rows.append((dataset, bits, eps, o.arm, m.arm, o.test - m.test, low, high, p, int(o.n), int(m.n),
+                             o.test / m.test - 1))
+    out = pd.DataFrame(rows, columns=["dataset", "bits", "eps", "arm", "against", "diff", "low", "high", "p_value",
+                                      "n", "n_against", "rel_diff"])
+    out["p_holm"] = holm(out.p_value)
+    return out
+
+
 def contrasts_markdown(con: pd.DataFrame, alpha: float = 0.05) -> str:
     """The contrasts as a markdown table; `*`: p < alpha, before and after Holm's adjustment."""
     def fmt(p):
@@ -297,7 +354,9 @@ def arm_label(arm: str) -> str:
     """NECST, ABF, IABF for the paper's rows; an arm's own name otherwise, its method in capitals
     ("iabf topk" -> "IABF topk")."""
     method, _, rest = arm.partition(" ")
-    return " ".join([METHOD_NAMES.get(method, method), rest]).strip()
+    label = " ".join([METHOD_NAMES.get(method, method), rest]).strip()
+    # the capacity bound is no scheme (separation.py): every table and figure says so
+    return label + " (optimistic)" if "bound" in rest.split() else label
 
 
 def arms(cells: pd.DataFrame, planned: list[str] | None = None) -> list[str]:

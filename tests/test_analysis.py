@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from scipy import stats
 
 from analysis import tables
 from analysis.fetch import FetchError, fetch_runs
@@ -349,3 +352,35 @@ def test_a_study_with_no_completed_trial_exits_non_zero_and_writes_nothing(tmp_p
     rc, err = report_error(tmp_path, capsys, "--tracking-uri", uri, "--study", "planned", "--out", str(tmp_path / "r"))
     assert rc == 1 and err == ["error: study 'planned' has no completed trial yet: nothing to tabulate"]
     assert not (tmp_path / "r").exists()
+
+
+@given(st.lists(st.floats(-50, 50), min_size=2, max_size=8), st.lists(st.floats(-50, 50), min_size=2, max_size=8))
+def test_welch_from_summary_statistics_is_welch_from_the_samples(a, b):
+    if np.std(a) < 1e-3 or np.std(b) < 1e-3:
+        return                                        # a constant sample: no t-test either way
+    low, high, p = tables.welch(np.mean(a), np.std(a, ddof=1), len(a), np.mean(b), np.std(b, ddof=1), len(b))
+    t = stats.ttest_ind(a, b, equal_var=False)
+    assert p == pytest.approx(t.pvalue, rel=1e-6, abs=1e-9)
+    assert (low, high) == pytest.approx(tuple(t.confidence_interval(0.95)), rel=1e-6, abs=1e-9)
+
+
+def test_a_committed_table_is_set_beside_the_study_per_cell(store, tmp_path, capsys):
+    other = tmp_path / "other" / "table1.csv"
+    other.parent.mkdir()
+    pd.DataFrame([{"dataset": "mnist", "bits": 100, "eps": 0.1, "arm": "separation ldpc", "method": "separation",
+                   "test": 20.0, "std": 0.5, "n": 3},
+                  {"dataset": "mnist", "bits": 100, "eps": 0.3, "arm": "separation ldpc", "method": "separation",
+                   "test": 40.0, "std": 0.5, "n": 3}]).to_csv(other, index=False)
+    out = tmp_path / "report"
+    assert report_main(["--tracking-uri", store, "--study", "known", "--out", str(out), "--against", str(other)]) == 0
+    con = pd.read_csv(out / "against.csv").set_index("against")
+    assert set(con.index) == {"necst", "abf", "iabf"} and (con.arm == "separation ldpc").all()
+    assert con.loc["necst", "diff"] == pytest.approx(20.0 - 15.0) and (con.eps == 0.1).all()   # the shared cell only
+    assert (out / "against_eps_mnist.png").stat().st_size > 1000
+    assert "## Against" in (out / "report.md").read_text()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    rc, err = report_error(tmp_path, capsys, "--tracking-uri", store, "--study", "known", "--out",
+                           str(tmp_path / "never"), "--against", str(bad))
+    assert rc == 2 and len(err) == 1 and "no column(s) dataset" in err[0] and not (tmp_path / "never").exists()
+    assert tables.arm_label("separation bound") == "Separation bound (optimistic)"
