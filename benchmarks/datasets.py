@@ -3,8 +3,9 @@ validation pass over the whole validation split, for each of Table 1's datasets.
 
 With --before REV, the same measurement also runs on the code of git revision REV (a temporary
 worktree, in a subprocess), and the two print side by side with their ratio: one run, one machine,
-one load. Usage:
-    python benchmarks/datasets.py --data-dir ../shared/data [--before REV] [--threads 1]
+one load. With --precision fp32 bf16, the working tree is measured in both (Config.precision), side by
+side with the ratio, and the line above the table says whether this CPU has bf16 kernels. Usage:
+    python benchmarks/datasets.py --data-dir ../shared/data [--before REV | --precision fp32 bf16] [--threads 1]
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ METHODS = ("necst", "abf", "iabf")
 TRAIN_EXAMPLES = {"binary_mnist": 3000, "mnist": 3000, "omniglot": 3000, "cifar10": 600}
 
 
-def measure(data_dir: str, threads: int, datasets: list[str]) -> dict:
+def measure(data_dir: str, threads: int, datasets: list[str], precision: str = "fp32") -> dict:
     """{dataset: {"train/<method>": examples/s, "val_seconds": s, "val_images": n}} for the code on
-    sys.path. Uses only APIs that older revisions share (Config, load, build, train_step, evaluate)."""
+    sys.path. Uses only APIs that older revisions share (Config, load, build, train_step, evaluate);
+    `precision` other than fp32 needs a revision that has Config.precision."""
     import torch
 
     from iabf import train as T
@@ -41,7 +43,8 @@ def measure(data_dir: str, threads: int, datasets: list[str]) -> dict:
         data = load(ds, data_dir, "cpu", n + 100)
         row = {}
         for method in METHODS:
-            cfg = Config(dataset=ds, method=method, K=5, eps=0.1, data_dir=data_dir, device="cpu")
+            cfg = Config(dataset=ds, method=method, K=5, eps=0.1, data_dir=data_dir, device="cpu",
+                         **({} if precision == "fp32" else {"precision": precision}))
             torch.manual_seed(0)
             enc, dec, disc = build(ds, data.image_shape, cfg.bits)
             models = {"encoder": enc, "decoder": dec, "discriminator": disc}
@@ -84,13 +87,27 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (a study's trial has one core)")
     p.add_argument("--before", default="", help="a git revision to measure beside the working tree")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--precision", nargs=2, default=None, metavar=("A", "B"),
+                   help="measure the working tree in two precisions side by side (e.g. fp32 bf16)")
     args = p.parse_args(argv)
+    if args.before and args.precision:
+        p.error("--before and --precision compare different things; give one")
     data_dir = str(Path(args.data_dir).resolve())
     sys.path.insert(0, str(ROOT))
     print(f"{args.threads} CPU thread(s), K = 5, batch 100, eval batch 1000; training examples timed: "
           + ", ".join(f"{d} {TRAIN_EXAMPLES[d]}" for d in args.datasets), flush=True)
-    before = measure_revision(args.before, data_dir, args.threads, args.datasets) if args.before else None
-    after = measure(data_dir, args.threads, args.datasets)
+    if args.precision:
+        import torch
+
+        from iabf.precision import has_bf16_kernels
+
+        print(f"bf16 kernels on this CPU (AVX512_BF16 or AMX): {'yes' if has_bf16_kernels(torch.device('cpu')) else 'no'}; "
+              f"{args.precision[0]} -> {args.precision[1]}", flush=True)
+        before = measure(data_dir, args.threads, args.datasets, args.precision[0])
+        after = measure(data_dir, args.threads, args.datasets, args.precision[1])
+    else:
+        before = measure_revision(args.before, data_dir, args.threads, args.datasets) if args.before else None
+        after = measure(data_dir, args.threads, args.datasets)
     cols = [f"train/{m}" for m in METHODS] + ["val_seconds"]
     head = "dataset        " + "".join(f"{c:>26s}" for c in cols)
     print(head + ("\n(before -> after, ratio; examples/s, validation pass in s)" if before else ""))

@@ -32,8 +32,9 @@ def compose_z(p: torch.Tensor, eps) -> torch.Tensor:
 
 
 def bernoulli_log_prob(y: torch.Tensor, p: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """log Bernoulli(y; p) summed over bits (only where mask is 1): (..., B, M) -> (..., B)."""
-    p = p.clamp(CLIP, 1 - CLIP)
+    """log Bernoulli(y; p) summed over bits (only where mask is 1): (..., B, M) -> (..., B). In float32
+    (precision.py): 1 - CLIP is 1 in bf16."""
+    p = p.float().clamp(CLIP, 1 - CLIP)
     lp = y * p.log() + (1 - y) * (-p).log1p()
     return (lp if mask is None else lp * mask).sum(-1)
 

@@ -23,6 +23,7 @@ TC_INPUTS = ("bits", "probs")
 VIMCO_SIGNALS = ("loglik", "loss")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+PRECISIONS = ("fp32", "bf16", "tf32")   # iabf/precision.py
 
 # Model family and code length per known dataset, from its spec (the architectures are in models.ARCH)
 ARCH_KIND = {k: spec.arch for k, spec in SPECS.items()}
@@ -125,6 +126,9 @@ class Config:
     data_dir: str = _f("data", "folder holding <dataset>.npz (see `python -m iabf.data prepare`)")
     download: bool = _f(False, "download and prepare a missing dataset through torchvision")
     device: str = _f("auto", "cpu, cuda, or auto (cuda when available)")
+    precision: str = _f("fp32", "fp32 (float32, the default), bf16 (autocast to bfloat16 on CPU or CUDA; float32 weights, "
+                                "optimizer state and the terms iabf/precision.py lists) or tf32 (CUDA: float32 with TF32 "
+                                "matrix multiplies)")
     compile: str = _f("off", "torch.compile the networks for training: off, default, reduce-overhead (CUDA graphs) "
                              "or max-autotune; costs a compilation in the first epoch (benchmarks/compile.py)")
 
@@ -202,6 +206,7 @@ class Config:
         need(self.lr > 0, "lr", "a number > 0")
         need(self.weight_decay >= 0, "weight_decay", "a number >= 0")
         need(self.compile in COMPILE_MODES, "compile", f"one of {', '.join(COMPILE_MODES)}")
+        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
         need(self.stack >= 1, "stack", "an integer >= 1")
         need(self.stack == 1 or self.compile == "off", "stack", "1 with compile (stacked seeds run under vmap, uncompiled)")
         # vmap cannot batch BatchNorm's in-place running statistics (the conv models of cifar10)

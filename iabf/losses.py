@@ -20,6 +20,7 @@ def log_likelihood(logits: torch.Tensor, x: torch.Tensor, binary: bool) -> torch
     Bernoulli for binary data; for the rest minus the squared error of the sigmoid mean, the
     reference code's learning signal (a Gaussian of fixed variance)."""
     dims = tuple(range(-(x.dim() - 1), 0))
+    logits = logits.float()   # a sum over every pixel: float32 under bf16 (precision.py)
     if binary:
         return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(dims)
     return -(torch.sigmoid(logits) - x).pow(2).sum(dims)
@@ -53,6 +54,7 @@ def vimco(log_lik: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     most; this is the paper's eq. 31.
     """
     K = log_lik.shape[0]
+    log_lik, log_q = log_lik.float(), log_q.float()   # differences of near-equal log-likelihoods (precision.py)
     bound = torch.logsumexp(log_lik, 0) - math.log(K)
     with torch.no_grad():
         f = log_lik.detach()
@@ -85,7 +87,7 @@ def permute_dims(y: torch.Tensor, gen: torch.Generator | None = None) -> torch.T
 
 def tc_estimate(disc: nn.Module, y: torch.Tensor) -> torch.Tensor:
     """Eq. 14: TC ~ E_p(y)[log C/(1-C)], the logit of 'joint' minus the logit of 'permuted'."""
-    z = disc(y)
+    z = disc(y).float()   # a difference of two logits: float32 under bf16 (precision.py)
     return (z[:, 0] - z[:, 1]).mean()
 
 
@@ -93,7 +95,7 @@ def discriminator_loss(disc: nn.Module, y: torch.Tensor, gen: torch.Generator | 
     """Eq. 13 as a cross-entropy: the batch labelled 0 (joint), its permutation labelled 1."""
     codes = torch.cat([y, permute_dims(y, gen)])
     labels = torch.cat([torch.zeros(len(y)), torch.ones(len(y))]).long().to(y.device)
-    return F.cross_entropy(disc(codes), labels)
+    return F.cross_entropy(disc(codes).float(), labels)
 
 
 def tc_input(p: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:

@@ -30,6 +30,7 @@ from . import metrics as M
 from .channels import bernoulli
 from .config import Config
 from .losses import adversary, discriminator_loss, objective, tc_input
+from .precision import autocast
 
 NAMES = ("encoder", "decoder", "discriminator")
 
@@ -68,25 +69,29 @@ def train_step(x: torch.Tensor, skeleton: dict, params: dict, opts: dict, binary
     detached (S,) statistics."""
     enc, dec, disc = (skeleton[k] for k in NAMES)
     P = params
-    p = torch.sigmoid(batched(enc, P["encoder"])(x))                             # (S, B, M)
+    with autocast(cfg.precision, x.device):
+        p = torch.sigmoid(batched(enc, P["encoder"])(x).float())                 # (S, B, M), float32 (precision.py)
     y = None if cfg.method == "necst" else bernoulli(p.detach())              # line 5
     stats = {}
     if cfg.method == "iabf":  # lines 6-8: the classifiers first
-        d_loss = vmap(lambda q, t: discriminator_loss(Bound(disc, q), t), randomness="different")(
-            P["discriminator"], tc_input(p, y, cfg.tc_input).detach())
+        with autocast(cfg.precision, x.device):
+            d_loss = vmap(lambda q, t: discriminator_loss(Bound(disc, q), t), randomness="different")(
+                P["discriminator"], tc_input(p, y, cfg.tc_input).detach())
         opts["discriminator"].zero_grad(set_to_none=True)
         d_loss.sum().backward()
         opts["discriminator"].step()
         stats["disc_loss"] = d_loss.detach()
     # eq. 24-26, 30 outside vmap (see the module docstring); budget flips draw nothing, top-k does
-    eps = None if cfg.method == "necst" else adversary(batched(dec, P["decoder"]), x, y, binary, cfg)
+    with autocast(cfg.precision, x.device):
+        eps = None if cfg.method == "necst" else adversary(batched(dec, P["decoder"]), x, y, binary, cfg)
 
     def per_seed(pe, pd, pc, xs, ps, ys, es):                                   # lines 9-10, eq. 29
         return objective(Bound(dec, pd), Bound(disc, pc), Bound(enc, pe), xs, ps, ys, binary, cfg, eps=es)
 
     in_dims = (0, 0, 0, 0, 0, None if y is None else 0, None if eps is None else 0)       # necst: no y, no eps*
-    loss, more = vmap(per_seed, in_dims, randomness="different")(P["encoder"], P["decoder"], P["discriminator"],
-                                                                 x, p, y, eps)
+    with autocast(cfg.precision, x.device):
+        loss, more = vmap(per_seed, in_dims, randomness="different")(P["encoder"], P["decoder"], P["discriminator"],
+                                                                     x, p, y, eps)
     opts["model"].zero_grad(set_to_none=True)
     loss.sum().backward()   # the seeds share no weights: each gets its own gradient
     opts["model"].step()

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +30,7 @@ from .config import Config, ConfigError, config_from_args, config_parser, seed_c
 from .data import IMAGE_SHAPE, DataError, Splits, load, to_float
 from .losses import binary_entropy, discriminator_loss, distortion, objective, tc_input
 from .models import build
+from .precision import autocast, check as check_precision
 from .separation import link, source_code
 from .stacked import NAMES, seed_metrics
 
@@ -82,9 +84,12 @@ def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: in
     send = link(cfg)                                                # the channel (separation: coded)
     for i in range(0, n, cfg.eval_batch_size):
         x = to_float(images[i:i + cfg.eval_batch_size])
-        p = torch.sigmoid(forward(enc, x))                          # (B, M)
+        with autocast(cfg.precision, images.device):
+            p = torch.sigmoid(forward(enc, x).float())              # (B, M), float32 (precision.py)
         sent, received = send(p, gen)
-        dist = dist + distortion(forward(dec, received), x, binary).sum()
+        with autocast(cfg.precision, images.device):
+            logits = forward(dec, received)
+        dist = dist + distortion(logits, x, binary).sum()
         wrong = received != sent
         errors, words = errors + wrong.sum(), words + wrong.any(-1).sum()
         h_cond = h_cond + binary_entropy(p).sum()
@@ -155,16 +160,20 @@ def train_step(x: torch.Tensor, models: dict, opts: dict, binary: bool, cfg: Con
     """One step of Algorithm 1 on a batch x: the TC classifier (iabf), then encoder and decoder on
     eq. 29. Returns detached per-batch statistics, left on the device."""
     enc, dec, disc = models["encoder"], models["decoder"], models["discriminator"]
-    p = torch.sigmoid(enc(x))                                                  # (B, M)
+    # forward passes under autocast (fp32: nothing); each backward follows the dtypes of its forward
+    with autocast(cfg.precision, x.device):
+        p = torch.sigmoid(enc(x).float())                                      # (B, M), float32 (precision.py)
     y = None if cfg.method == "necst" else bernoulli(p.detach(), gen)          # line 5
     stats = {}
     if cfg.method == "iabf":  # lines 6-8: the classifier first, on this batch's codes
-        d_loss = discriminator_loss(disc, tc_input(p, y, cfg.tc_input).detach(), gen)
+        with autocast(cfg.precision, x.device):
+            d_loss = discriminator_loss(disc, tc_input(p, y, cfg.tc_input).detach(), gen)
         opts["discriminator"].zero_grad(set_to_none=True)
         d_loss.backward()
         opts["discriminator"].step()
         stats["disc_loss"] = d_loss.detach()
-    loss, more = objective(dec, disc, enc, x, p, y, binary, cfg, gen)        # lines 9-10, eq. 29
+    with autocast(cfg.precision, x.device):
+        loss, more = objective(dec, disc, enc, x, p, y, binary, cfg, gen)    # lines 9-10, eq. 29
     opts["model"].zero_grad(set_to_none=True)
     loss.backward()
     opts["model"].step()
@@ -237,6 +246,7 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
     t_start = time.perf_counter()
     # --- seed -> data -> model, per seed as its separate run does it ---
     device = resolve_device(cfg.device)
+    check_precision(cfg.precision, device)
     cfgs = seed_configs(cfg)
     seeds, S = [c.seed for c in cfgs], len(cfgs)
     if data is None:
@@ -316,17 +326,20 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
 
 def run_name(cfg: Config) -> str:
     """What the run is, e.g. mnist-iabf-eps0.1-lam0.01-K5-s0; a channel other than the paper's BSC
-    is named too (mnist-iabf-z-eps0.1-...), so runs on two channels never share a folder."""
+    is named too (mnist-iabf-z-eps0.1-...), and a precision other than fp32 (...-s0-bf16), so runs
+    that differ in them never share a folder."""
     lam = f"-lam{cfg.lam:g}" if cfg.method == "iabf" else ""
     code = f"-{cfg.channel_code}-k{cfg.latent_bits}" if cfg.method == "separation" else ""
     channel = "" if cfg.channel == "bsc" else f"-{cfg.channel}"
-    return f"{cfg.dataset}-{cfg.method}{code}{channel}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}"
+    arithmetic = "" if cfg.precision == "fp32" else f"-{cfg.precision}"
+    return f"{cfg.dataset}-{cfg.method}{code}{channel}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}{arithmetic}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = config_parser("python -m iabf.train", __doc__)
     p.add_argument("--out", default="", help="folder for best.pt and metrics.json; default runs/<run name>")
     args = p.parse_args(argv)
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"   # one line, as every error
     try:
         cfg = config_from_args(args)
         name = run_name(cfg) + (f"-stack{cfg.stack}" if cfg.stack > 1 else "")

@@ -16,7 +16,8 @@ from iabf.datasets import NAME
 from studies import space as S
 
 ENUMS = {"method": C.METHODS, "channel": C.CHANNELS, "channel_code": C.CHANNEL_CODES, "flip": C.FLIPS, "tc_input": C.TC_INPUTS,
-         "vimco_signal": C.VIMCO_SIGNALS, "device": C.DEVICES, "compile": C.COMPILE_MODES}
+         "vimco_signal": C.VIMCO_SIGNALS, "device": C.DEVICES, "compile": C.COMPILE_MODES,
+         "precision": C.PRECISIONS}
 TYPES = {"int": "integer", "float": "number", "str": "string", "bool": "boolean"}
 
 

@@ -24,3 +24,15 @@ def test_the_dataset_benchmark_prints_training_and_validation_speed_per_method(c
     row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("omniglot"))
     necst, abf, iabf, val_seconds = map(float, row[1:5])
     assert min(necst, abf, iabf) > 0 and 0 < val_seconds < 60 and row[-2] == "500"   # omniglot's 500 validation images
+
+
+def test_the_dataset_benchmark_sets_bf16_beside_fp32_with_the_ratio(capsys, data_dir, monkeypatch):
+    monkeypatch.setitem(datasets.TRAIN_EXAMPLES, "omniglot", 300)      # bf16 is emulated (slow) on some CPUs
+    assert datasets.main(["--data-dir", str(data_dir), "--datasets", "omniglot", "--precision", "fp32", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"bf16 kernels on this CPU \(AVX512_BF16 or AMX\): (yes|no); fp32 -> bf16", out)
+    row = next(line for line in out.splitlines() if line.startswith("omniglot"))
+    pairs = re.findall(r"([\d.]+) -> +([\d.]+) \(([\d.]+)x\)", row)
+    assert len(pairs) == 4                                              # 3 methods and the validation pass
+    for a, b, ratio in ((float(a), float(b), float(r)) for a, b, r in pairs[:3]):
+        assert a > 0 and b > 0 and abs(b / a - ratio) < 0.01 + 0.01 * ratio
