@@ -25,7 +25,7 @@ METHODS = ("necst", "abf", "iabf")
 TRAIN_EXAMPLES = {"binary_mnist": 3000, "mnist": 3000, "omniglot": 3000, "cifar10": 600}
 
 
-def measure(data_dir: str, threads: int, datasets: list[str], precision: str = "fp32") -> dict:
+def measure(data_dir: str, threads: int, datasets: list[str], precision: str = "fp32", device: str = "cpu") -> dict:
     """{dataset: {"train/<method>": examples/s, "val_seconds": s, "val_images": n}} for the code on
     sys.path. Uses only APIs that older revisions share (Config, load, build, train_step, evaluate);
     `precision` other than fp32 needs a revision that has Config.precision."""
@@ -40,26 +40,30 @@ def measure(data_dir: str, threads: int, datasets: list[str], precision: str = "
     out = {}
     for ds in datasets:
         n = TRAIN_EXAMPLES[ds]
-        data = load(ds, data_dir, "cpu", n + 100)
+        data = load(ds, data_dir, device, n + 100)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         row = {}
         for method in METHODS:
-            cfg = Config(dataset=ds, method=method, K=5, eps=0.1, data_dir=data_dir, device="cpu",
+            cfg = Config(dataset=ds, method=method, K=5, eps=0.1, data_dir=data_dir, device=device,
                          **({} if precision == "fp32" else {"precision": precision}))
             torch.manual_seed(0)
-            enc, dec, disc = build(ds, data.image_shape, cfg.bits)
+            enc, dec, disc = (m.to(device) for m in build(ds, data.image_shape, cfg.bits))
             models = {"encoder": enc, "decoder": dec, "discriminator": disc}
             opts = {"model": torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr),
                     "discriminator": torch.optim.Adam(disc.parameters(), lr=cfg.lr)}
-            gen = torch.Generator().manual_seed(0)
+            gen = torch.Generator(device=device).manual_seed(0)
             step = lambda i: T.train_step(to_float(data.train[i:i + cfg.batch_size]), models, opts,  # noqa: E731
                                           data.binary, cfg, gen)
             step(n)                                                           # warm-up batch
+            sync()
             t0 = time.perf_counter()
             for i in range(0, n, cfg.batch_size):
                 step(i)
+            sync()
             row[f"train/{method}"] = n / (time.perf_counter() - t0)
         t0 = time.perf_counter()
         T.evaluate(enc, dec, data.val, data.binary, cfg, seed=1)
+        sync()
         row["val_seconds"], row["val_images"] = time.perf_counter() - t0, len(data.val)
         out[ds] = row
     return out
@@ -88,7 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--before", default="", help="a git revision to measure beside the working tree")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--precision", nargs=2, default=None, metavar=("A", "B"),
-                   help="measure the working tree in two precisions side by side (e.g. fp32 bf16)")
+                   help="measure the working tree in two precisions side by side (e.g. fp32 bf16; tf32: CUDA)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = p.parse_args(argv)
     if args.before and args.precision:
         p.error("--before and --precision compare different things; give one")
@@ -101,13 +106,14 @@ def main(argv=None) -> int:
 
         from iabf.precision import has_bf16_kernels
 
-        print(f"bf16 kernels on this CPU (AVX512_BF16 or AMX): {'yes' if has_bf16_kernels(torch.device('cpu')) else 'no'}; "
+        where = "this CPU (AVX512_BF16 or AMX)" if args.device == "cpu" else "this GPU"
+        print(f"bf16 kernels on {where}: {'yes' if has_bf16_kernels(torch.device(args.device)) else 'no'}; "
               f"{args.precision[0]} -> {args.precision[1]}", flush=True)
-        before = measure(data_dir, args.threads, args.datasets, args.precision[0])
-        after = measure(data_dir, args.threads, args.datasets, args.precision[1])
+        before = measure(data_dir, args.threads, args.datasets, args.precision[0], args.device)
+        after = measure(data_dir, args.threads, args.datasets, args.precision[1], args.device)
     else:
         before = measure_revision(args.before, data_dir, args.threads, args.datasets) if args.before else None
-        after = measure(data_dir, args.threads, args.datasets)
+        after = measure(data_dir, args.threads, args.datasets, device=args.device)
     cols = [f"train/{m}" for m in METHODS] + ["val_seconds"]
     head = "dataset        " + "".join(f"{c:>26s}" for c in cols)
     print(head + ("\n(before -> after, ratio; examples/s, validation pass in s)" if before else ""))

@@ -17,6 +17,10 @@ step "throughput (a/c)" 120 $PY benchmarks/throughput.py --data-dir "$DATA" --de
 step "packing 1/2/4/8" 150 $PY benchmarks/packing.py --data-dir "$DATA" --epochs 2 --examples 20000 > "$OUT/packing.txt" 2>&1
 step "stacked seeds" 90 $PY benchmarks/stacked_seeds.py --data-dir "$DATA" --device cuda --stacks 8 32 --repeats 1 > "$OUT/stacked.txt" 2>&1
 step "torch.compile" 90 $PY benchmarks/compile.py --data-dir "$DATA" --device cuda --modes reduce-overhead --repeats 2 > "$OUT/compile.txt" 2>&1
+step "precision: fp32 -> bf16" 90 $PY benchmarks/datasets.py --data-dir "$DATA" --device cuda --precision fp32 bf16 \
+    > "$OUT/precision_bf16.txt" 2>&1
+step "precision: fp32 -> tf32" 90 $PY benchmarks/datasets.py --data-dir "$DATA" --device cuda --precision fp32 tf32 \
+    > "$OUT/precision_tf32.txt" 2>&1
 step "smoke study, 4 trials per GPU" 120 $PY studies/ablation.py --smoke --space search_spaces/table1.yaml \
     --data-dir "$DATA" --gpus-per-trial 0.25 --storage "$OUT/results" --tracking-uri "sqlite:///$PWD/$OUT/mlflow.db" \
     > "$OUT/smoke_study.txt" 2>&1

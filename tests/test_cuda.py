@@ -41,3 +41,12 @@ def test_resume_on_the_gpu_continues_exactly():
 def test_divergence_on_the_gpu_is_the_same_clear_error():
     with pytest.raises(Diverged, match="training diverged at epoch 1: non-finite training loss"):
         run(Config(dataset="digits", method="necst", epochs=2, K=2, lr=1e30, device="cuda"))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+def test_bf16_and_tf32_train_on_the_gpu_and_stay_near_fp32(precision):
+    base, _ = run(Config(dataset="digits", method="iabf", epochs=2, K=3, device="cuda"))
+    final, [state] = run(Config(dataset="digits", method="iabf", epochs=2, K=3, device="cuda", precision=precision))
+    assert math.isfinite(final[M.TEST_DISTORTION]) and final[M.TEST_DISTORTION] == pytest.approx(base[M.TEST_DISTORTION], rel=0.1)
+    assert all(w.dtype == torch.float32 for w in state["model"]["encoder"].values())
+    assert not torch.backends.cuda.matmul.allow_tf32 or precision != "tf32"   # restored after the run's passes
