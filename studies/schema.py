@@ -1,7 +1,8 @@
 """The study file's schema as JSON Schema, for editors (VS Code's YAML extension completes and checks a
-study as it is typed): `python -m studies.schema > search_spaces/schema.json`. Built from the same
-names the validator (studies/space.py) and Config use, so it cannot drift from them unnoticed
-(tests/test_schema.py compares the committed file with this output). The validator stays the
+study as it is typed): `python -m studies.schema > search_spaces/schema.json`, and the README's table
+of keys (`--markdown`). Both are built from the one declaration of the top-level keys (studies/space.py:
+TOP, whose defaults `validate` and `Study` use) and from Config's fields, so none can drift from the
+others unnoticed (tests/test_schema.py compares the committed files with this output). The validator stays the
 authority: it also checks ranges and the rules that tie keys together (a parameter fixed or searched,
 not both; seeds apart from search seeds; the size of a study), which JSON Schema cannot say.
 """
@@ -48,46 +49,34 @@ def schema() -> dict:
            "properties": {**{k: v for k, v in fields.items() if k not in S.NOT_SEARCHABLE}, "preset": preset,
                           "name": {"type": "string", "pattern": r"^[\w .=+-]{1,40}$"},
                           "search": {"$ref": "#/$defs/search"}}}
-    seeds = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "uniqueItems": True}
-    top = {
-        "study": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "description": "the MLflow experiment"},
-        "description": {"type": "string"},
-        "dataset": fields["dataset"],
-        "fixed": {"$ref": "#/$defs/values", "description": "held constant for every trial"},
-        "by_dataset": {"type": "object", "additionalProperties": {"$ref": "#/$defs/values"},
-                       "description": "values fixed per dataset, over fixed (a budget per dataset)"},
-        "search": {"$ref": "#/$defs/search"},
-        "variants": {"type": "array", "items": {"$ref": "#/$defs/arm"}, "description": "the arms: rows of the table"},
-        "seeds": {**seeds, "description": "the confirmation seeds (n per table entry)"},
-        "search_seeds": {**seeds, "description": "the search's seeds (a stack if several)"},
-        "stack": {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}]},
-        "confirm": {"type": "boolean"},
-        "cells": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(searchable)},
-                  "description": "the parameters that make a table cell (default: dataset, channel, bits, test eps)"},
-        "searcher": {"enum": list(S.SEARCHERS)},
-        "scheduler": {"anyOf": [{"const": "none"}, {
-            "type": "object", "additionalProperties": False,
-            "properties": {"name": {"enum": ["asha", "none"]}, "max_t": {"type": "integer", "minimum": 1},
-                           "grace_period": {"type": "integer", "minimum": 1},
-                           "reduction_factor": {"type": "number", "minimum": 2}}}]},
-        "metric": {"enum": list(S.METRICS)},
-        "mode": {"enum": ["min", "max"]},
-        "num_samples": {"type": "integer", "minimum": 1},
-        "resources": {"type": "object", "additionalProperties": False,
-                      "properties": {"cpu": {"type": "number", "exclusiveMinimum": 0}, "gpu": {"type": "number",
-                                                                                        "minimum": 0}}},
-        "max_concurrent": {"type": "integer", "minimum": 0},
-        "chain_steps": {"type": "integer", "minimum": 1},
-    }
-    assert set(top) == set(S.TOP_KEYS), "the schema and the validator name different keys"
+    top = {k: key.schema for k, key in S.TOP.items()}   # the declaration (studies/space.py: TOP)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "IABF study (search_spaces/*.yaml)",
             "description": "Written by `python -m studies.schema`; the full rules: search_spaces/README.md",
             "type": "object", "required": ["study"], "additionalProperties": False, "properties": top,
-            "$defs": {"values": values, "distribution": distribution, "search": search, "arm": arm}}
+            "$defs": {"values": values, "distribution": distribution, "search": search, "arm": arm,
+                      "searchable": {"enum": list(searchable)}}}
 
 
-def main() -> int:
-    sys.stdout.write(json.dumps(schema(), indent=1) + "\n")
+def markdown() -> str:
+    """search_spaces/README.md's table of top-level keys, from the same declaration."""
+    def shown(key) -> str:
+        if key.shown:
+            return key.shown
+        v = key.default
+        if isinstance(v, (list, bool)):
+            return f"`{json.dumps(v)}`"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {x}" for k, x in v.items()) + "}"
+        return f"`{v}`" if isinstance(v, str) else str(v)
+
+    rows = [f"| `{k}` | {key.kind} | {shown(key)} | {key.doc} |" for k, key in S.TOP.items()]
+    return "\n".join(["| key | type | default | meaning |", "|---|---|---|---|", *rows]) + "\n"
+
+
+def main(argv=None) -> int:
+    """`python -m studies.schema`: the JSON Schema; `--markdown`: the README's table of keys."""
+    argv = sys.argv[1:] if argv is None else argv
+    sys.stdout.write(markdown() if argv == ["--markdown"] else json.dumps(schema(), indent=1) + "\n")
     return 0
 
 

@@ -22,13 +22,96 @@ from studies.plan import cell_axes, plan
 
 SEARCHERS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
-TOP_KEYS = ("study", "description", "dataset", "fixed", "by_dataset", "search", "variants", "seeds", "search_seeds",
-            "stack", "confirm", "cells", "searcher", "scheduler", "metric", "mode", "num_samples", "resources",
-            "max_concurrent", "chain_steps")
+METRICS = tuple(v for k, v in vars(M).items() if k.isupper() and isinstance(v, str))
+
+
+@dataclass(frozen=True)
+class Key:
+    """One top-level key of a study file, declared once: its default (what `validate` and `Study` use
+    when the key is absent), its JSON Schema (studies/schema.py: search_spaces/schema.json) and its row of
+    search_spaces/README.md's table (a test keeps the README equal to `python -m studies.schema --markdown`).
+    The rules between keys, ranges included, are `validate`'s."""
+    kind: str                 # the README's "type" column
+    default: object           # REQUIRED, or the value an absent key takes
+    doc: str                  # the README's "meaning"
+    schema: dict              # JSON Schema; #/$defs/... are studies/schema.py's
+    shown: str = ""           # the README's "default" column where it is not the value itself
+
+
+REQUIRED = object()
+SEEDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "uniqueItems": True}
+TOP = {
+    "study": Key("name (letters, digits, `-`, `_`)", REQUIRED, "MLflow experiment name and results folder prefix",
+                 {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "description": "the MLflow experiment"}, "required"),
+    "description": Key("text", "", "shown on the study's parent run in MLflow", {"type": "string"}, '`""`'),
+    "dataset": Key("dataset", Config().dataset, "shorthand for `fixed.dataset`",
+                   {"$ref": "#/$defs/values/properties/dataset"}),
+    "fixed": Key("{parameter: value}", {}, "held constant; parameters are the fields of `iabf/config.py` "
+                 "(`python -m iabf.train --help`)",
+                 {"$ref": "#/$defs/values", "description": "held constant for every trial"}),
+    "by_dataset": Key("{dataset: {parameter: value}}", {}, "values held constant for one dataset's trials, over "
+                      "`fixed` (an arm's own values win): a budget per dataset (`epochs`, `max_train_examples`, "
+                      "`val_subset`) in a study over several; every arm of a cell gets the same. Not for searched or "
+                      "cell parameters",
+                      {"type": "object", "additionalProperties": {"$ref": "#/$defs/values"},
+                       "description": "values fixed per dataset, over fixed (a budget per dataset)"}),
+    "search": Key("{parameter: {distribution: args}}", {}, "searched for every arm; a cell parameter (dataset, "
+                  "channel, n_bits, eps or test_eps) takes a list, each value a cell of its own",
+                  {"$ref": "#/$defs/search"}),
+    "variants": Key("list of arms", [], "each a row of the table: `{method: iabf, ...values, name: ..., search: "
+                    "{...}}`; `search` inside an arm is searched for that arm only (lambda for IABF); `name` defaults "
+                    "to the method, plus what tells it from other arms of that method",
+                    {"type": "array", "items": {"$ref": "#/$defs/arm"}, "description": "the arms: rows of the table"},
+                    "one arm"),
+    "cells": Key("list of parameters", None, "what makes a table cell; e.g. `[dataset, eps, K, flip_budget]` "
+                 "reports every K and budget instead of choosing one",
+                 {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"$ref": "#/$defs/searchable"},
+                  "description": "the parameters that make a table cell (default: dataset, channel, bits, test eps)"},
+                 "dataset, channel, bits, test eps"),
+    "seeds": Key("list of int", [0], "the confirmation seeds: n per table entry",
+                 {**SEEDS, "description": "the confirmation seeds (n per table entry)"}),
+    "search_seeds": Key("list of int", None, "the seeds one search trial trains (several: one stacked trial, judged "
+                        "on their mean); never overlapping `seeds`",
+                        {**SEEDS, "description": "the search's seeds (a stack if several)"}, "`[max(seeds) + 1]`"),
+    "stack": Key("`auto` or int >= 1", "auto", "seeds per confirmation trial, trained as one vmapped model "
+                 "(`iabf/stacked.py`), each seed still its own MLflow run; `auto`: all seeds in one trial where the "
+                 "dataset's model allows it (MLP datasets, consecutive seeds), else 1; `--stack S` overrides it",
+                 {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}]}),
+    "confirm": Key("bool", True, "run the confirmation phase (see above)", {"type": "boolean"}),
+    "searcher": Key("`grid`, `random`, `optuna`", "grid", "`grid`: every combination of `grid` values; `random` / "
+                    "`optuna`: `num_samples` draws per group from Optuna's random or TPE sampler, seeded by the group",
+                    {"enum": list(SEARCHERS)}),
+    "scheduler": Key("`none` or {name: asha, max_t, grace_period, reduction_factor}", "none", "ASHA early stopping in "
+                     "the search, one per group, time in epochs; `max_t` defaults to `epochs`",
+                     {"anyOf": [{"const": "none"}, {
+                         "type": "object", "additionalProperties": False,
+                         "properties": {"name": {"enum": ["asha", "none"]}, "max_t": {"type": "integer", "minimum": 1},
+                                        "grace_period": {"type": "integer", "minimum": 1},
+                                        "reduction_factor": {"type": "number", "minimum": 2}}}]}),
+    "metric": Key("a reported metric", M.VAL_DISTORTION, "what ASHA, Optuna and the choice of a configuration "
+                  "optimise", {"enum": list(METRICS)}),
+    "mode": Key("`min`/`max`", "min", "whether `metric` is minimised or maximised", {"enum": ["min", "max"]}),
+    "num_samples": Key("int >= 1", 1, "draws per group (`random`, `optuna`); a grid runs once",
+                       {"type": "integer", "minimum": 1}),
+    "resources": Key("{cpu: >0, gpu: >=0}", {"cpu": 1, "gpu": 0}, "per trial; a GPU fraction packs several trials "
+                     "on one GPU",
+                     {"type": "object", "additionalProperties": False,
+                      "properties": {"cpu": {"type": "number", "exclusiveMinimum": 0},
+                                     "gpu": {"type": "number", "minimum": 0}}}),
+    "max_concurrent": Key("int >= 0", 0, "at most this many trials at once (0: as many as the resources allow)",
+                          {"type": "integer", "minimum": 0}),
+    "chain_steps": Key("int >= 1", 9000, "Markov-chain steps (eq. 32) for each confirmed run's samples "
+                       "(`--chain-steps` overrides)", {"type": "integer", "minimum": 1}),
+}
+TOP_KEYS = tuple(TOP)
+
+
+def default(key: str):
+    """An absent top-level key's value (a copy: the declaration's lists and mappings are never shared)."""
+    return copy.deepcopy(TOP[key].default)
 ARM_KEYS = ("name", "search", "preset")          # besides Config fields
 ASHA_KEYS = ("name", "max_t", "grace_period", "reduction_factor")
 RESOURCE_KEYS = ("cpu", "gpu")
-METRICS = tuple(v for k, v in vars(M).items() if k.isupper() and isinstance(v, str))
 NOT_SEARCHABLE = ("seed", "stack", "data_dir", "device", "download")  # set by `seeds`, `stack`, the command line
 MAX_BYTES = 1 << 20   # a search space is a short YAML file; anything bigger is not one
 # Trials one study may plan (both phases). Far above any real study (table1.yaml: 336), and what the
@@ -54,28 +137,33 @@ class Arm:
     search: dict = field(default_factory=dict)
 
 
+def _top(key: str):   # a Study field's default: the declaration's (TOP)
+    return field(default_factory=lambda: default(key))
+
+
 @dataclass
 class Study:
+    """A validated study; its defaults are TOP's (an absent key), as `validate` fills them."""
     name: str
     path: str
-    fixed: dict = field(default_factory=dict)        # Config field -> value
-    by_dataset: dict = field(default_factory=dict)   # dataset -> {Config field: value}, over `fixed` for that dataset
-    search: dict = field(default_factory=dict)       # Config field -> {distribution: args}, every arm
+    fixed: dict = _top("fixed")                      # Config field -> value
+    by_dataset: dict = _top("by_dataset")            # dataset -> {Config field: value}, over `fixed` for that dataset
+    search: dict = _top("search")                    # Config field -> {distribution: args}, every arm
     arms: list = field(default_factory=lambda: [Arm("")])   # list of Arm; one unnamed arm if none
-    seeds: list = field(default_factory=lambda: [0])          # confirmation seeds (n per table entry)
-    search_seeds: list = field(default_factory=lambda: [1])   # a search trial's seeds (a stack if several)
-    stack: int | str = "auto"                        # seeds per confirmation trial; auto: all where possible
-    confirm: bool = True
-    cells: list | None = None                        # Config fields making a table cell; None: the paper's
-    searcher: str = "grid"
-    scheduler: dict | None = None                    # {"max_t", "grace_period", "reduction_factor"}
-    metric: str = M.VAL_DISTORTION
-    mode: str = "min"
-    num_samples: int = 1                             # samples per group (random, optuna)
-    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
-    max_concurrent: int = 0
-    description: str = ""
-    chain_steps: int = 9000                          # Markov-chain steps for each finished trial's samples (eq. 32)
+    seeds: list = _top("seeds")                      # confirmation seeds (n per table entry)
+    search_seeds: list = field(default_factory=lambda: [max(default("seeds")) + 1])   # a search trial's seeds
+    stack: int | str = _top("stack")                 # seeds per confirmation trial; auto: all where possible
+    confirm: bool = _top("confirm")
+    cells: list | None = _top("cells")               # Config fields making a table cell; None: the paper's
+    searcher: str = _top("searcher")
+    scheduler: dict | None = None                    # {"max_t", "grace_period", "reduction_factor"}; None: none
+    metric: str = _top("metric")
+    mode: str = _top("mode")
+    num_samples: int = _top("num_samples")           # samples per group (random, optuna)
+    resources: dict = _top("resources")
+    max_concurrent: int = _top("max_concurrent")
+    description: str = _top("description")
+    chain_steps: int = _top("chain_steps")           # Markov-chain steps for each finished trial's samples (eq. 32)
 
     def datasets(self) -> list[str]:
         found = {*next(iter(self.search["dataset"].values()))} if "dataset" in self.search else \
@@ -262,18 +350,18 @@ def validate(raw, path: str) -> Study:
         except ConfigError as e:
             fail(f"{where}.preset", str(e))
 
-    fixed = dict(want(raw.get("fixed") or {}, dict, "fixed", "a mapping of parameter: value"))
+    fixed = dict(want(raw.get("fixed") or default("fixed"), dict, "fixed", "a mapping of parameter: value"))
     if "dataset" in raw:
         fixed["dataset"] = raw["dataset"]
     fixed = preset(fixed, "fixed")
     for k, v in fixed.items():
         check_value(k, v, f"fixed.{k}")
 
-    searcher = raw.get("searcher", "grid")
+    searcher = raw.get("searcher", default("searcher"))
     if searcher not in SEARCHERS:
         fail("searcher", f"{short(searcher)} is not allowed: one of {', '.join(SEARCHERS)}")
 
-    cells = raw.get("cells")
+    cells = raw.get("cells", default("cells"))
     if cells is not None:
         if not isinstance(cells, list) or not cells or len(set(map(repr, cells))) != len(cells) or \
                 not all(isinstance(c, str) and c in FIELD_TYPES and c not in NOT_SEARCHABLE for c in cells):
@@ -287,7 +375,7 @@ def validate(raw, path: str) -> Study:
     search = check_search(raw.get("search"), "search", is_cell)
 
     # per-dataset values (a budget that differs by dataset): over `fixed`, under an arm's own values
-    by_dataset = dict(want(raw.get("by_dataset") or {}, dict, "by_dataset", "a mapping of dataset: {parameter: value}"))
+    by_dataset = dict(want(raw.get("by_dataset") or default("by_dataset"), dict, "by_dataset", "a mapping of dataset: {parameter: value}"))
     datasets = search["dataset"][next(iter(search["dataset"]))] if "dataset" in search else \
         [fixed.get("dataset", Config().dataset)]
     for d, values in by_dataset.items():
@@ -303,7 +391,7 @@ def validate(raw, path: str) -> Study:
         by_dataset[d] = dict(values)
 
     arms, expanded = [], []          # arms as written (they are named by their preset), and their values
-    for i, arm in enumerate(want(raw.get("variants") or [], list, "variants", "a list of arms {parameter: value}")):
+    for i, arm in enumerate(want(raw.get("variants") or default("variants"), list, "variants", "a list of arms {parameter: value}")):
         where = f"variants[{i}]"
         check_keys(arm, (*FIELD_TYPES, *ARM_KEYS), where)
         shown = {k: v for k, v in arm.items() if k not in ("name", "search")}   # what names it
@@ -329,18 +417,18 @@ def validate(raw, path: str) -> Study:
     if len({a.name for a in arms}) != len(arms):
         fail("variants", f"two arms have the same name {short(sorted(a.name for a in arms))}; name them (name: ...)")
 
-    seeds = seed_list(raw.get("seeds", [0]), "seeds")
+    seeds = seed_list(raw.get("seeds", default("seeds")), "seeds")
     default_search = [max(seeds) + 1]
     search_seeds = seed_list(raw.get("search_seeds", default_search), "search_seeds")
     if set(search_seeds) & set(seeds):
         fail("search_seeds", f"{short(search_seeds)} overlaps seeds {short(seeds)}: the confirmation would report "
                              f"numbers the choice was made on; use other seeds")
-    confirm = raw.get("confirm", True)
+    confirm = raw.get("confirm", default("confirm"))
     if not isinstance(confirm, bool):
         fail("confirm", f"expected true or false, got {short(confirm)}")
-    stack = raw.get("stack", "auto")
+    stack = raw.get("stack", default("stack"))
 
-    scheduler = raw.get("scheduler", "none")
+    scheduler = raw.get("scheduler", default("scheduler"))
     if scheduler == "none" or scheduler == {"name": "none"}:
         scheduler = None
     else:
@@ -356,23 +444,23 @@ def validate(raw, path: str) -> Study:
         if scheduler["grace_period"] > scheduler["max_t"]:
             fail("scheduler.grace_period", f"{scheduler['grace_period']} exceeds max_t {scheduler['max_t']}")
 
-    metric = raw.get("metric", M.VAL_DISTORTION)
+    metric = raw.get("metric", default("metric"))
     if metric not in METRICS:
         fail("metric", f"{short(metric)} is not a reported metric; one of {', '.join(METRICS)}")
-    mode = raw.get("mode", "min")
+    mode = raw.get("mode", default("mode"))
     if mode not in ("min", "max"):
         fail("mode", f"{short(mode)} is not allowed: min or max")
-    num_samples = number(raw.get("num_samples", 1), "num_samples", 1, integer=True, hi=100_000)
+    num_samples = number(raw.get("num_samples", default("num_samples")), "num_samples", 1, integer=True, hi=100_000)
     if searcher == "grid" and num_samples != 1:
         fail("num_samples", "a grid is run once (repeats are `seeds`); num_samples is for random and optuna")
-    resources = {"cpu": 1, "gpu": 0, **want(raw.get("resources") or {}, dict, "resources", "{cpu: N, gpu: N}")}
+    resources = {**default("resources"), **want(raw.get("resources") or {}, dict, "resources", "{cpu: N, gpu: N}")}
     check_keys(resources, RESOURCE_KEYS, "resources")
     number(resources["cpu"], "resources.cpu", 0, above=True, hi=10_000)
     number(resources["gpu"], "resources.gpu", 0, hi=10_000)
     check_gpu(resources["gpu"], f"{path}: resources.gpu")
-    max_concurrent = number(raw.get("max_concurrent", 0), "max_concurrent", 0, integer=True)
-    description = want(raw.get("description", ""), str, "description", "text")
-    chain_steps = number(raw.get("chain_steps", 9000), "chain_steps", 1, integer=True, hi=10**7)
+    max_concurrent = number(raw.get("max_concurrent", default("max_concurrent")), "max_concurrent", 0, integer=True)
+    description = want(raw.get("description", default("description")), str, "description", "text")
+    chain_steps = number(raw.get("chain_steps", default("chain_steps")), "chain_steps", 1, integer=True, hi=10**7)
     arms = arms or [Arm(fixed.get("method", Config().method))]   # no variants: one arm, named by its method
     return check_size(Study(name=name, path=path, fixed=fixed, by_dataset=by_dataset, search=search, arms=arms,
                              seeds=seeds, search_seeds=search_seeds, stack=stack, confirm=confirm, cells=cells,

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
-from studies.schema import schema
-from studies.space import SpaceError, validate
+from studies.schema import markdown, schema
+from studies.space import TOP, SpaceError, Study, default, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "search_spaces" / "schema.json").read_text())
@@ -20,6 +20,22 @@ SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 def test_the_committed_schema_is_what_the_code_writes():
     assert SCHEMA == json.loads(json.dumps(schema())), "run: python -m studies.schema > search_spaces/schema.json"
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    readme = (ROOT / "search_spaces" / "README.md").read_text()
+    assert markdown() in readme, "the README's table of keys is `python -m studies.schema --markdown`"
+
+
+def test_the_defaults_are_declared_once_and_used_by_the_validator_and_study():
+    """An absent key takes TOP's default, in the validator and in a Study built by hand alike."""
+    study = validate({"study": "s"}, "s.yaml")
+    plain = Study(name="s", path="s.yaml")
+    for key, attr in (("seeds", "seeds"), ("searcher", "searcher"), ("metric", "metric"), ("mode", "mode"),
+                      ("num_samples", "num_samples"), ("resources", "resources"), ("chain_steps", "chain_steps"),
+                      ("confirm", "confirm"), ("stack", "stack"), ("description", "description"), ("cells", "cells")):
+        assert getattr(study, attr) == getattr(plain, attr) == TOP[key].default, key
+    assert study.search_seeds == plain.search_seeds == [max(TOP["seeds"].default) + 1]
+    assert study.scheduler is None and default("scheduler") == "none"
+    default("resources")["cpu"] = 99                        # a copy: the declaration is never changed
+    assert TOP["resources"].default == {"cpu": 1, "gpu": 0}
 
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
