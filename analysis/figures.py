@@ -65,6 +65,11 @@ def validation_curves(curves: pd.DataFrame, dataset: str, methods=("necst", "iab
     return fig
 
 
+def order(method: str) -> int:
+    """The paper's methods first, in its order; any other (separation) after them."""
+    return list(NAMES).index(method) if method in NAMES else len(NAMES)
+
+
 def arm_curves(curves: pd.DataFrame, dataset: str, labels: dict | None = None):
     """Every arm's validation distortion against epoch (mean over seeds, shaded min..max), one panel
     per eps, zoomed past the first quarter of training where the arms separate.
@@ -77,7 +82,7 @@ def arm_curves(curves: pd.DataFrame, dataset: str, labels: dict | None = None):
         sel = curves[curves.panel == panel]
         start = sel.step.max() // 4
         method_of = sel.drop_duplicates("arm").set_index("arm").method
-        for i, arm in enumerate(sorted(method_of.index, key=lambda a: (list(NAMES).index(method_of[a]), a))):
+        for i, arm in enumerate(sorted(method_of.index, key=lambda a: (order(method_of[a]), a))):
             run = sel[(sel.arm == arm) & (sel.step >= start)].groupby("step").value
             method = method_of[arm]
             line, = ax.plot(run.mean().index, run.mean().values, styles.get(method, "-"), lw=1.4,
