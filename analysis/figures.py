@@ -139,7 +139,8 @@ def summary_curves(entries: pd.DataFrame, title: str, label, level: float = 0.95
     from scipy import stats
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    spare = iter(c for c in plt.cm.tab10.colors[3:] + plt.cm.Dark2.colors)   # tab10's first three: COLORS
+    # COLORS takes tab10's blue, green and red; the other arms get the rest
+    spare = iter([c for i, c in enumerate(plt.cm.tab10.colors) if i not in (0, 2, 3)] + list(plt.cm.Dark2.colors))
     for arm, a in entries.groupby("arm", sort=False):
         a = a.sort_values("eps")
         half = [stats.t.ppf(0.5 + level / 2, n - 1) * s / np.sqrt(n) if n > 1 and np.isfinite(s) else 0.0
