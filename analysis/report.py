@@ -95,7 +95,7 @@ def against_section(written: dict, out: Path, cells: pd.DataFrame, path: str | P
     theirs = other[other.set_index(["dataset", "bits", "eps"]).index.isin(
         mine.set_index(["dataset", "bits", "eps"]).index)][tables.ENTRY]
     for (dataset, bits), entries in pd.concat([theirs, mine]).groupby(["dataset", "bits"]):
-        fig = figures.summary_curves(entries, f"{tables.DATASET_NAMES.get(dataset, dataset)}, M = {bits}: this study and {Path(path).parent.name or path}",
+        fig = figures.summary_curves(entries, f"{tables.dataset_name(dataset)}, M = {bits}: this study and {Path(path).parent.name or path}",
                                      tables.arm_label)
         figures.save(fig, out, f"against_eps_{dataset}")
     return csv_section(written, out, "against.csv", con, f"Against {path}",
@@ -119,6 +119,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     trials, confirmed = table_runs(completed)   # confirmation runs only, where the study has them
     params, plan = study_params(uri, study, parent), study_plan(uri, study, parent)
+    tables.name_datasets((plan or {}).get("display", {}))
     # a study whose confirmation phase has not run yet (interrupted): its search results, marked so
     provisional = not confirmed and bool(plan.get("confirm", True) if plan else params.get("confirm") == "True")
     if provisional:
@@ -164,11 +165,11 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
         order = list(dict.fromkeys(panels.panel))
         hist = hist.sort_values("panel", key=lambda p: p.map(order.index), kind="stable")
         if hist.arm.nunique() > hist.method.nunique():   # variants of a method: every arm's curve
-            figures.save(figures.arm_curves(hist, dataset, {a: tables.arm_label(a) for a in hist.arm.unique()}),
+            figures.save(figures.arm_curves(hist, tables.dataset_name(dataset), {a: tables.arm_label(a) for a in hist.arm.unique()}),
                          out, f"val_curves_arms_{name}")
         hist = hist[hist.arm == hist.method]      # Fig. 2 is the paper's NECST against its IABF
         if {"necst", "iabf"} & set(hist.method):
-            figures.save(figures.validation_curves(hist, dataset), out, f"fig2_val_curves_{name}")
+            figures.save(figures.validation_curves(hist, tables.dataset_name(dataset)), out, f"fig2_val_curves_{name}")
         first = panels[panels.panel == panels.panel.iloc[0]]
         grids = {}
         for row in first.itertuples():
@@ -232,6 +233,15 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
                               "report (p < 0.05); the cells where its mean is lower at all; the same counts without "
                               "the adjustment; and the mean relative difference (arm over baseline, minus 1; "
                               "negative: better).", tables.tally_markdown(counts))
+    for column in tables.contrasted_axes(cells):   # what one setting of an ablation does, all else equal
+        axis = tables.axis_name(column)
+        con = tables.axis_contrasts(cells, column)
+        if len(con):
+            report += csv_section(written, out, f"axis_{axis}_contrasts.csv", con, f"Across {axis}",
+                                  f"Each arm at each {axis} against the same arm at {axis}={con.baseline.iloc[0]}, every "
+                                  f"other cell axis equal: test distortion difference (negative: lower), its 95% "
+                                  f"confidence interval and Welch's t-test over seeds; p (Holm): adjusted over these "
+                                  f"contrasts; * p < 0.05.", tables.axis_contrasts_markdown(con, axis))
     if against is not None:
         report += against_section(written, out, cells, against)
     report += ["", "## Notes on the search ranges", ""]

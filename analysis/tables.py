@@ -25,15 +25,23 @@ from studies.plan import CONFIRM
 METHODS = ("necst", "abf", "iabf")
 METHOD_NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF", "separation": "Separation"}
 DATASET_ORDER = ("binary_mnist", "omniglot", "cifar10", "mnist", "digits")   # the paper's order, then ours
-DATASET_NAMES = {k: spec.display for k, spec in SPECS.items()}   # one of one's own: by its name
+DATASET_NAMES = {k: spec.display for k, spec in SPECS.items()}   # one of one's own: by its name, or name_datasets
 PAPER_TABLE1 = Path(__file__).with_name("paper_table1.csv")
 CELL = ["dataset", "bits", "method", "eps"]      # the paper's entries, which the reproduction compares
 CELL_PREFIX = "cell."                            # analysis.fetch: a run's value of each cell axis
 LEGACY_AXES = ("dataset", "bits", "eps")         # the cell of a frame without cell columns (older callers)
-# the paper's setting, which the reproduction compares with (a parameter's default counts as its value)
-PAPER_SETTING = {"channel": "bsc", "K": 5, "n_bits": 0, "test_eps": -1.0, "flip_budget": -1.0}
 NOT_CONFIG = ("param.seed", "param.stack", "param.data_dir", "param.device", "param.download", "param.compile")
 
+
+
+def name_datasets(names: dict[str, str]) -> None:
+    """A study's display names for its datasets of one's own (its `display`, kept in its plan); the
+    paper's datasets keep theirs."""
+    DATASET_NAMES.update({d: n for d, n in names.items() if d not in SPECS})
+
+
+def dataset_name(dataset: str) -> str:
+    return DATASET_NAMES.get(dataset, dataset)
 
 def config_text(row: pd.Series, columns) -> str:
     """The parameters of a configuration that differ between the study's configurations: lam=0.01 K=5."""
@@ -157,6 +165,70 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return out
 
 
+AXIS_NOT_CONTRASTED = ("dataset", "bits", "eps", "test_eps", "channel")   # Table 1's own axes: its columns and blocks
+
+
+def contrasted_axes(cells: pd.DataFrame) -> list[str]:
+    """The cell axes an ablation varies beyond Table 1's (precision, K, a flip budget, a likelihood):
+    each gets axis_contrasts."""
+    cells = with_cells(cells)
+    return [c for c in cell_columns(cells) if axis_name(c) not in AXIS_NOT_CONTRASTED and cells[c].nunique() > 1]
+
+
+def axis_contrasts(cells: pd.DataFrame, column: str, level: float = 0.95) -> pd.DataFrame:
+    """Each arm at each value of a cell axis against the same arm at the axis's baseline value, with
+    every other cell axis equal: what changing that one setting does (bf16 against fp32). The baseline
+    is the Config default where the axis has it, else its smallest value. diff = value - baseline in
+    test distortion (negative: better), Welch's t-test over seeds and its `level` interval, p_holm
+    over every contrast returned."""
+    from iabf.config import Config
+
+    cells = with_cells(cells)
+    axis, others = axis_name(column), [c for c in cell_columns(cells) if c != column]
+    values = sorted(cells[column].dropna().unique(), key=value_text)
+    default = getattr(Config(), axis, None)
+    base = default if default in values else min(values, key=lambda v: (isinstance(v, str), v))
+    rows = []
+    for key, group in cells.groupby([*others, "arm"], dropna=False) if others else cells.groupby(["arm"]):
+        key = key if isinstance(key, tuple) else (key,)
+        at = {r[column]: r for _, r in group.iterrows()}
+        if base not in at:
+            continue
+        b = at[base]
+        for v, r in at.items():
+            if v == base:
+                continue
+            x, y = list(r.tests), list(b.tests)
+            low = high = p = float("nan")
+            if len(x) >= 2 and len(y) >= 2:
+                t = stats.ttest_ind(x, y, equal_var=False)
+                p, (low, high) = float(t.pvalue), map(float, t.confidence_interval(level))
+            rows.append((*key, r.dataset, value_text(v), value_text(base), r.test, b.test, r.test - b.test, low, high,
+                         p, len(x), len(y), r.test / b.test - 1))
+    out = pd.DataFrame(rows, columns=[*others, "arm", "dataset", axis, "baseline", "test", "test_baseline", "diff",
+                                      "low", "high", "p_value", "n", "n_baseline", "rel_diff"])
+    out["p_holm"] = holm(out.p_value)
+    return out
+
+
+def axis_contrasts_markdown(con: pd.DataFrame, axis: str, alpha: float = 0.05) -> str:
+    def fmt(p):
+        return "--" if math.isnan(p) else f"{p:.3g}" + (" *" if p < alpha else "")
+
+    others = [c for c in cell_columns(con) if con[c].nunique() > 1]
+    lines = ["| " + " | ".join(map(axis_name, others)) + (" | " if others else "") +
+             f"arm | {axis} | against | test | baseline | diff (95% CI) | relative | p (Welch) | p (Holm) | n |",
+             "|---" * (len(others) + 10) + "|"]
+    for _, c in con.iterrows():
+        ci = "" if math.isnan(c.low) else f" ({c.low:+.4g}, {c.high:+.4g})"
+        lines.append("| " + " | ".join(dataset_name(c[a]) if axis_name(a) == "dataset" else value_text(c[a])
+                                       for a in others) + (" | " if others else "") +
+                     f"{arm_label(c.arm)} | {c[axis]} | {c.baseline} | {c.test:.4g} | {c.test_baseline:.4g} | "
+                     f"{c['diff']:+.4g}{ci} | {c.rel_diff:+.2%} | {fmt(c.p_value)} | {fmt(c.p_holm)} | "
+                     f"{c.n} vs {c.n_baseline} |")
+    return "\n".join(lines) + "\n"
+
+
 def tally(con: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Per arm and baseline, across the table's cells: in how many the arm is significantly better
     (diff < 0, Holm-adjusted p < alpha), significantly worse, or neither, and which cells; also in
@@ -166,7 +238,7 @@ def tally(con: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     shown = [c for c in axes if con[c].nunique() > 1 and axis_name(c) not in ("dataset", "bits", "eps")]
 
     def where(rows) -> str:   # Table 1's cells as "Omniglot 0.3"; other axes as axis=value
-        return ", ".join(" ".join([DATASET_NAMES.get(r["dataset"], r["dataset"]), f"{r['eps']:g}",
+        return ", ".join(" ".join([dataset_name(r["dataset"]), f"{r['eps']:g}",
                                    *(f"{axis_name(c)}={value_text(r[c])}" for c in shown)])
                          for _, r in rows.iterrows()) or "--"
 
@@ -328,7 +400,7 @@ def _blocks(cells: pd.DataFrame):
 def block_name(block: dict, cells: pd.DataFrame) -> str:
     """A block's heading: the dataset's name, then the values of the other block axes that vary
     (or, for the channel, that are not the paper's BSC); the code length is in the row labels."""
-    name = DATASET_NAMES.get(block.get(CELL_PREFIX + "dataset"), block.get(CELL_PREFIX + "dataset", ""))
+    name = dataset_name(block.get(CELL_PREFIX + "dataset", ""))
     extra = shown(block, cells)
     return ", ".join([name, *extra]) if name else ", ".join(extra) or "all"
 
@@ -505,7 +577,7 @@ def version(arm: str, method: str) -> str:
 
 def paper_setting(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """The entries in the paper's setting (BSC, the paper's code length, test eps = eps, K = 5, the
-    adversary's budget = eps), and per reason how many entries were left out (an entry can have
+    adversary's budget = eps, the dataset's likelihood and split, float32), and per reason how many entries were left out (an entry can have
     several reasons; a parameter a frame does not carry counts as its default)."""
     def value(c: str, default):
         col = f"param.{c}"
@@ -518,7 +590,10 @@ def paper_setting(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
            (value("test_eps", -1.0) != eps),
            "K is not 5": value("K", 5) != 5,
            "the adversary's budget is not eps": ~value("flip_budget", -1.0).isin([-1.0]) &
-           (value("flip_budget", -1.0) != eps)}
+           (value("flip_budget", -1.0) != eps),
+           "not the dataset's own likelihood or validation split": (value("likelihood", "auto") != "auto") |
+           (value("n_valid", 0).astype(str) != "0"),
+           "not float32": value("precision", "fp32") != "fp32"}
     out = pd.Series(False, index=cells.index)
     for mask in why.values():
         out |= mask
@@ -565,7 +640,7 @@ def reproduction_markdown(rep: pd.DataFrame) -> str:
     ours_cells = rep[rep.ours.notna()]
     left_out = rep.attrs.get("left_out", {})
     note = ("Entries not in the paper's setting (BSC, the paper's code length, test eps = eps, K = 5, the "
-            "adversary's budget = eps) are left out: " + "; ".join(f"{n} {why}" for why, n in left_out.items()) +
+            "adversary's budget = eps, the dataset's likelihood and split, float32) are left out: " + "; ".join(f"{n} {why}" for why, n in left_out.items()) +
             " (an entry may have several reasons).") if left_out else ""
     if ours_cells.empty:
         return "# Reproduction of Table 1\n\nNo cell of this study is in the paper's Table 1." + \

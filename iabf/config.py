@@ -12,7 +12,7 @@ import reprlib
 from dataclasses import dataclass, field, fields
 
 from .capacity import K_MIN, RATE_MAX, RATE_MIN, capacity_bits, ldpc_k, ldpc_k_range
-from .datasets import SPECS, default_bits, is_name
+from .datasets import LIKELIHOODS, SPECS, default_bits, is_name
 
 DATASETS = tuple(SPECS)   # the known ones (iabf/datasets.py); any other <name>.npz in data_dir is one too
 METHODS = ("necst", "abf", "iabf", "separation")
@@ -73,6 +73,11 @@ class Config:
     # --- what is trained ---
     dataset: str = _f("mnist", f"dataset: one of {', '.join(DATASETS)}, or the name of any <name>.npz in data_dir "
                                "(its spec inferred from its arrays: python -m iabf.data info NAME)")
+    likelihood: str = _f("auto", "the decoder's likelihood: auto (the dataset's: Bernoulli for Binary MNIST and for a "
+                                 "dataset of one's own whose pixels are all 0 or 255, else squared error), bernoulli "
+                                 "(BCE against the intensities) or squared (squared error on [0, 1])")
+    n_valid: int = _f(0, "validation images carved out of x_train; 0 = the dataset's (Binary MNIST/MNIST/CIFAR10 "
+                         "10,000, Omniglot 500, digits 300; 10% for a dataset of one's own)")
     method: str = _f("iabf", "necst (eq. 16), abf (adversarial bit flip, eq. 30), iabf (abf + infomax, eq. 29), "
                              "separation (a noiseless learned source code of k bits, then a channel code to M bits)")
     n_bits: int = _f(0, "code length m; 0 = the paper's for the dataset (BinaryMNIST/MNIST 100, Omniglot 200, CIFAR10 500; "
@@ -180,6 +185,8 @@ class Config:
                 need(abs(v) <= INT_MAX, f.name, f"an integer of at most {INT_MAX}")
         need(self.dataset in DATASETS or is_name(self.dataset), "dataset",
              f"one of {', '.join(DATASETS)}, or the name of a <name>.npz in data_dir (letters, digits, _ . -)")
+        need(self.likelihood in LIKELIHOODS, "likelihood", f"one of {', '.join(LIKELIHOODS)}")
+        need(self.n_valid >= 0, "n_valid", "0 (the dataset's) or a positive integer")
         need(self.method in METHODS, "method", f"one of {', '.join(METHODS)}")
         need(self.channel in CHANNELS, "channel", f"one of {', '.join(CHANNELS)}")
         need(self.flip in FLIPS, "flip", f"one of {', '.join(FLIPS)}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import OWN_VALID_FRACTION, SPECS, DatasetSpec, infer
+from .datasets import LIKELIHOODS, OWN_VALID_FRACTION, SPECS, DatasetSpec, infer, override
 
 SPLIT_SEED = 0        # fixed forever: changing it changes every reported number
 BINARIZE_SEED = 0     # BinaryMNIST: one fixed Bernoulli draw of the MNIST intensities
@@ -28,6 +28,7 @@ N_VALID = {k: spec.n_valid for k, spec in SPECS.items()}
 IMAGE_SHAPE = {k: spec.shape for k, spec in SPECS.items()}   # (C, H, W) as training sees them
 BINARY = {k for k, spec in SPECS.items() if spec.binary}     # Bernoulli likelihood; the rest squared error
 DIGITS_N_TEST = 297   # sklearn's 1,797 digits -> 1,200 train / 300 valid / 297 test
+N_TRAIN_DIGITS = 1_797 - DIGITS_N_TEST   # what its validation split is carved from
 
 
 class DataError(RuntimeError):
@@ -164,11 +165,12 @@ def inspect_npz(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         raise DataError(f"{path}: not a readable .npz ({type(e).__name__}: {reason})") from None
 
 
-def check_file(name: str, path: Path) -> DatasetSpec:
+def check_file(name: str, path: Path, n_valid: int = 0) -> DatasetSpec:
     """Check a dataset file against its layout before anything trains: the four arrays, uint8
     images of the dataset's shape (a dataset of one's own: its x_train's, the same in x_test), one
     label per image, a test split, and more training images than the validation split takes.
-    Returns the spec (inferred for a dataset of one's own, binary not yet known: spec_of says).
+    n_valid: the run's validation size (0: the spec's). Returns the spec (inferred for a dataset of
+    one's own, binary not yet known: spec_of says).
     One DataError line naming the file and the problem."""
     arrays = inspect_npz(path)
     missing = [k for k in KEYS if k not in arrays]
@@ -187,6 +189,7 @@ def check_file(name: str, path: Path) -> DatasetSpec:
             spec = infer(name, arrays["x_train"][0], binary=False)
         except ValueError as e:
             raise DataError(f"{path}: {e}") from None
+    spec = override(spec, n_valid)
     c, h, w = spec.shape
     want = (h, w) if c == 1 else (h, w, c)
     for split_ in ("train", "test"):
@@ -204,43 +207,48 @@ def check_file(name: str, path: Path) -> DatasetSpec:
     return spec
 
 
-def spec_of(name: str, data_dir: str | os.PathLike, arrays: dict | None = None) -> DatasetSpec:
-    """A dataset's spec: the table's, or for a dataset of one's own inferred from its file (its
-    arrays, when already read: binary when every pixel is 0 or 255)."""
+def spec_of(name: str, data_dir: str | os.PathLike, arrays: dict | None = None, n_valid: int = 0,
+            likelihood: str = "auto") -> DatasetSpec:
+    """A dataset's spec as a run uses it: the table's, or for a dataset of one's own inferred from
+    its file (its arrays, when already read: binary when every pixel is 0 or 255); then the run's
+    overrides (datasets.override: its validation size and likelihood)."""
     if name in SPECS:
-        return SPECS[name]
-    x = (arrays or load_arrays(name, data_dir))["x_train"]   # load_arrays has checked the file (check_file)
-    return infer(name, x.shape, binary=bool(np.isin(x, (0, 255)).all()))
+        return override(SPECS[name], n_valid, likelihood)
+    x = (arrays or load_arrays(name, data_dir, n_valid=n_valid))["x_train"]   # checked there (check_file)
+    return override(infer(name, x.shape, binary=bool(np.isin(x, (0, 255)).all())), n_valid, likelihood)
 
 
-def load_arrays(name: str, data_dir: str | os.PathLike, download: bool = False) -> dict[str, np.ndarray]:
+def load_arrays(name: str, data_dir: str | os.PathLike, download: bool = False, n_valid: int = 0) -> dict[str, np.ndarray]:
     path = npz_path(name, data_dir)
     if path.exists():
-        check_file(name, path)
+        check_file(name, path, n_valid)
         try:
             with np.load(path, allow_pickle=False) as d:
                 return {k: d[k] for k in KEYS}
         except (OSError, ValueError, EOFError) as e:   # a member damaged past its header
             raise DataError(f"{path}: cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
     try:
-        check_available(name, data_dir)
+        check_available(name, data_dir, n_valid)
     except DataError:
         if not download:
             raise
-        return load_arrays(name, prepare(name, data_dir).parent)
+        return load_arrays(name, prepare(name, data_dir).parent, n_valid=n_valid)
     if name == "digits":  # bundled with scikit-learn: always available offline
         return _digits_arrays()
-    return binarize(load_arrays("mnist", data_dir))  # binary_mnist: deterministic, so no file is needed
+    return binarize(load_arrays("mnist", data_dir, n_valid=n_valid))  # binary_mnist: deterministic, so no file is needed
 
 
-def check_available(name: str, data_dir: str | os.PathLike) -> None:
+def check_available(name: str, data_dir: str | os.PathLike, n_valid: int = 0) -> None:
     """Raise DataError (saying how to prepare it) unless `name` can be loaded offline from data_dir,
     from a file that fits its layout (check_file: headers only, so a study checks in milliseconds)."""
     if name == "digits":
+        if n_valid >= N_TRAIN_DIGITS:
+            raise DataError(f"digits: n_valid={n_valid:,} leaves no training image (it has {N_TRAIN_DIGITS:,}); "
+                            f"at most {N_TRAIN_DIGITS - 1:,}")
         return
     for source in (name, "mnist") if name == "binary_mnist" else (name,):
         if npz_path(source, data_dir).exists():
-            check_file(name, npz_path(source, data_dir))
+            check_file(name, npz_path(source, data_dir), n_valid)
             return
     raise _missing(name, data_dir)
 
@@ -270,10 +278,11 @@ def split(name: str, arrays: dict[str, np.ndarray], spec: DatasetSpec | None = N
 
 
 def load(name: str, data_dir: str | os.PathLike, device: torch.device | str = "cpu",
-         max_train_examples: int = 0, download: bool = False) -> Splits:
-    """Read the arrays once and put them on `device`; training then indexes them directly."""
-    arrays = load_arrays(name, data_dir, download)
-    spec = spec_of(name, data_dir, arrays)
+         max_train_examples: int = 0, download: bool = False, n_valid: int = 0, likelihood: str = "auto") -> Splits:
+    """Read the arrays once and put them on `device`; training then indexes them directly.
+    n_valid, likelihood: the run's overrides of the dataset's spec (datasets.override)."""
+    arrays = load_arrays(name, data_dir, download, n_valid)
+    spec = spec_of(name, data_dir, arrays, n_valid, likelihood)
     train, val, test = split(name, arrays, spec)
     if max_train_examples:
         train = train[:max_train_examples]
@@ -282,6 +291,12 @@ def load(name: str, data_dir: str | os.PathLike, device: torch.device | str = "c
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
     return Splits(dev(train), dev(val), dev(test), binary=spec.binary)
+
+
+def load_for(cfg, device: torch.device | str = "cpu") -> Splits:
+    """The data a run of `cfg` (iabf.config.Config) trains on: its dataset, folder, training
+    subset and spec overrides."""
+    return load(cfg.dataset, cfg.data_dir, device, cfg.max_train_examples, cfg.download, cfg.n_valid, cfg.likelihood)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,17 +309,23 @@ def main(argv: list[str] | None = None) -> int:
     pi = sub.add_parser("info", help="the spec a dataset trains with (inferred for one of your own) and its splits")
     pi.add_argument("name", help=f"one of {', '.join(SPECS)}, or the name of a <name>.npz in --data-dir")
     pi.add_argument("--data-dir", default="data")
+    pi.add_argument("--n-valid", type=int, default=0, help="a run's validation size (0: the spec's)")
+    pi.add_argument("--likelihood", choices=LIKELIHOODS, default="auto", help="a run's likelihood (auto: the spec's)")
     args = p.parse_args(argv)
     try:
         if args.cmd == "prepare":
             print(prepare(args.name, args.data_dir))
         else:
-            arrays = load_arrays(args.name, args.data_dir)
-            spec = spec_of(args.name, args.data_dir, arrays)
+            if args.n_valid < 0:
+                raise DataError(f"--n-valid={args.n_valid} is not allowed: 0 (the spec's) or a positive integer")
+            arrays = load_arrays(args.name, args.data_dir, n_valid=args.n_valid)
+            spec = spec_of(args.name, args.data_dir, arrays, args.n_valid, args.likelihood)
             tr, va, te = split(args.name, arrays, spec)
             from .datasets import default_bits
             how = "known" if args.name in SPECS else \
                 f"inferred from {npz_path(args.name, args.data_dir)} (validation: {OWN_VALID_FRACTION:.0%} of x_train)"
+            how += "; overridden: " + ", ".join(f"{k}={v}" for k, v in (("n_valid", args.n_valid), ("likelihood", args.likelihood))
+                                                if v not in (0, "auto")) if args.n_valid or args.likelihood != "auto" else ""
             print(f"{args.name} ({how}): images {spec.shape} (C, H, W), "
                   f"{'Bernoulli (binary pixels)' if spec.binary else 'squared error'} likelihood, {spec.arch} model, "
                   f"{default_bits(args.name)} bits by default; train {tr.shape[0]}, valid {va.shape[0]}, test {te.shape[0]}")

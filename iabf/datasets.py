@@ -5,7 +5,7 @@ is inferred from its arrays (`infer`), and `python -m iabf.data info NAME` shows
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ SPECS = {
 # A dataset of one's own: `n_bits: 0` means this many bits, and this share of x_train validates
 OWN_BITS = 100
 OWN_VALID_FRACTION = 0.1
+LIKELIHOODS = ("auto", "bernoulli", "squared")   # auto: the spec's (Config.likelihood)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")   # a file stem: <name>.npz in the data folder
 
 
@@ -60,3 +61,11 @@ def infer(name: str, x_shape: tuple[int, ...], binary: bool) -> DatasetSpec:
                          f"(N, 32, 32, 3) colour images (the conv model)")
     return DatasetSpec(name, shape, binary, arch, OWN_BITS, max(1, int(n * OWN_VALID_FRACTION)))
 
+
+
+def override(spec: DatasetSpec, n_valid: int = 0, likelihood: str = "auto") -> DatasetSpec:
+    """spec as a run asks for it (Config.n_valid, Config.likelihood; by_dataset in a study file):
+    n_valid images validate (0: the spec's), and the likelihood is Bernoulli (BCE against the pixel
+    intensities, soft targets for grey images) or squared error (auto: the spec's)."""
+    return replace(spec, n_valid=n_valid or spec.n_valid,
+                   binary=spec.binary if likelihood == "auto" else likelihood == "bernoulli")

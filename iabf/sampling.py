@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg, enc, dec = load_models(args.checkpoint)
-        data = load(cfg.dataset, args.data_dir or cfg.data_dir)
+        data = load(cfg.dataset, args.data_dir or cfg.data_dir, n_valid=cfg.n_valid, likelihood=cfg.likelihood)
         x0 = to_float(data.test[: args.n])
         gen = torch.Generator().manual_seed(args.seed)
         eps = cfg.eval_eps if args.eps is None else args.eps

@@ -27,7 +27,7 @@ from . import metrics as M
 from . import stacked
 from .channels import bernoulli
 from .config import Config, ConfigError, config_from_args, config_parser, seed_configs
-from .data import IMAGE_SHAPE, DataError, Splits, load, to_float
+from .data import IMAGE_SHAPE, DataError, Splits, load_for, to_float
 from .losses import binary_entropy, discriminator_loss, distortion, objective, tc_input
 from .models import build
 from .precision import autocast, check as check_precision
@@ -250,7 +250,7 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
     cfgs = seed_configs(cfg)
     seeds, S = [c.seed for c in cfgs], len(cfgs)
     if data is None:
-        data = load(cfg.dataset, cfg.data_dir, device, cfg.max_train_examples, cfg.download)
+        data = load_for(cfg, device)
     if S > 1 and data.image_shape == (3, 32, 32):   # Config knows the table's datasets; this, one's own
         raise ConfigError(f"stack={S} is not allowed: 1 for {cfg.dataset} (a conv model: vmap cannot batch its "
                           "BatchNorm)", "stack")
@@ -326,13 +326,14 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
 
 def run_name(cfg: Config) -> str:
     """What the run is, e.g. mnist-iabf-eps0.1-lam0.01-K5-s0; a channel other than the paper's BSC
-    is named too (mnist-iabf-z-eps0.1-...), and a precision other than fp32 (...-s0-bf16), so runs
-    that differ in them never share a folder."""
+    is named too (mnist-iabf-z-eps0.1-...), a precision other than fp32 (...-s0-bf16) and a spec
+    override (mnist-bernoulli-nv500-iabf-...), so runs that differ in them never share a folder."""
     lam = f"-lam{cfg.lam:g}" if cfg.method == "iabf" else ""
     code = f"-{cfg.channel_code}-k{cfg.latent_bits}" if cfg.method == "separation" else ""
     channel = "" if cfg.channel == "bsc" else f"-{cfg.channel}"
     arithmetic = "" if cfg.precision == "fp32" else f"-{cfg.precision}"
-    return f"{cfg.dataset}-{cfg.method}{code}{channel}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}{arithmetic}"
+    spec = ("" if cfg.likelihood == "auto" else f"-{cfg.likelihood}") + (f"-nv{cfg.n_valid}" if cfg.n_valid else "")
+    return f"{cfg.dataset}{spec}-{cfg.method}{code}{channel}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}{arithmetic}"
 
 
 def main(argv: list[str] | None = None) -> int:

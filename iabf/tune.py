@@ -29,7 +29,7 @@ from ray import tune
 
 from . import metrics as M
 from .config import Config, seed_configs
-from .data import load, to_float
+from .data import load_for, to_float
 from .sampling import markov_chain, reconstructions, save_grid
 from .separation import link
 from .train import Diverged, load_checkpoint, models_from_state, run, save_checkpoint
@@ -139,7 +139,7 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
     cfg = config_from_params(params)
     artifacts = params.get("phase") != "search"   # a search trial is a means to a choice: no samples drawn
     cfg.device = trial_device(cfg)
-    data = load(cfg.dataset, cfg.data_dir, cfg.device, cfg.max_train_examples, cfg.download)
+    data = load_for(cfg, cfg.device)
     seeds = parts(cfg)
     context = tune.get_context()
     own = TrialState(state_root, params.get("uid") or context.get_trial_id()) if state_root else None

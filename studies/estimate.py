@@ -97,7 +97,8 @@ def _first(spec: dict):
 def profile_key(cfg, seeds: int) -> tuple:
     """What sets a trial's speed; lambda, eps and the seed do not."""
     return (cfg.dataset, cfg.method, cfg.K, cfg.bits, cfg.latent_bits, cfg.channel, cfg.channel_code, cfg.flip,
-            cfg.flip_k, cfg.tc_input, cfg.vimco_signal, cfg.clean_weight > 0, seeds, cfg.device, cfg.compile)
+            cfg.flip_k, cfg.tc_input, cfg.vimco_signal, cfg.clean_weight > 0, seeds, cfg.device, cfg.compile,
+            cfg.precision, cfg.likelihood)
 
 
 def time_profile(cfg, seeds: int, threads: int, steps: int = 12) -> dict:
@@ -113,7 +114,7 @@ def time_profile(cfg, seeds: int, threads: int, steps: int = 12) -> dict:
 
     torch.set_num_threads(threads)
     device = resolve_device(cfg.device)
-    data = load(cfg.dataset, cfg.data_dir, device, cfg.batch_size * steps)
+    data = load(cfg.dataset, cfg.data_dir, device, cfg.batch_size * steps, n_valid=cfg.n_valid, likelihood=cfg.likelihood)
     val = min(len(data.val), cfg.val_subset or len(data.val), 1000)
     probe = replace(cfg, epochs=3, stack=seeds, seed=0, val_subset=val, val_batch=0)
     seen = []
@@ -144,16 +145,16 @@ def estimate(study, chain_steps: int, concurrency: int | None = None, echo=print
             started = time.perf_counter()
             speeds[key] = time_profile(t.cfg, t.seeds, threads)
             echo(f"  timed {t.cfg.dataset} {t.cfg.method} K={t.cfg.K} {t.cfg.bits} bits {t.cfg.channel} "
-                 f"flip={t.cfg.flip}, {t.seeds} seed(s) per trial: {1 / speeds[key]['train']:,.0f} training images/s per seed "
+                 f"flip={t.cfg.flip} {t.cfg.precision}, {t.seeds} seed(s) per trial: {1 / speeds[key]['train']:,.0f} training images/s per seed "
                  f"(all trained at once), validation {speeds[key]['val'] * 1e3:.3f} ms/image "
                  f"({time.perf_counter() - started:.1f} s)")
-        if t.cfg.dataset not in sizes:
-            d = load(t.cfg.dataset, t.cfg.data_dir)
-            sizes[t.cfg.dataset] = (len(d.train), len(d.val), len(d.test))
+        if (t.cfg.dataset, t.cfg.n_valid) not in sizes:
+            d = load(t.cfg.dataset, t.cfg.data_dir, n_valid=t.cfg.n_valid)
+            sizes[t.cfg.dataset, t.cfg.n_valid] = (len(d.train), len(d.val), len(d.test))
     seconds = []
     for t in trials:
         s = speeds[profile_key(t.cfg, t.seeds)]
-        n_train, n_val, n_test = sizes[t.cfg.dataset]
+        n_train, n_val, n_test = sizes[t.cfg.dataset, t.cfg.n_valid]
         n_train = min(n_train, t.cfg.max_train_examples or n_train)
         n_val = min(n_val, t.cfg.val_subset or n_val) if not t.cfg.val_batch else t.cfg.val_batch
         per_epoch = n_train * s["train"] + n_val * s["val"]

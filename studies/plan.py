@@ -161,9 +161,11 @@ def cell_plan(study) -> list[dict]:
 
 
 def record(study) -> dict:
-    """What the study's parent run keeps as PLAN_ARTIFACT: whether it confirms, its cell axes, and
-    per cell its values and cell_plan's counts (what the analysis keys its tables on)."""
-    return {"confirm": study.confirm, "axes": list(study.cells or DEFAULT_CELL), "cells": cell_plan(study)}
+    """What the study's parent run keeps as PLAN_ARTIFACT: whether it confirms, its cell axes, per
+    cell its values and cell_plan's counts (what the analysis keys its tables on), and the display
+    names of its datasets of one's own."""
+    return {"confirm": study.confirm, "axes": list(study.cells or DEFAULT_CELL), "cells": cell_plan(study),
+            "display": dict(study.display)}
 
 
 def plan(study) -> dict:

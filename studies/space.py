@@ -18,6 +18,7 @@ import yaml
 
 from iabf import metrics as M
 from iabf.config import ARCH_KIND, FIELD_TYPES, INT_MAX, Config, ConfigError, one_line, short, with_preset
+from iabf.datasets import SPECS
 from studies.plan import cell_axes, plan
 
 SEARCHERS = ("grid", "random", "optuna")
@@ -39,6 +40,7 @@ class Key:
 
 
 REQUIRED = object()
+DISPLAY = re.compile(r"[\w .,()+/-]{1,60}")   # what a LaTeX and a Markdown table print as they are (_ is escaped)
 SEEDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "uniqueItems": True}
 TOP = {
     "study": Key("name (letters, digits, `-`, `_`)", REQUIRED, "MLflow experiment name and results folder prefix",
@@ -55,6 +57,11 @@ TOP = {
                       "cell parameters",
                       {"type": "object", "additionalProperties": {"$ref": "#/$defs/values"},
                        "description": "values fixed per dataset, over fixed (a budget per dataset)"}),
+    "display": Key("{dataset: name}", {}, "the name tables and figures print for a dataset of one's own (a "
+                   "`<name>.npz`; by default its file name); the paper's datasets keep theirs. Its spec's other "
+                   "fields are `likelihood` and `n_valid`, set like any parameter (in `fixed` or `by_dataset`)",
+                   {"type": "object", "additionalProperties": {"type": "string", "pattern": "^[\\w .,()+/-]{1,60}$"},
+                    "description": "a display name per dataset of one's own"}),
     "search": Key("{parameter: {distribution: args}}", {}, "searched for every arm; a cell parameter (dataset, "
                   "channel, n_bits, eps or test_eps) takes a list, each value a cell of its own",
                   {"$ref": "#/$defs/search"}),
@@ -148,6 +155,7 @@ class Study:
     path: str
     fixed: dict = _top("fixed")                      # Config field -> value
     by_dataset: dict = _top("by_dataset")            # dataset -> {Config field: value}, over `fixed` for that dataset
+    display: dict = _top("display")                  # dataset of one's own -> the name its tables print
     search: dict = _top("search")                    # Config field -> {distribution: args}, every arm
     arms: list = field(default_factory=lambda: [Arm("")])   # list of Arm; one unnamed arm if none
     seeds: list = _top("seeds")                      # confirmation seeds (n per table entry)
@@ -390,6 +398,17 @@ def validate(raw, path: str) -> Study:
             check_value(k, v, key)
         by_dataset[d] = dict(values)
 
+    display = dict(want(raw.get("display") or default("display"), dict, "display", "a mapping of dataset: name"))
+    for d, text in display.items():
+        key = f"display.{d if isinstance(d, str) else short(d)}"
+        if d not in datasets:
+            fail(key, f"not a dataset of this study; its datasets: {', '.join(map(str, datasets))}")
+        if d in SPECS:
+            fail(key, f"{d} is one of the paper's datasets and keeps its name ({SPECS[d].display}); display names a "
+                      f"dataset of one's own")
+        if not isinstance(text, str) or not DISPLAY.fullmatch(text):
+            fail(key, f"{short(text)} is not allowed: up to 60 letters, digits, spaces and . , ( ) + / - _")
+
     arms, expanded = [], []          # arms as written (they are named by their preset), and their values
     for i, arm in enumerate(want(raw.get("variants") or default("variants"), list, "variants", "a list of arms {parameter: value}")):
         where = f"variants[{i}]"
@@ -462,7 +481,7 @@ def validate(raw, path: str) -> Study:
     description = want(raw.get("description", default("description")), str, "description", "text")
     chain_steps = number(raw.get("chain_steps", default("chain_steps")), "chain_steps", 1, integer=True, hi=10**7)
     arms = arms or [Arm(fixed.get("method", Config().method))]   # no variants: one arm, named by its method
-    return check_size(Study(name=name, path=path, fixed=fixed, by_dataset=by_dataset, search=search, arms=arms,
+    return check_size(Study(name=name, path=path, fixed=fixed, by_dataset=by_dataset, display=display, search=search, arms=arms,
                              seeds=seeds, search_seeds=search_seeds, stack=stack, confirm=confirm, cells=cells,
                              searcher=searcher, scheduler=scheduler, metric=metric, mode=mode,
                              num_samples=num_samples, resources=resources, max_concurrent=max_concurrent,

@@ -384,3 +384,26 @@ def test_a_committed_table_is_set_beside_the_study_per_cell(store, tmp_path, cap
                            str(tmp_path / "never"), "--against", str(bad))
     assert rc == 2 and len(err) == 1 and "no column(s) dataset" in err[0] and not (tmp_path / "never").exists()
     assert tables.arm_label("separation bound") == "Separation bound (optimistic)"
+
+
+def test_an_ablation_axis_is_contrasted_against_its_default_with_every_other_axis_equal():
+    """A cell axis beyond Table 1's (precision): each arm at bf16 against the same arm at fp32 (the
+    Config default) in the same dataset and eps; never across datasets or arms."""
+    tests = {("mnist", "necst", "fp32"): [29.0, 29.2, 29.4], ("mnist", "necst", "bf16"): [29.5, 29.7, 29.9],
+             ("mnist", "iabf", "fp32"): [28.0, 28.1, 28.2], ("mnist", "iabf", "bf16"): [28.0, 28.2, 28.1],
+             ("binary_mnist", "necst", "bf16"): [0.18, 0.19, 0.2]}   # no fp32 here: nothing to contrast
+    rows = []
+    for (dataset, method, precision), values in tests.items():
+        cfg = Config(dataset=dataset, method=method, precision=precision)
+        rows += [{**trial(method, 0.1, t, seed=s, dataset=dataset), "arm": method, "run_id": f"{dataset}{method}{precision}{s}",
+                  "config_hash": config_hash(cfg.to_dict()), "cell.dataset": dataset, "cell.bits": cfg.bits,
+                  "cell.eps": 0.1, "cell.precision": precision} for s, t in enumerate(values)]
+    cells = tables.select_cells(pd.DataFrame(rows))
+    assert tables.contrasted_axes(cells) == ["cell.precision"]
+    con = tables.axis_contrasts(cells, "cell.precision").set_index("arm")
+    assert sorted(con.index) == ["iabf", "necst"] and set(con.baseline) == {"fp32"} and set(con.precision) == {"bf16"}
+    assert con.loc["necst", "diff"] == pytest.approx(0.5) and con.loc["necst", "low"] > 0
+    assert con.loc["iabf", "diff"] == pytest.approx(0.0, abs=1e-9) and con.loc["iabf", "low"] < 0 < con.loc["iabf", "high"]
+    assert (con.p_holm >= con.p_value).all()
+    md = tables.axis_contrasts_markdown(con.reset_index(), "precision")
+    assert "| NECST | bf16 | fp32 | 29.7 | 29.2 | +0.5 (" in md
