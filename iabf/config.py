@@ -77,7 +77,7 @@ class Config:
                                  "dataset of one's own whose pixels are all 0 or 255, else squared error), bernoulli "
                                  "(BCE against the intensities) or squared (squared error on [0, 1])")
     n_valid: int = _f(0, "validation images carved out of x_train; 0 = the dataset's (Binary MNIST/MNIST/CIFAR10 "
-                         "10,000, Omniglot 500, digits 300; 10% for a dataset of one's own)")
+                         "10,000, Omniglot 500, digits 300; a tenth of x_train for a dataset of one's own)")
     method: str = _f("iabf", "necst (eq. 16), abf (adversarial bit flip, eq. 30), iabf (abf + infomax, eq. 29), "
                              "separation (a noiseless learned source code of k bits, then a channel code to M bits)")
     n_bits: int = _f(0, "code length m; 0 = the paper's for the dataset (BinaryMNIST/MNIST 100, Omniglot 200, CIFAR10 500; "

@@ -28,21 +28,25 @@ def test_table1_is_the_papers_grid_searched_per_cell_and_confirmed():
     s = space_named("table1")
     assert s.search["dataset"]["grid"] == ["binary_mnist", "mnist", "omniglot", "cifar10"]
     assert s.search["eps"]["grid"] == [0.1, 0.2, 0.3, 0.4]
-    # both versions side by side (the paper's equations, the authors' code), and the code's top-k flips alone
+    # both versions side by side (the paper's equations, the authors' code), the code's top-k flips alone,
+    # and separation (5G LDPC), its capacity bound and uncoded
     assert [a.name for a in s.arms] == ["necst", "abf", "iabf", "abf topk", "iabf topk",
-                                        "necst reference", "abf reference", "iabf reference"]
+                                        "necst reference", "abf reference", "iabf reference",
+                                        "separation ldpc", "separation bound", "separation uncoded"]
+    ldpc = next(a for a in s.arms if a.name == "separation ldpc")
+    assert ldpc.search == {"code_rate": {"grid": [0.2, 0.3, 0.4, 0.5]}} and ldpc.fixed["channel_code"] == "ldpc"
     iabfs = [a for a in s.arms if a.fixed["method"] == "iabf"]
     assert all(a.search == {"lam": {"grid": [0.1, 0.01, 0.001]}} for a in iabfs) and len(iabfs) == 3
     from iabf.config import PRESETS
     assert all(PRESETS["reference"].items() <= a.fixed.items() for a in s.arms if a.name.endswith("reference"))
     assert s.fixed["K"] == 5 and s.confirm and s.scheduler is not None and 0 < s.resources["gpu"] < 1
     g = groups(s)
-    assert len(g) == 16 * 8 and len({x.key for x in g}) == 128                  # 16 cells x 8 arms
+    assert len(g) == 16 * 11 and len({x.key for x in g}) == 176                 # 16 cells x 11 arms
     assert {x.cell["eps"] for x in g} == {0.1, 0.2, 0.3, 0.4} and {x.cell["bits"] for x in g} == {100, 200, 500}
     p = plan(s)
-    assert p["search_trials"] == 16 * 3 * 3                                      # lambda, per IABF arm and cell
-    assert p["confirm_trials"] == 12 * 8 + 4 * 8 * 3      # MLP cells: 3 seeds stacked; CIFAR10: one per seed
-    assert p["full_grid_epochs"] == 16 * (5 + 9) * 3 * 200
+    assert p["search_trials"] == 16 * 3 * 3 + 16 * 4             # lambda per IABF arm, the code rate, per cell
+    assert p["confirm_trials"] == 12 * 11 + 4 * 11 * 3    # MLP cells: 3 seeds stacked; CIFAR10: one per seed
+    assert p["full_grid_epochs"] == 16 * (7 + 9 + 4) * 3 * 200
 
 
 def test_table1_cpu_is_the_whole_table_with_one_budget_per_dataset_for_every_arm():
