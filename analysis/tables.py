@@ -33,15 +33,17 @@ LEGACY_AXES = ("dataset", "bits", "eps")         # the cell of a frame without c
 NOT_CONFIG = ("param.seed", "param.stack", "param.data_dir", "param.device", "param.download", "param.compile")
 
 
-
 def name_datasets(names: dict[str, str]) -> None:
-    """A study's display names for its datasets of one's own (its `display`, kept in its plan); the
-    paper's datasets keep theirs."""
+    """The display names of the study being reported (its `display`, kept in its plan) for its
+    datasets of one's own, replacing any earlier study's; the paper's datasets keep theirs."""
+    for d in [d for d in DATASET_NAMES if d not in SPECS]:
+        del DATASET_NAMES[d]
     DATASET_NAMES.update({d: n for d, n in names.items() if d not in SPECS})
 
 
 def dataset_name(dataset: str) -> str:
     return DATASET_NAMES.get(dataset, dataset)
+
 
 def config_text(row: pd.Series, columns) -> str:
     """The parameters of a configuration that differ between the study's configurations: lam=0.01 K=5."""
@@ -129,6 +131,21 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
                              key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
 
 
+def welch_samples(a: list, b: list, level: float = 0.95) -> tuple[float, float, float]:
+    """Welch's t-test of mean(a) - mean(b) over seeds: (low, high, p) of its `level` interval; NaN
+    where either side has fewer than 2 seeds."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan"), float("nan")
+    t = stats.ttest_ind(a, b, equal_var=False)
+    low, high = t.confidence_interval(level)
+    return float(low), float(high), float(t.pvalue)
+
+
+def p_text(p: float, alpha: float = 0.05) -> str:
+    """A p-value as the contrast tables print it: `*` where p < alpha, `--` where there is none."""
+    return "--" if math.isnan(p) else f"{p:.3g}" + (" *" if p < alpha else "")
+
+
 def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Each arm against the baselines of its column: NECST by the paper's equations, its own
     method by the paper's equations (an arm "iabf topk" against "iabf"), and the methods before it
@@ -154,10 +171,7 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                 if base == r.arm or base not in by_arm:
                     continue
                 a, b = list(r.tests), list(by_arm[base].tests)
-                low = high = p = float("nan")
-                if len(a) >= 2 and len(b) >= 2:
-                    t = stats.ttest_ind(a, b, equal_var=False)
-                    p, (low, high) = float(t.pvalue), map(float, t.confidence_interval(level))
+                low, high, p = welch_samples(a, b, level)
                 rows.append((*key, dataset, bits, eps, r.arm, base, r.test - by_arm[base].test, low, high, p, len(a),
                              len(b), r.test / by_arm[base].test - 1))
     out = pd.DataFrame(rows, columns=cols)
@@ -199,10 +213,7 @@ def axis_contrasts(cells: pd.DataFrame, column: str, level: float = 0.95) -> pd.
             if v == base:
                 continue
             x, y = list(r.tests), list(b.tests)
-            low = high = p = float("nan")
-            if len(x) >= 2 and len(y) >= 2:
-                t = stats.ttest_ind(x, y, equal_var=False)
-                p, (low, high) = float(t.pvalue), map(float, t.confidence_interval(level))
+            low, high, p = welch_samples(x, y, level)
             rows.append((*key, r.dataset, value_text(v), value_text(base), r.test, b.test, r.test - b.test, low, high,
                          p, len(x), len(y), r.test / b.test - 1))
     out = pd.DataFrame(rows, columns=[*others, "arm", "dataset", axis, "baseline", "test", "test_baseline", "diff",
@@ -212,9 +223,6 @@ def axis_contrasts(cells: pd.DataFrame, column: str, level: float = 0.95) -> pd.
 
 
 def axis_contrasts_markdown(con: pd.DataFrame, axis: str, alpha: float = 0.05) -> str:
-    def fmt(p):
-        return "--" if math.isnan(p) else f"{p:.3g}" + (" *" if p < alpha else "")
-
     others = [c for c in cell_columns(con) if con[c].nunique() > 1]
     lines = ["| " + " | ".join(map(axis_name, others)) + (" | " if others else "") +
              f"arm | {axis} | against | test | baseline | diff (95% CI) | relative | p (Welch) | p (Holm) | n |",
@@ -224,7 +232,7 @@ def axis_contrasts_markdown(con: pd.DataFrame, axis: str, alpha: float = 0.05) -
         lines.append("| " + " | ".join(dataset_name(c[a]) if axis_name(a) == "dataset" else value_text(c[a])
                                        for a in others) + (" | " if others else "") +
                      f"{arm_label(c.arm)} | {c[axis]} | {c.baseline} | {c.test:.4g} | {c.test_baseline:.4g} | "
-                     f"{c['diff']:+.4g}{ci} | {c.rel_diff:+.2%} | {fmt(c.p_value)} | {fmt(c.p_holm)} | "
+                     f"{c['diff']:+.4g}{ci} | {c.rel_diff:+.2%} | {p_text(c.p_value, alpha)} | {p_text(c.p_holm, alpha)} | "
                      f"{c.n} vs {c.n_baseline} |")
     return "\n".join(lines) + "\n"
 
@@ -331,16 +339,13 @@ def against(cells: pd.DataFrame, other: pd.DataFrame, level: float = 0.95) -> pd
 
 def contrasts_markdown(con: pd.DataFrame, alpha: float = 0.05) -> str:
     """The contrasts as a markdown table; `*`: p < alpha, before and after Holm's adjustment."""
-    def fmt(p):
-        return "--" if math.isnan(p) else f"{p:.3g}" + (" *" if p < alpha else "")
-
     axes = cell_columns(con) or ["dataset", "bits", "eps"]
     lines = ["| " + " | ".join(map(axis_name, axes)) + " | arm | against | diff (95% CI) | p (Welch) | p (Holm) | n |",
              "|---" * (len(axes) + 6) + "|"]
     for _, c in con.iterrows():
         ci = "" if math.isnan(c.low) else f" ({c.low:+.3f}, {c.high:+.3f})"
         lines.append("| " + " | ".join(value_text(c[a]) for a in axes) + f" | {arm_label(c.arm)} | "
-                     f"{arm_label(c.against)} | {c['diff']:+.3f}{ci} | {fmt(c.p_value)} | {fmt(c.p_holm)} | "
+                     f"{arm_label(c.against)} | {c['diff']:+.3f}{ci} | {p_text(c.p_value, alpha)} | {p_text(c.p_holm, alpha)} | "
                      f"{c.n} vs {c.n_against} |")
     return "\n".join(lines) + "\n"
 

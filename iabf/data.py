@@ -200,11 +200,15 @@ def check_file(name: str, path: Path, n_valid: int = 0) -> DatasetSpec:
             raise DataError(f"{path}: y_{split_} has shape {labels}; expected one label per image ({shape[0]},)")
         if shape[0] == 0:
             raise DataError(f"{path}: x_{split_} has no images")
-    n_train = arrays["x_train"][0][0]
-    if n_train <= spec.n_valid:
-        raise DataError(f"{path}: x_train has {n_train} images; {name}'s validation split takes "
-                        f"{spec.n_valid:,} of them, so at least {spec.n_valid + 1:,} are needed")
+    check_split(path, name, arrays["x_train"][0][0], spec.n_valid)
     return spec
+
+
+def check_split(where, name: str, n_train: int, n_valid: int) -> None:
+    """The validation split leaves training images (DataError, one line naming `where`)."""
+    if n_train <= n_valid:
+        raise DataError(f"{where}: x_train has {n_train} images; {name}'s validation split takes "
+                        f"{n_valid:,} of them, so at least {n_valid + 1:,} are needed")
 
 
 def spec_of(name: str, data_dir: str | os.PathLike, arrays: dict | None = None, n_valid: int = 0,
@@ -241,10 +245,8 @@ def load_arrays(name: str, data_dir: str | os.PathLike, download: bool = False, 
 def check_available(name: str, data_dir: str | os.PathLike, n_valid: int = 0) -> None:
     """Raise DataError (saying how to prepare it) unless `name` can be loaded offline from data_dir,
     from a file that fits its layout (check_file: headers only, so a study checks in milliseconds)."""
-    if name == "digits":
-        if n_valid >= N_TRAIN_DIGITS:
-            raise DataError(f"digits: n_valid={n_valid:,} leaves no training image (it has {N_TRAIN_DIGITS:,}); "
-                            f"at most {N_TRAIN_DIGITS - 1:,}")
+    if name == "digits":   # bundled with scikit-learn: no file to check, only the split
+        check_split("digits (scikit-learn's)", name, N_TRAIN_DIGITS, override(SPECS[name], n_valid).n_valid)
         return
     for source in (name, "mnist") if name == "binary_mnist" else (name,):
         if npz_path(source, data_dir).exists():
@@ -324,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             from .datasets import default_bits
             how = "known" if args.name in SPECS else \
                 f"inferred from {npz_path(args.name, args.data_dir)} (validation: {OWN_VALID_FRACTION:.0%} of x_train)"
-            how += "; overridden: " + ", ".join(f"{k}={v}" for k, v in (("n_valid", args.n_valid), ("likelihood", args.likelihood))
-                                                if v not in (0, "auto")) if args.n_valid or args.likelihood != "auto" else ""
+            changed = [f"n_valid={args.n_valid}"] * bool(args.n_valid) + \
+                [f"likelihood={args.likelihood}"] * (args.likelihood != "auto")
+            how += f"; overridden: {', '.join(changed)}" if changed else ""
             print(f"{args.name} ({how}): images {spec.shape} (C, H, W), "
                   f"{'Bernoulli (binary pixels)' if spec.binary else 'squared error'} likelihood, {spec.arch} model, "
                   f"{default_bits(args.name)} bits by default; train {tr.shape[0]}, valid {va.shape[0]}, test {te.shape[0]}")

@@ -62,7 +62,6 @@ def infer(name: str, x_shape: tuple[int, ...], binary: bool) -> DatasetSpec:
     return DatasetSpec(name, shape, binary, arch, OWN_BITS, max(1, int(n * OWN_VALID_FRACTION)))
 
 
-
 def override(spec: DatasetSpec, n_valid: int = 0, likelihood: str = "auto") -> DatasetSpec:
     """spec as a run asks for it (Config.n_valid, Config.likelihood; by_dataset in a study file):
     n_valid images validate (0: the spec's), and the likelihood is Bernoulli (BCE against the pixel

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
 
 from .channels import transmit
-from .data import DataError, load, to_float
+from .data import DataError, load_for, to_float
 
 
 @torch.no_grad()
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg, enc, dec = load_models(args.checkpoint)
-        data = load(cfg.dataset, args.data_dir or cfg.data_dir, n_valid=cfg.n_valid, likelihood=cfg.likelihood)
+        data = load_for(replace(cfg, data_dir=args.data_dir or cfg.data_dir, download=False))
         x0 = to_float(data.test[: args.n])
         gen = torch.Generator().manual_seed(args.seed)
         eps = cfg.eval_eps if args.eps is None else args.eps

@@ -234,9 +234,8 @@ def check_data(study, data_dir: str) -> None:
     study.fixed["data_dir"] = str(Path(data_dir).expanduser().resolve())
     for name in study.datasets():
         # every validation size a trial on it asks for (n_valid fixed, per dataset, per arm or a grid; 0: the spec's)
-        asked = [study.fixed_for(name).get("n_valid", 0), *(a.fixed.get("n_valid", 0) for a in study.arms),
-                 *(v for spec in [study.search.get("n_valid", {})] for vs in spec.values() if isinstance(vs, list)
-                   for v in vs if isinstance(v, int))]
+        searched = [v for vs in study.search.get("n_valid", {}).values() if isinstance(vs, list) for v in vs]
+        asked = [study.fixed_for(name).get("n_valid", 0), *(a.fixed.get("n_valid", 0) for a in study.arms), *searched]
         for n_valid in sorted(set(asked)):
             check_available(name, study.fixed["data_dir"], n_valid)
 

@@ -107,14 +107,14 @@ def time_profile(cfg, seeds: int, threads: int, steps: int = 12) -> dict:
     import torch
 
     from iabf import metrics as M
-    from iabf.data import load, to_float
+    from iabf.data import load_for, to_float
     from iabf.sampling import markov_chain
     from iabf.separation import link
     from iabf.train import resolve_device, run
 
     torch.set_num_threads(threads)
     device = resolve_device(cfg.device)
-    data = load(cfg.dataset, cfg.data_dir, device, cfg.batch_size * steps, n_valid=cfg.n_valid, likelihood=cfg.likelihood)
+    data = load_for(replace(cfg, max_train_examples=cfg.batch_size * steps, download=False), device)
     val = min(len(data.val), cfg.val_subset or len(data.val), 1000)
     probe = replace(cfg, epochs=3, stack=seeds, seed=0, val_subset=val, val_batch=0)
     seen = []

@@ -60,7 +60,7 @@ TOP = {
     "display": Key("{dataset: name}", {}, "the name tables and figures print for a dataset of one's own (a "
                    "`<name>.npz`; by default its file name); the paper's datasets keep theirs. Its spec's other "
                    "fields are `likelihood` and `n_valid`, set like any parameter (in `fixed` or `by_dataset`)",
-                   {"type": "object", "additionalProperties": {"type": "string", "pattern": "^[\\w .,()+/-]{1,60}$"},
+                   {"type": "object", "additionalProperties": {"type": "string", "pattern": f"^{DISPLAY.pattern}$"},
                     "description": "a display name per dataset of one's own"}),
     "search": Key("{parameter: {distribution: args}}", {}, "searched for every arm; a cell parameter (dataset, "
                   "channel, n_bits, eps or test_eps) takes a list, each value a cell of its own",
@@ -386,10 +386,14 @@ def validate(raw, path: str) -> Study:
     by_dataset = dict(want(raw.get("by_dataset") or default("by_dataset"), dict, "by_dataset", "a mapping of dataset: {parameter: value}"))
     datasets = search["dataset"][next(iter(search["dataset"]))] if "dataset" in search else \
         [fixed.get("dataset", Config().dataset)]
-    for d, values in by_dataset.items():
+    def of_study(where: str, d) -> str:   # a per-dataset key names one of the study's datasets
+        key = f"{where}.{d if isinstance(d, str) else short(d)}"
         if d not in datasets:
-            fail(f"by_dataset.{d if isinstance(d, str) else short(d)}",
-                 f"not a dataset of this study; its datasets: {', '.join(map(str, datasets))}")
+            fail(key, f"not a dataset of this study; its datasets: {', '.join(map(str, datasets))}")
+        return key
+
+    for d, values in by_dataset.items():
+        of_study("by_dataset", d)
         values = want(values, dict, f"by_dataset.{d}", "a mapping of parameter: value")
         for k, v in values.items():
             key = f"by_dataset.{d}.{k if isinstance(k, str) else short(k)}"
@@ -400,9 +404,7 @@ def validate(raw, path: str) -> Study:
 
     display = dict(want(raw.get("display") or default("display"), dict, "display", "a mapping of dataset: name"))
     for d, text in display.items():
-        key = f"display.{d if isinstance(d, str) else short(d)}"
-        if d not in datasets:
-            fail(key, f"not a dataset of this study; its datasets: {', '.join(map(str, datasets))}")
+        key = of_study("display", d)
         if d in SPECS:
             fail(key, f"{d} is one of the paper's datasets and keeps its name ({SPECS[d].display}); display names a "
                       f"dataset of one's own")
