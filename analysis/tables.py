@@ -483,7 +483,23 @@ def _number(row, pm: str) -> str:
     return text
 
 
-def caption(cells: pd.DataFrame, confirmed: bool = False, provisional: bool = False) -> str:
+def held(cells: pd.DataFrame, latex: bool = True) -> str:
+    """The cell axes with one value in the whole table that no heading shows (an ablation of K and
+    the flip budget at eps 0.1: its blocks and columns say K and flip_budget, not eps), as a sentence
+    for the caption: a table pasted alone into a paper still says where it was measured."""
+    cells = with_cells(cells)
+    block_axes, column = layout(cells)
+    said = []
+    for c in block_axes:
+        name, values = axis_name(c), cells[c].dropna().unique()
+        if len(values) != 1 or name in ("dataset", "bits", "channel"):
+            continue   # a dataset, a code length and a channel not the paper's BSC have their places (`shown`)
+        v = value_text(values[0])
+        said.append((f"$\\epsilon = {v}$" if latex else f"eps = {v}") if name == "eps" else f"{name} = {v}")
+    return ("Every entry at " + ", ".join(said) + ". ").replace("_", "\\_" if latex else "_") if said else ""
+
+
+def caption(cells: pd.DataFrame, confirmed: bool = False, provisional: bool = False, latex: bool = True) -> str:
     ns = sorted(set(int(n) for n in cells.n)) if len(cells) else [0]
     n = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
     seeds = f"mean $\\pm$ std over seeds ({n} per cell). " if ns[-1] > 1 else f"one seed per cell ({n}). "
@@ -495,7 +511,7 @@ def caption(cells: pd.DataFrame, confirmed: bool = False, provisional: bool = Fa
            "of each arm (nothing searched), trained on every seed reported here" if confirmed else
            "chosen by validation distortion on the same runs that are reported (search results, no confirmation phase)")
     return ("Test distortion (Table 1's measure: BCE per pixel for Binary MNIST, squared error per image "
-            f"otherwise) of the configuration {how}; " + seeds +
+            f"otherwise) of the configuration {how}; " + held(cells, latex) + seeds +
             "Bold: best in its column. $^\\dagger$: not significantly different from the best "
             "(Welch's t-test, $p \\geq 0.05$).")
 
@@ -535,7 +551,7 @@ def to_markdown(cells: pd.DataFrame, confirmed: bool = False, planned: list[str]
                 "|---|" + "---|" * len(values)]
         out += [f"| {label_} | " + " | ".join(entries) + " |" for label_, entries in rows]
         out.append("")
-    return "\n".join(out) + "\n" + caption(cells, confirmed, provisional).replace("$\\pm$", "±").replace("$^\\dagger$", "†").replace(
+    return "\n".join(out) + "\n" + caption(cells, confirmed, provisional, latex=False).replace("$\\pm$", "±").replace("$^\\dagger$", "†").replace(
         "$p \\geq 0.05$", "p >= 0.05") + "\n"
 
 

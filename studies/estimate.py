@@ -144,7 +144,8 @@ def estimate(study, chain_steps: int, concurrency: int | None = None, echo=print
         if key not in speeds:
             started = time.perf_counter()
             speeds[key] = time_profile(t.cfg, t.seeds, threads)
-            echo(f"  timed {t.cfg.dataset} {t.cfg.method} K={t.cfg.K} {t.cfg.bits} bits {t.cfg.channel} "
+            code = (f" ({t.cfg.channel_code}, k={t.cfg.latent_bits})" if t.cfg.method == "separation" else "")
+            echo(f"  timed {t.cfg.dataset} {t.cfg.method}{code} K={t.cfg.K} {t.cfg.bits} bits {t.cfg.channel} "
                  f"flip={t.cfg.flip} {t.cfg.precision}, {t.seeds} seed(s) per trial: {1 / speeds[key]['train']:,.0f} training images/s per seed "
                  f"(all trained at once), validation {speeds[key]['val'] * 1e3:.3f} ms/image "
                  f"({time.perf_counter() - started:.1f} s)")

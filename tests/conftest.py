@@ -29,3 +29,15 @@ def data_dir() -> Path:
 def _threads():
     torch.set_num_threads(2)
     yield
+
+
+def pytest_collection_modifyitems(items):
+    """Files with the most slow end-to-end tests first, each file's tests in their own order: make
+    test hands whole files to its workers (pytest-xdist --dist loadfile: a module's fixture, such as
+    test_ablation_tables' study, is built once), so the long files start early and the quick ones
+    fill the workers' last minutes instead of one worker finishing a long file alone."""
+    slow = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    order = {item: i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-slow[item.path], str(item.path), order[item]))

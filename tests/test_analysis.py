@@ -407,3 +407,19 @@ def test_an_ablation_axis_is_contrasted_against_its_default_with_every_other_axi
     assert (con.p_holm >= con.p_value).all()
     md = tables.axis_contrasts_markdown(con.reset_index(), "precision")
     assert "| NECST | bf16 | fp32 | 29.7 | 29.2 | +0.5 (" in md
+
+
+def test_a_table_says_the_cell_values_no_heading_shows():
+    """An ablation of K x flip budget at one eps and on the BEC: blocks say K, columns flip_budget,
+    so the caption says eps 0.1 (the block names say the BEC); Table 1's layout (eps in the columns)
+    adds nothing to its caption."""
+    rows = [{**trial(m, 0.1, 10.0 + k + b + s, seed=s), "arm": m, "run_id": f"{m}{k}{b}{s}",
+             "cell.dataset": "mnist", "cell.bits": 100, "cell.eps": 0.1, "cell.channel": "bec", "cell.K": k,
+             "cell.flip_budget": b} for m in ("necst", "abf", "iabf") for k in (1, 2) for b in (0.05, 0.1) for s in (0, 1)]
+    cells = tables.select_cells(pd.DataFrame(rows))
+    assert tables.layout(cells)[1] == "cell.flip_budget"
+    tex, md = tables.to_latex(cells, confirmed=True), tables.to_markdown(cells, confirmed=True)
+    assert "Every entry at $\\epsilon = 0.1$. " in tex and "MNIST, channel=bec, K=1 & flip\\_budget=0.05" in tex
+    assert "Every entry at eps = 0.1. " in md
+    paper = tables.select_cells(pd.DataFrame([trial("necst", e, 14.0) for e in (0.1, 0.2)]))
+    assert "Every entry" not in tables.to_latex(paper) and "Every entry" not in tables.to_markdown(paper)

@@ -1,0 +1,75 @@
+"""Running a study as a user would (studies/ablation.py in a subprocess: a real local Ray, a real
+MLflow store) and reading MLflow back: what the end-to-end study tests share."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "studies" / "ablation.py"
+
+
+def study(tmp_path, *args, uri=None, wait=True):
+    cmd = [sys.executable, str(SCRIPT), "--storage", str(tmp_path / "results"), "--chain-steps", "20",
+           "--tracking-uri", uri or f"sqlite:///{tmp_path / 'mlflow.db'}", *args]
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def runs_of(client, name):
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "trial_id" not in r.data.tags]
+    children = [r for r in runs if "trial_id" in r.data.tags]
+    return parents, children
+
+
+def space(tmp_path, **over):
+    d = {"study": "t", "dataset": "digits", "fixed": {"epochs": 3, "K": 2}, "seeds": [0],
+         "resources": {"cpu": 1}, **over}
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def wait_for(client, name: str, done, timeout: float = 300) -> None:
+    """Poll MLflow until done(child runs) holds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            _, children = runs_of(client, name)
+        except Exception:
+            continue
+        if done(children):
+            return
+    pytest.fail(f"study {name}: condition not reached in {timeout} s")
+
+
+def completed(runs, phase=None):
+    return [r for r in runs if r.data.tags.get("stop_reason") == "completed" and phase in (None, r.data.tags["phase"])]
+
+
+def trial_workers(driver_pid: int) -> list:
+    """The Ray worker processes running trials under this driver (its local Ray's raylet starts them)."""
+    import psutil
+
+    try:
+        family = psutil.Process(driver_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for p in family:
+        try:
+            if "ray::ImplicitFunc" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+

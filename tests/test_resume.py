@@ -1,0 +1,128 @@
+"""A study stopped from outside (Ctrl-C, SIGTERM, SIGKILL of the driver) and finished with --resume:
+one MLflow run per trial and seed, every epoch once, ASHA's decisions as without the stop."""
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from runner import completed, runs_of, space, study, wait_for
+
+from iabf import metrics as M
+
+pytestmark = pytest.mark.slow
+
+
+def test_interrupted_then_killed_in_the_confirmation_study_resumes_without_duplicate_runs(tmp_path):
+    """Ctrl-C during the search, --resume, SIGKILL of the driver during the confirmation phase,
+    --resume again: the study completes with one MLflow run per trial and seed, every epoch once,
+    none left RUNNING, and finished trials not rerun."""
+    p = space(tmp_path, study="resume", fixed={"epochs": 8, "K": 2, "method": "necst"},
+              search={"lr": {"grid": [0.001, 0.002, 0.003]}}, seeds=[0, 1], stack=1, max_concurrent=1)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    proc = study(tmp_path, "--space", str(p), wait=False)
+    wait_for(client, "resume", lambda runs: len(completed(runs)) >= 1 and len(runs) > 1)
+    proc.send_signal(signal.SIGINT)                                   # 1. a clean interrupt, mid-search
+    first, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in first, first[-3000:]
+    _, before = runs_of(client, "resume")
+    assert all(r.info.status != "RUNNING" for r in before)          # nothing left RUNNING
+    done = {r.data.tags["uid"]: r.info.run_id for r in before if r.data.tags.get("stop_reason")}
+
+    proc = study(tmp_path, "--space", str(p), "--resume", wait=False)
+    # the confirmation phase: a confirmation run has logged an epoch
+    wait_for(client, "resume", lambda runs: any(r.data.tags["phase"] == "confirm" and M.EPOCH in r.data.metrics
+                                                for r in runs))
+    proc.kill()                                                       # 2. the driver dies: SIGKILL
+    proc.communicate(timeout=60)
+    time.sleep(3)                                                     # its local Ray goes down with it
+
+    out = study(tmp_path, "--space", str(p), "--resume")              # 3. finish the study
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (parent,), children = runs_of(client, "resume")
+    assert parent.info.status == "FINISHED"
+    keys = Counter((r.data.tags["uid"], r.data.tags["seed"]) for r in children)
+    assert len(keys) == 5 and set(keys.values()) == {1}                 # 3 search + 2 confirmation, no duplicate
+    assert Counter(r.data.tags["phase"] for r in children) == {"search": 3, "confirm": 2}
+    for r in children:
+        assert r.info.status == "FINISHED" and r.data.tags["stop_reason"] == "completed"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)]
+        assert sorted(steps) == list(range(1, 9))                      # every epoch once: none doubled
+    for uid, run_id in done.items():                                   # finished trials kept their runs
+        assert next(r for r in children if r.data.tags["uid"] == uid).info.run_id == run_id
+    confirmed = {r.data.tags["confirms"] for r in children if r.data.tags["phase"] == "confirm"}
+    assert len(confirmed) == 1 and confirmed <= {r.data.tags["uid"] for r in children}
+
+
+def test_sigterm_stops_a_study_like_ctrl_c_and_resume_finishes_it_past_a_damaged_state_file(tmp_path):
+    """What a scheduler, `kill`, `docker stop` or a spot reclaim sends: a clean stop with the
+    --resume command (not Ray's native abort). The unfinished trial's state file is then truncated:
+    --resume names it, sets it aside and trains that trial again from its start, in the same MLflow
+    run, every epoch logged once."""
+    p = space(tmp_path, study="term", fixed={"epochs": 6, "K": 2, "method": "necst"},
+              search={"lr": {"grid": [0.001, 0.002]}}, seeds=[0], stack=1, max_concurrent=1)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = study(tmp_path, "--space", str(p), wait=False)
+    wait_for(client, "term", lambda runs: len(completed(runs)) >= 1 and any(
+        not r.data.tags.get("stop_reason") and r.data.metrics.get(M.EPOCH, 0) >= 2 for r in runs))
+    proc.send_signal(signal.SIGTERM)
+    first, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in first, first[-3000:]
+    assert "Traceback" not in first and "Aborted" not in first and "SIGTERM received" not in first
+    _, before = runs_of(client, "term")
+    assert all(r.info.status != "RUNNING" for r in before)
+    unfinished = next(r for r in before if not r.data.tags.get("stop_reason"))
+    state = next((tmp_path / "results").glob(f"term-*/state/{unfinished.data.tags['uid']}.pt"))
+    state.write_bytes(state.read_bytes()[:100])                       # damage from outside: truncated
+    out = study(tmp_path, "--space", str(p), "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    said = [line for line in (out.stdout + out.stderr).splitlines() if "could not be read" in line]
+    assert said and str(state) in said[0] and "trains again from its first epoch" in said[0], out.stderr[-2000:]
+    assert state.with_name(state.name + ".damaged").exists()
+    (parent,), children = runs_of(client, "term")
+    assert parent.info.status == "FINISHED" and len(children) == 3     # 2 search + 1 confirmation
+    assert all(r.data.tags["stop_reason"] == "completed" for r in children)
+    again = next(r for r in children if r.info.run_id == unfinished.info.run_id)   # the same run continued
+    assert "could not be read" in again.data.tags["state_reset"]
+    assert sorted(m.step for m in client.get_metric_history(again.info.run_id, M.EPOCH)) == list(range(1, 7))
+
+
+def test_a_search_interrupted_between_rungs_stops_the_same_trials_as_an_uninterrupted_one(tmp_path):
+    """One search group of 6 configurations run one at a time (deterministic order and curves),
+    ASHA rungs at epochs 1, 2, 4: interrupted mid-search (Ctrl-C) and resumed, ASHA stops exactly
+    the trials it stops in the same study run without interruption."""
+    spec = dict(study="rungs", fixed={"epochs": 6, "K": 2, "method": "necst"}, confirm=False,
+                search={"lr": {"grid": [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016]}}, max_concurrent=1,
+                scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
+
+    def stopped(folder: Path) -> dict:
+        client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+        _, children = runs_of(client, "rungs")
+        assert len(children) == 6 and all(r.data.tags["stop_reason"] in ("completed", "early_stopped") for r in children)
+        return {r.data.params["lr"]: int(r.data.metrics[M.EPOCH]) for r in children
+                if r.data.tags["stop_reason"] == "early_stopped"}
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    out = study(tmp_path / "a", "--space", str(space(tmp_path / "a", **spec)))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    uninterrupted = stopped(tmp_path / "a")
+
+    b = tmp_path / "b"
+    client = MlflowClient(f"sqlite:///{b / 'mlflow.db'}")
+    proc = study(b, "--space", str(space(b, **spec)), wait=False)
+    # two trials ended and a third under way: ASHA has records to lose
+    wait_for(client, "rungs", lambda runs: len([r for r in runs if r.data.tags.get("stop_reason")]) >= 2 and
+             any(not r.data.tags.get("stop_reason") and M.EPOCH in r.data.metrics for r in runs))
+    proc.send_signal(signal.SIGINT)
+    first, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, first[-3000:]
+    _, before = runs_of(client, "rungs")
+    assert 2 <= len([r for r in before if r.data.tags.get("stop_reason") in ("completed", "early_stopped")]) < 6
+    out = study(b, "--space", str(space(b, **spec)), "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    resumed = stopped(b)
+    print(f"stopped (lr: epoch) uninterrupted {uninterrupted}, resumed {resumed}")
+    assert resumed == uninterrupted and uninterrupted        # the same trials, at the same rungs
+
