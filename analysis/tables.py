@@ -484,19 +484,24 @@ def _number(row, pm: str) -> str:
 
 
 def held(cells: pd.DataFrame, latex: bool = True) -> str:
-    """The cell axes with one value in the whole table that no heading shows (an ablation of K and
-    the flip budget at eps 0.1: its blocks and columns say K and flip_budget, not eps), as a sentence
-    for the caption: a table pasted alone into a paper still says where it was measured."""
+    """The noise level and any other cell value a reader of the table alone is not told, as a
+    sentence for the caption: an axis with one value that no heading shows (an ablation of K and the
+    flip budget at eps 0.1: its blocks and columns say K and flip_budget), and eps or a channel other
+    than the BSC that the study fixed instead of making it a cell (a precision study at eps 0.1)."""
     cells = with_cells(cells)
-    block_axes, column = layout(cells)
+    block_axes, _ = layout(cells)
+    values = {axis_name(c): cells[c] for c in block_axes if axis_name(c) not in ("dataset", "bits", "channel")}
+    for name in ("eps", "channel"):   # fixed by the study: on every entry, in no heading
+        if CELL_PREFIX + name not in cells and name in cells:
+            values[name] = cells[name]
     said = []
-    for c in block_axes:
-        name, values = axis_name(c), cells[c].dropna().unique()
-        if len(values) != 1 or name in ("dataset", "bits", "channel"):
-            continue   # a dataset, a code length and a channel not the paper's BSC have their places (`shown`)
-        v = value_text(values[0])
-        said.append((f"$\\epsilon = {v}$" if latex else f"eps = {v}") if name == "eps" else f"{name} = {v}")
-    return ("Every entry at " + ", ".join(said) + ". ").replace("_", "\\_" if latex else "_") if said else ""
+    for name, column in values.items():
+        one = column.dropna().unique()
+        if len(one) != 1 or (name == "channel" and one[0] == "bsc"):
+            continue   # a channel not the paper's BSC that is a cell axis is in the block names (`shown`)
+        v = value_text(one[0])
+        said.append(f"$\\epsilon = {v}$" if name == "eps" and latex else f"{name} = {v}".replace("_", "\\_" if latex else "_"))
+    return "Every entry at " + ", ".join(said) + ". " if said else ""
 
 
 def caption(cells: pd.DataFrame, confirmed: bool = False, provisional: bool = False, latex: bool = True) -> str:
@@ -511,7 +516,7 @@ def caption(cells: pd.DataFrame, confirmed: bool = False, provisional: bool = Fa
            "of each arm (nothing searched), trained on every seed reported here" if confirmed else
            "chosen by validation distortion on the same runs that are reported (search results, no confirmation phase)")
     return ("Test distortion (Table 1's measure: BCE per pixel for Binary MNIST, squared error per image "
-            f"otherwise) of the configuration {how}; " + held(cells, latex) + seeds +
+            f"otherwise) of the configuration {how}; " + seeds + held(cells, latex) +
             "Bold: best in its column. $^\\dagger$: not significantly different from the best "
             "(Welch's t-test, $p \\geq 0.05$).")
 

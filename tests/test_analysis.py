@@ -423,3 +423,7 @@ def test_a_table_says_the_cell_values_no_heading_shows():
     assert "Every entry at eps = 0.1. " in md
     paper = tables.select_cells(pd.DataFrame([trial("necst", e, 14.0) for e in (0.1, 0.2)]))
     assert "Every entry" not in tables.to_latex(paper) and "Every entry" not in tables.to_markdown(paper)
+    # eps fixed by the study, not a cell axis (a precision study): its entries still say where
+    fixed = [{**trial(m, 0.1, 20.0 + s, seed=s), "arm": m, "run_id": f"{m}{p}{s}", "cell.dataset": "mnist",
+              "cell.bits": 100, "cell.precision": p} for m in ("necst", "abf", "iabf") for p in ("fp32", "bf16") for s in (0, 1)]
+    assert "Every entry at $\\epsilon = 0.1$. " in tables.to_latex(tables.select_cells(pd.DataFrame(fixed)))
