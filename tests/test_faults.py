@@ -16,7 +16,9 @@ def test_tracking_server_lost_mid_study_trials_go_on_and_nothing_is_lost(tmp_pat
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(tmp_path, port)
-    p = space(tmp_path, study="outage", fixed={"epochs": 8, "K": 2, "method": "necst"},
+    # 20 epochs of digits: long enough that the study is still training when the server is gone, even
+    # with another test beside it (at 8, under make test's two workers, both trials once finished first)
+    p = space(tmp_path, study="outage", fixed={"epochs": 20, "K": 2, "method": "necst"},
               search={"lr": {"grid": [0.001, 0.002]}}, max_concurrent=1, confirm=False)
     proc = study(tmp_path, "--space", str(p), uri=uri, wait=False)
     client = MlflowClient(uri)
@@ -33,7 +35,7 @@ def test_tracking_server_lost_mid_study_trials_go_on_and_nothing_is_lost(tmp_pat
     deadline = time.time() + 300     # the server stays away until every trial has finished training
     while time.time() < deadline and proc.poll() is None:
         done = [f for f in (tmp_path / "results").glob("outage-*/trainable_*/result.json")
-                if '"epoch": 8' in f.read_text()]
+                if '"epoch": 20' in f.read_text()]
         if len(done) == 2:
             break
         time.sleep(0.5)
@@ -47,7 +49,7 @@ def test_tracking_server_lost_mid_study_trials_go_on_and_nothing_is_lost(tmp_pat
         assert parent.info.status == "FINISHED" and len(children) == 2
         for r in children:           # every trial complete, every epoch logged exactly once
             assert r.data.tags["stop_reason"] == "completed" and r.info.status == "FINISHED"
-            assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 9))
+            assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 21))
             assert "checkpoint.pt" in {a.path for a in client.list_artifacts(r.info.run_id)}
     finally:
         stop_server(server)
