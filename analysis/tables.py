@@ -515,10 +515,11 @@ def caption(cells: pd.DataFrame, confirmed: bool = False, provisional: bool = Fa
            if confirmed and searched else
            "of each arm (nothing searched), trained on every seed reported here" if confirmed else
            "chosen by validation distortion on the same runs that are reported (search results, no confirmation phase)")
-    return ("Test distortion (Table 1's measure: BCE per pixel for Binary MNIST, squared error per image "
+    text = ("Test distortion (Table 1's measure: BCE per pixel for Binary MNIST, squared error per image "
             f"otherwise) of the configuration {how}; " + seeds + held(cells, latex) +
             "Bold: best in its column. $^\\dagger$: not significantly different from the best "
             "(Welch's t-test, $p \\geq 0.05$).")
+    return text if latex else text.replace("$\\pm$", "±").replace("$^\\dagger$", "†").replace("$p \\geq 0.05$", "p >= 0.05")
 
 
 def to_latex(cells: pd.DataFrame, label: str = "tab:table1", confirmed: bool = False,
@@ -556,8 +557,7 @@ def to_markdown(cells: pd.DataFrame, confirmed: bool = False, planned: list[str]
                 "|---|" + "---|" * len(values)]
         out += [f"| {label_} | " + " | ".join(entries) + " |" for label_, entries in rows]
         out.append("")
-    return "\n".join(out) + "\n" + caption(cells, confirmed, provisional, latex=False).replace("$\\pm$", "±").replace("$^\\dagger$", "†").replace(
-        "$p \\geq 0.05$", "p >= 0.05") + "\n"
+    return "\n".join(out) + "\n" + caption(cells, confirmed, provisional, latex=False) + "\n"
 
 
 def to_csv(cells: pd.DataFrame) -> str:

@@ -39,5 +39,4 @@ def pytest_collection_modifyitems(items):
     slow = {}
     for item in items:
         slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
-    order = {item: i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (-slow[item.path], str(item.path), order[item]))
+    items.sort(key=lambda item: (-slow[item.path], str(item.path)))   # stable: a file keeps its order
