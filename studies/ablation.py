@@ -8,6 +8,7 @@ cell with ASHA, Optuna where continuous, then a confirmation on every seed) -> M
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -116,9 +117,7 @@ def main(argv=None) -> int:
         return 2
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    # a scheduler, `kill`, `docker stop` or a spot reclaim sends SIGTERM: stop as Ctrl-C does (Tune
-    # saves its state and returns; --resume finishes the study), not with Ray's native abort (exit 134)
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    stop = StopSignal()   # Ctrl-C, and SIGTERM as a scheduler, `kill`, `docker stop` or a spot reclaim send it
     local = local_dir(experiment_dir)   # the log and the report: on this machine, whatever the storage
     if held is not None:
         console.to_file(held, local)
@@ -158,14 +157,21 @@ def main(argv=None) -> int:
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 failure_config=tune.FailureConfig(max_failures=2), verbose=1))
     try:
-        tuner.fit()   # Ctrl-C: Tune saves its state and returns; the study can be resumed
+        with stop.during_fit():
+            tuner.fit()   # a stop signal: Tune saves its state and returns; the study can be resumed
+    except KeyboardInterrupt:   # a second stop signal: at once, without Tune's last save
+        tracking.end_study(uri, exp_id, parent, "KILLED")
+        print(f"error: stopped at once (a second stop signal, or one before Tune had begun); continue from what "
+              f"Tune saved last with:\n"
+              f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
+        return 130
     except BaseException:
         tracking.end_study(uri, exp_id, parent, "FAILED")
         raise
     try:  # a tracking server that went away gets a grace period to come back
         left = tracker.flush(timeout=args.tracking_grace) if tracker else 0
-        counts = tracking.retrying(tracking.end_study, args.tracking_grace, uri, exp_id, parent, "FINISHED",
-                                   tracker.seconds if tracker else 0.0)
+        counts = tracking.retrying(tracking.end_study, args.tracking_grace, uri, exp_id, parent,
+                                   "KILLED" if stop.received else "FINISHED", tracker.seconds if tracker else 0.0)
     except tracking.TRACKING_ERRORS as e:
         print(f"error: the study ran (results: {experiment_dir}) but MLflow at {uri} is unreachable "
               f"({type(e).__name__}); {tracker.unlogged() if tracker else 'some'} trial updates are not logged",
@@ -179,11 +185,44 @@ def main(argv=None) -> int:
         print(f"error: every trial of the study failed ({counts['failed']}); their reasons are on the `trial ... "
               f"failed` lines above and in each run's `failure` tag", file=sys.stderr)
         return 1
-    if counts.get("interrupted"):
-        print(f"\ninterrupted with {counts['interrupted']} trial(s) unfinished; continue with:\n"
+    if stop.received or counts.get("interrupted"):
+        ended = sum(counts.get(k, 0) for k in tracking.STOP_REASONS)
+        by = f" by {stop.received}" if stop.received else ""
+        print(f"\ninterrupted{by}: {ended} of the {planned['trials']} planned trials ended, {counts['interrupted']} "
+              f"unfinished; continue with:\n"
               f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
         return 130
     return 0
+
+
+class StopSignal:
+    """Ctrl-C or SIGTERM during the fit stops the study cleanly: Tune saves its state and returns, and
+    --resume finishes the study (not Ray's native abort, exit 134, which SIGTERM would give). The stop
+    is remembered, since one that lands between two trials leaves no trial unfinished to show it.
+    Tune's own SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER): ours calls the one Tune keeps for
+    SIGUSR1 while it fits. A second signal, or one outside the fit, raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.received, self.fitting = None, False
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle)
+
+    def handle(self, sig, frame):
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if not self.fitting or self.received or not callable(tune_stop):
+            raise KeyboardInterrupt
+        self.received = signal.Signals(sig).name
+        tune_stop(sig, frame)
+
+    @contextlib.contextmanager
+    def during_fit(self):
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)   # only the handler this fit installs counts
+        self.fitting = True
+        try:
+            yield
+        finally:
+            self.fitting = False
 
 
 def show_plan(args: argparse.Namespace) -> int:
@@ -343,4 +382,8 @@ def summarize(study, uri, exp_id, parent, experiment_dir, counts, local: Path) -
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:   # a stop signal outside the trials' fit (starting Ray, writing the report)
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)

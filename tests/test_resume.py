@@ -1,5 +1,6 @@
 """A study stopped from outside (Ctrl-C, SIGTERM, SIGKILL of the driver) and finished with --resume:
 one MLflow run per trial and seed, every epoch once, ASHA's decisions as without the stop."""
+import os
 import signal
 import time
 from collections import Counter
@@ -10,15 +11,14 @@ from mlflow.tracking import MlflowClient
 from runner import completed, runs_of, space, study, wait_for
 
 from iabf import metrics as M
+from studies.ablation import StopSignal
 
-pytestmark = pytest.mark.slow
-
-
+@pytest.mark.slow
 def test_interrupted_then_killed_in_the_confirmation_study_resumes_without_duplicate_runs(tmp_path):
     """Ctrl-C during the search, --resume, SIGKILL of the driver during the confirmation phase,
     --resume again: the study completes with one MLflow run per trial and seed, every epoch once,
     none left RUNNING, and finished trials not rerun."""
-    p = space(tmp_path, study="resume", fixed={"epochs": 8, "K": 2, "method": "necst"},
+    p = space(tmp_path, study="resume", fixed={"epochs": 8, "K": 2, "method": "necst", "batch_size": 10},
               search={"lr": {"grid": [0.001, 0.002, 0.003]}}, seeds=[0, 1], stack=1, max_concurrent=1)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
@@ -56,12 +56,13 @@ def test_interrupted_then_killed_in_the_confirmation_study_resumes_without_dupli
     assert len(confirmed) == 1 and confirmed <= {r.data.tags["uid"] for r in children}
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_study_like_ctrl_c_and_resume_finishes_it_past_a_damaged_state_file(tmp_path):
     """What a scheduler, `kill`, `docker stop` or a spot reclaim sends: a clean stop with the
     --resume command (not Ray's native abort). The unfinished trial's state file is then truncated:
     --resume names it, sets it aside and trains that trial again from its start, in the same MLflow
     run, every epoch logged once."""
-    p = space(tmp_path, study="term", fixed={"epochs": 6, "K": 2, "method": "necst"},
+    p = space(tmp_path, study="term", fixed={"epochs": 6, "K": 2, "method": "necst", "batch_size": 10},
               search={"lr": {"grid": [0.001, 0.002]}}, seeds=[0], stack=1, max_concurrent=1)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     proc = study(tmp_path, "--space", str(p), wait=False)
@@ -89,11 +90,14 @@ def test_sigterm_stops_a_study_like_ctrl_c_and_resume_finishes_it_past_a_damaged
     assert sorted(m.step for m in client.get_metric_history(again.info.run_id, M.EPOCH)) == list(range(1, 7))
 
 
+@pytest.mark.slow
 def test_a_search_interrupted_between_rungs_stops_the_same_trials_as_an_uninterrupted_one(tmp_path):
     """One search group of 6 configurations run one at a time (deterministic order and curves),
     ASHA rungs at epochs 1, 2, 4: interrupted mid-search (Ctrl-C) and resumed, ASHA stops exactly
     the trials it stops in the same study run without interruption."""
-    spec = dict(study="rungs", fixed={"epochs": 6, "K": 2, "method": "necst"}, confirm=False,
+    # batches of 10 (as in every test here): slow enough epochs that the Ctrl-C lands with trials still
+    # to run (at 100 the six trials took 0.4 s each, and the signal once arrived after the fourth)
+    spec = dict(study="rungs", fixed={"epochs": 6, "K": 2, "method": "necst", "batch_size": 10}, confirm=False,
                 search={"lr": {"grid": [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016]}}, max_concurrent=1,
                 scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
 
@@ -117,7 +121,7 @@ def test_a_search_interrupted_between_rungs_stops_the_same_trials_as_an_uninterr
              any(not r.data.tags.get("stop_reason") and M.EPOCH in r.data.metrics for r in runs))
     proc.send_signal(signal.SIGINT)
     first, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, first[-3000:]
+    assert proc.returncode == 130 and "of the 6 planned trials ended" in first, first[-3000:]
     _, before = runs_of(client, "rungs")
     assert 2 <= len([r for r in before if r.data.tags.get("stop_reason") in ("completed", "early_stopped")]) < 6
     out = study(b, "--space", str(space(b, **spec)), "--resume")
@@ -126,3 +130,33 @@ def test_a_search_interrupted_between_rungs_stops_the_same_trials_as_an_uninterr
     print(f"stopped (lr: epoch) uninterrupted {uninterrupted}, resumed {resumed}")
     assert resumed == uninterrupted and uninterrupted        # the same trials, at the same rungs
 
+
+
+def test_a_stop_signal_during_the_fit_is_remembered_and_handed_to_tune_once(monkeypatch):
+    """The stop that lands between two trials (no trial unfinished to show it) is still a stop: the
+    signal is remembered and passed to the handler this fit's Tune keeps for SIGUSR1 (not an
+    earlier fit's); outside the fit, before Tune's handler, or a second time (the user insists),
+    it raises KeyboardInterrupt."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    try:
+        stop = StopSignal()
+        assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"    # Tune leaves SIGINT to us
+        with pytest.raises(KeyboardInterrupt):                       # before the fit: a plain interrupt
+            os.kill(os.getpid(), signal.SIGINT)
+        told = []
+        signal.signal(signal.SIGUSR1, lambda sig, frame: told.append(["an earlier fit's", sig]))
+        with stop.during_fit():
+            with pytest.raises(KeyboardInterrupt):                   # before Tune installs its handler
+                os.kill(os.getpid(), signal.SIGINT)
+            assert stop.received is None
+            signal.signal(signal.SIGUSR1, lambda sig, frame: told.append(sig))   # what Tune installs in fit
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)                                         # Python runs handlers between bytecodes
+            assert stop.received == "SIGTERM" and told == [signal.SIGTERM]
+            with pytest.raises(KeyboardInterrupt):                   # a second stop does not wait for Tune
+                os.kill(os.getpid(), signal.SIGINT)
+        assert told == [signal.SIGTERM] and not stop.fitting
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
