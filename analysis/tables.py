@@ -418,13 +418,20 @@ def shown(block: dict, cells: pd.DataFrame) -> list[str]:
                                                                                       and v != "bsc"))]
 
 
+def setting(name: str, value, latex: bool, sep: str = "=") -> str:
+    """`name=value` for a heading or a caption; the noise as the paper's epsilon in LaTeX (the test
+    channel's said as such: a column of test noise is not one of training noise)."""
+    test = "test " if name == "test_eps" else ""
+    if name in ("eps", "test_eps"):
+        return f"{test}$\\epsilon{sep}{value_text(value)}$" if latex else f"{test}eps{sep}{value_text(value)}"
+    return f"{name}{sep}{value_text(value)}".replace("_", "\\_" if latex else "_")
+
+
 def column_heading(column: str | None, value, latex: bool) -> str:
     if column is None:
         return "test distortion"
     name = axis_name(column)
-    if name in ("eps", "test_eps"):
-        return f"$\\epsilon={value_text(value)}$" if latex else f"eps {value_text(value)}"
-    return f"{name}={value_text(value)}".replace("_", "\\_" if latex else "_")
+    return setting(name, value, latex, " " if name in ("eps", "test_eps") and not latex else "=")   # "eps 0.1", "K=2"
 
 
 def arm_label(arm: str) -> str:
@@ -499,8 +506,7 @@ def held(cells: pd.DataFrame, latex: bool = True) -> str:
         one = column.dropna().unique()
         if len(one) != 1 or (name == "channel" and one[0] == "bsc"):
             continue   # a channel not the paper's BSC that is a cell axis is in the block names (`shown`)
-        v = value_text(one[0])
-        said.append(f"$\\epsilon = {v}$" if name == "eps" and latex else f"{name} = {v}".replace("_", "\\_" if latex else "_"))
+        said.append(setting(name, one[0], latex, " = "))
     return "Every entry at " + ", ".join(said) + ". " if said else ""
 
 

@@ -427,3 +427,11 @@ def test_a_table_says_the_cell_values_no_heading_shows():
     fixed = [{**trial(m, 0.1, 20.0 + s, seed=s), "arm": m, "run_id": f"{m}{p}{s}", "cell.dataset": "mnist",
               "cell.bits": 100, "cell.precision": p} for m in ("necst", "abf", "iabf") for p in ("fp32", "bf16") for s in (0, 1)]
     assert "Every entry at $\\epsilon = 0.1$. " in tables.to_latex(tables.select_cells(pd.DataFrame(fixed)))
+    # a column of test noise says so: it is not the training noise the paper's columns are
+    robust = [{**trial(m, 0.1, 20.0 + t + s, seed=s), "arm": m, "run_id": f"{m}{t}{s}", "cell.dataset": "mnist",
+               "cell.bits": 100, "cell.eps": 0.1, "cell.test_eps": t} for m in ("necst", "abf", "iabf")
+              for t in (0.1, 0.3) for s in (0, 1)]
+    robust = tables.select_cells(pd.DataFrame(robust))
+    assert tables.layout(robust)[1] == "cell.test_eps"
+    assert "test $\\epsilon=0.3$" in tables.to_latex(robust) and "| test eps 0.3 |" in tables.to_markdown(robust)
+    assert "Every entry at eps = 0.1. " in tables.to_markdown(robust)
