@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     exp_id, parent = tracking.start_study(uri, study, experiment_dir, resume=args.resume is not None)
     planned = plan(study)
     print(f"study {study.name}: {len(groups(study))} groups (cell x arm), {planned['trials']} trials: "
-          f"{planned['search_trials']} search, {planned['confirm_trials']} confirmation; tracked in {uri} "
+          f"{planned['search_trials']} search, {planned['confirm_trials']} confirmation ({planned['runs']} MLflow runs, "
+          f"one per trial and seed); tracked in {uri} "
           f"(experiment {study.name!r}, parent run {parent})", flush=True)
     if held is not None:
         print(f"Ray's and MLflow's messages: {local / console.LOG_NAME}", flush=True)
@@ -188,8 +189,8 @@ def main(argv=None) -> int:
     if stop.received or counts.get("interrupted"):
         ended = sum(counts.get(k, 0) for k in tracking.STOP_REASONS)
         by = f" by {stop.received}" if stop.received else ""
-        print(f"\ninterrupted{by}: {ended} of the {planned['trials']} planned trials ended, {counts['interrupted']} "
-              f"unfinished; continue with:\n"
+        print(f"\ninterrupted{by}: {ended} of the study's {planned['runs']} runs (a trial per seed) ended, "
+              f"{counts['interrupted']} unfinished; continue with:\n"
               f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
         return 130
     return 0

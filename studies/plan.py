@@ -138,25 +138,30 @@ def seed_groups(seeds: list[int], stack: int) -> list[list[int]]:
 def cell_plan(study) -> list[dict]:
     """Per cell: the trials and trial-epochs the study plans, per phase, and what the full grid
     without early stopping (every configuration on every seed to the end) would cost. Search
-    epochs are an upper bound (ASHA stops some trials early); epochs count per seed."""
+    epochs are an upper bound (ASHA stops some trials early); epochs count per seed. `runs` are
+    MLflow's: one per trial and seed (a stacked trial trains several seeds)."""
     cells: dict[str, dict] = {}
     for g in groups(study):
         epochs = g.base.get("epochs", Config().epochs)
         max_t = min(epochs, study.scheduler["max_t"]) if study.scheduler else epochs
         c = cells.setdefault(cell_label(g.cell), {"cell": cell_label(g.cell), "values": g.cell,
                                                   "search_trials": 0, "search_epochs": 0,
-                                                  "confirm_trials": 0, "confirm_epochs": 0, "full_grid_epochs": 0})
+                                                  "confirm_trials": 0, "confirm_epochs": 0, "full_grid_epochs": 0,
+                                                  "runs": 0})
         n, per_seed_group = n_configs(g, study), len(seed_groups(study.seeds, study.stack_for(g.dataset)))
         c["full_grid_epochs"] += n * len(study.seeds) * epochs
         if not study.confirm:
             c["search_trials"] += n * per_seed_group
             c["search_epochs"] += n * len(study.seeds) * max_t
+            c["runs"] += n * len(study.seeds)
         else:
             if n > 1:
                 c["search_trials"] += n
                 c["search_epochs"] += n * len(study.search_seeds) * max_t
+                c["runs"] += n * len(study.search_seeds)
             c["confirm_trials"] += per_seed_group
             c["confirm_epochs"] += len(study.seeds) * epochs
+            c["runs"] += len(study.seeds)
     return list(cells.values())
 
 
@@ -170,7 +175,7 @@ def record(study) -> dict:
 
 def plan(study) -> dict:
     """The whole study's cell_plan, summed; `trials` is every trial of both phases."""
-    keys = ("search_trials", "search_epochs", "confirm_trials", "confirm_epochs", "full_grid_epochs")
+    keys = ("search_trials", "search_epochs", "confirm_trials", "confirm_epochs", "full_grid_epochs", "runs")
     out = {k: sum(c[k] for c in cell_plan(study)) for k in keys}
     return {**out, "trials": out["search_trials"] + out["confirm_trials"]}
 

@@ -50,7 +50,7 @@ def test_groups_are_cells_by_arms_and_a_single_configuration_is_not_searched():
     s = study_of()
     assert [(g.cell["eps"], g.arm) for g in groups(s)] == [(0.1, "necst"), (0.1, "iabf"), (0.3, "necst"), (0.3, "iabf")]
     assert plan(s) == {"search_trials": 6, "search_epochs": 24, "confirm_trials": 4, "confirm_epochs": 48,
-                       "full_grid_epochs": 2 * 4 * 3 * 4, "trials": 10}
+                       "full_grid_epochs": 2 * 4 * 3 * 4, "runs": 6 * 1 + 4 * 3, "trials": 10}
     configs = drain(StudySearcher(s))
     search = [c for c in configs if c["phase"] == "search"]
     confirm = [c for c in configs if c["phase"] == "confirm"]

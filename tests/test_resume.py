@@ -121,7 +121,7 @@ def test_a_search_interrupted_between_rungs_stops_the_same_trials_as_an_uninterr
              any(not r.data.tags.get("stop_reason") and M.EPOCH in r.data.metrics for r in runs))
     proc.send_signal(signal.SIGINT)
     first, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "of the 6 planned trials ended" in first, first[-3000:]
+    assert proc.returncode == 130 and "of the study's 6 runs (a trial per seed) ended" in first, first[-3000:]
     _, before = runs_of(client, "rungs")
     assert 2 <= len([r for r in before if r.data.tags.get("stop_reason") in ("completed", "early_stopped")]) < 6
     out = study(b, "--space", str(space(b, **spec)), "--resume")
