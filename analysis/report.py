@@ -238,10 +238,13 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
         con = tables.axis_contrasts(cells, column)
         if len(con):
             report += csv_section(written, out, f"axis_{axis}_contrasts.csv", con, f"Across {axis}",
-                                  f"Each arm at each {axis} against the same arm at {axis}={con.baseline.iloc[0]}, every "
+                                  f"Each arm at each {axis} against the same arm at {axis}="
+                                  f"{', '.join(con.baseline.unique())} (the column `against`), every "
                                   f"other cell axis equal: test distortion difference (negative: lower), its 95% "
                                   f"confidence interval and Welch's t-test over seeds; p (Holm): adjusted over these "
-                                  f"contrasts; * p < 0.05.", tables.axis_contrasts_markdown(con, axis))
+                                  f"contrasts; * p < 0.05. A contrast that recurs unchanged in several blocks is "
+                                  f"one row (its other axis joined), counted once." + tables.inert_text(con, axis),
+                                  tables.axis_contrasts_markdown(con, axis))
     if against is not None:
         report += against_section(written, out, cells, against)
     report += ["", "## Notes on the search ranges", ""]

@@ -106,6 +106,7 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
     configs = (trials.groupby([*entry, "config_hash"], dropna=False)
                .agg(lam=("lam", "first"), K=("K", "first"), val=("val", "mean"), test=("test", "mean"),
                     std=("test", "std"), n=("test", "size"), tests=("test", list), run_ids=("run_id", list),
+                    **({"seeds": ("seed", list)} if "seed" in trials else {}),
                     **{c: spec for c, spec in first.items() if c not in entry})
                .reset_index())
     configs["config"] = [config_text(r, varying.get(tuple(r[k] for k in entry), [])) or "(none searched)"
@@ -192,20 +193,27 @@ def contrasted_axes(cells: pd.DataFrame) -> list[str]:
 def axis_contrasts(cells: pd.DataFrame, column: str, level: float = 0.95) -> pd.DataFrame:
     """Each arm at each value of a cell axis against the same arm at the axis's baseline value, with
     every other cell axis equal: what changing that one setting does (bf16 against fp32). The baseline
-    is the Config default where the axis has it, else its smallest value. diff = value - baseline in
+    is the Config default where the axis has it (a flip budget's: the cell's eps), else its smallest
+    value. diff = value - baseline in
     test distortion (negative: better), Welch's t-test over seeds and its `level` interval, p_holm
-    over every contrast returned."""
+    over every contrast returned.
+    An arm whose entries at a value and at the baseline are the same numbers, seed for seed, does not
+    use the axis (NECST has no adversary for a flip budget to limit): no contrast, the arm is listed
+    in attrs["inert"]. A contrast that recurs unchanged in several blocks (NECST across K at every
+    flip budget) is one row, its other axis joined ("0.05, 0.1, 0.2"): Holm counts it once."""
     from iabf.config import Config
 
     cells = with_cells(cells)
     axis, others = axis_name(column), [c for c in cell_columns(cells) if c != column]
     values = sorted(cells[column].dropna().unique(), key=value_text)
     default = getattr(Config(), axis, None)
-    base = default if default in values else min(values, key=lambda v: (isinstance(v, str), v))
-    rows = []
+    fallback = default if default in values else min(values, key=lambda v: (isinstance(v, str), v))
+    rows, seen, inert = [], {}, set()
     for key, group in cells.groupby([*others, "arm"], dropna=False) if others else cells.groupby(["arm"]):
         key = key if isinstance(key, tuple) else (key,)
         at = {r[column]: r for _, r in group.iterrows()}
+        paper = axis == "flip_budget" and default == -1.0 and group.eps.iloc[0] in at   # Config's -1: eps
+        base = group.eps.iloc[0] if paper else fallback
         if base not in at:
             continue
         b = at[base]
@@ -213,13 +221,32 @@ def axis_contrasts(cells: pd.DataFrame, column: str, level: float = 0.95) -> pd.
             if v == base:
                 continue
             x, y = list(r.tests), list(b.tests)
+            if "seeds" in r and dict(zip(r.seeds, x)) == dict(zip(b.seeds, y)):   # seed for seed
+                inert.add(r.arm)
+                continue
+            again = (r.arm, value_text(v), tuple(sorted(x)), tuple(sorted(y)))
+            if again in seen:   # the other axes that differ: joined in the first row
+                first = rows[seen[again]]
+                for i, c in enumerate(others):
+                    if value_text(key[i]) not in str(first[i]).split(", "):
+                        first[i] = f"{value_text(first[i])}, {value_text(key[i])}"
+                continue
+            seen[again] = len(rows)
             low, high, p = welch_samples(x, y, level)
-            rows.append((*key, r.dataset, value_text(v), value_text(base), r.test, b.test, r.test - b.test, low, high,
-                         p, len(x), len(y), r.test / b.test - 1))
+            rows.append([*key, r.dataset, value_text(v), value_text(base), r.test, b.test, r.test - b.test, low, high,
+                         p, len(x), len(y), r.test / b.test - 1])
     out = pd.DataFrame(rows, columns=[*others, "arm", "dataset", axis, "baseline", "test", "test_baseline", "diff",
                                       "low", "high", "p_value", "n", "n_baseline", "rel_diff"])
     out["p_holm"] = holm(out.p_value)
+    out.attrs["inert"] = sorted(inert - set(out.arm))
     return out
+
+
+def inert_text(con: pd.DataFrame, axis: str) -> str:
+    """The sentence for axis_contrasts' arms that do not use the axis, or ""."""
+    inert = con.attrs.get("inert", [])
+    return (f" {', '.join(map(arm_label, inert))}: the same numbers, seed for seed, at every {axis} (the arm does not "
+            f"use it): no contrast." if inert else "")
 
 
 def axis_contrasts_markdown(con: pd.DataFrame, axis: str, alpha: float = 0.05) -> str:

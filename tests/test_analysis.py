@@ -435,3 +435,28 @@ def test_a_table_says_the_cell_values_no_heading_shows():
     assert tables.layout(robust)[1] == "cell.test_eps"
     assert "test $\\epsilon=0.3$" in tables.to_latex(robust) and "| test eps 0.3 |" in tables.to_markdown(robust)
     assert "Every entry at eps = 0.1. " in tables.to_markdown(robust)
+
+
+def test_an_axis_an_arm_does_not_use_gets_no_contrast_and_a_repeated_one_counts_once():
+    """K x flip budget at eps 0.1: NECST has no adversary, so its entries are the same numbers at every
+    budget. Across the budget it gets no contrast (it is named as not using it); across K its one
+    contrast, the same in every budget's block, is one row that Holm counts once. The budget's
+    baseline is the paper's, eps (Config's -1), not the smallest budget."""
+    necst = {1: [31.0, 31.5, 32.0], 5: [25.0, 25.2, 24.9]}
+    abf = {(1, 0.05): [32.0, 32.4, 33.0], (1, 0.1): [33.0, 34.0, 35.5], (5, 0.05): [25.0, 25.3, 24.8],
+           (5, 0.1): [25.1, 25.4, 25.6]}
+    rows = [{**trial(m, 0.1, t, seed=s), "arm": m, "run_id": f"{m}{k}{b}{s}", "cell.dataset": "mnist",
+             "cell.bits": 100, "cell.eps": 0.1, "cell.K": k, "cell.flip_budget": b}
+            for (m, k, b), values in [*(((("necst", k, b), necst[k]) for k in (1, 5) for b in (0.05, 0.1))),
+                                      *((("abf", k, b), v) for (k, b), v in abf.items())]
+            for s, t in enumerate(values)]
+    cells = tables.select_cells(pd.DataFrame(rows))
+    budget = tables.axis_contrasts(cells, "cell.flip_budget")
+    assert set(budget.arm) == {"abf"} and budget.attrs["inert"] == ["necst"] and set(budget.baseline) == {"0.1"}
+    assert "NECST: the same numbers, seed for seed, at every flip_budget" in tables.inert_text(budget, "flip_budget")
+    k = tables.axis_contrasts(cells, "cell.K")
+    assert len(k) == 3 and not k.attrs["inert"]                           # NECST once, ABF at each budget
+    once = k[k.arm == "necst"].iloc[0]
+    assert once["cell.flip_budget"] == "0.05, 0.1" and once["diff"] == pytest.approx(np.mean(necst[1]) - np.mean(necst[5]))
+    assert list(k.p_holm) == pytest.approx(list(tables.holm(k.p_value)))     # a family of 3, not 4
+    assert "| 0.05, 0.1 | NECST | 1 | 5 |" in tables.axis_contrasts_markdown(k, "K")
