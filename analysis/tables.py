@@ -212,8 +212,9 @@ def axis_contrasts(cells: pd.DataFrame, column: str, level: float = 0.95) -> pd.
     for key, group in cells.groupby([*others, "arm"], dropna=False) if others else cells.groupby(["arm"]):
         key = key if isinstance(key, tuple) else (key,)
         at = {r[column]: r for _, r in group.iterrows()}
-        paper = axis == "flip_budget" and default == -1.0 and group.eps.iloc[0] in at   # Config's -1: eps
-        base = group.eps.iloc[0] if paper else fallback
+        # the flip budget's default (-1) is the paper's, eps: Config resolves it (adv_eps)
+        resolved = Config(eps=float(group.eps.iloc[0])).adv_eps if axis == "flip_budget" else default
+        base = resolved if resolved in at else fallback
         if base not in at:
             continue
         b = at[base]
@@ -221,10 +222,10 @@ def axis_contrasts(cells: pd.DataFrame, column: str, level: float = 0.95) -> pd.
             if v == base:
                 continue
             x, y = list(r.tests), list(b.tests)
-            if "seeds" in r and dict(zip(r.seeds, x)) == dict(zip(b.seeds, y)):   # seed for seed
+            if "seeds" in r and per_seed(r) == per_seed(b):
                 inert.add(r.arm)
                 continue
-            again = (r.arm, value_text(v), tuple(sorted(x)), tuple(sorted(y)))
+            again = (r.arm, value_text(v), per_seed(r), per_seed(b))
             if again in seen:   # the other axes that differ: joined in the first row
                 first = rows[seen[again]]
                 for i, c in enumerate(others):
@@ -240,6 +241,11 @@ def axis_contrasts(cells: pd.DataFrame, column: str, level: float = 0.95) -> pd.
     out["p_holm"] = holm(out.p_value)
     out.attrs["inert"] = sorted(inert - set(out.arm))
     return out
+
+
+def per_seed(entry) -> tuple:
+    """An entry's test values matched to its seeds (in run order where the seeds are not known)."""
+    return tuple(sorted(zip(entry.seeds, entry.tests))) if "seeds" in entry else tuple(entry.tests)
 
 
 def inert_text(con: pd.DataFrame, axis: str) -> str:

@@ -131,7 +131,6 @@ def test_a_search_interrupted_between_rungs_stops_the_same_trials_as_an_uninterr
     assert resumed == uninterrupted and uninterrupted        # the same trials, at the same rungs
 
 
-
 def test_a_stop_signal_during_the_fit_is_remembered_and_handed_to_tune_once(monkeypatch):
     """The stop that lands between two trials (no trial unfinished to show it) is still a stop: the
     signal is remembered and passed to the handler this fit's Tune keeps for SIGUSR1 (not an
