@@ -48,9 +48,41 @@ def check_store(uri: str) -> None:
         import requests
 
         try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+            refused = server_refusal(uri)
         except requests.RequestException as e:
             raise FetchError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__})") from None
+        if refused:
+            raise FetchError(refused)
+
+
+CREDENTIALS_HELP = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or put them in ~/.mlflow/credentials "
+                    "(on a cluster made by cluster.yaml or cluster/slurm.sbatch the head's ~/.mlflow/credentials has them)")
+
+
+def server_refusal(uri: str) -> str | None:
+    """Why a tracking server refuses this client, in one line (None: it answers). MLflow's basic-auth app
+    answers 401 to missing or wrong credentials; its host check (--allowed-hosts) or a proxy answers 403.
+    The credentials are the ones MLflow's own client sends: its environment variables, else
+    ~/.mlflow/credentials. Raises requests.RequestException for a server that does not answer."""
+    import requests
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    base = uri.rstrip("/")
+    creds = read_mlflow_creds()
+    auth = (creds.username, creds.password) if creds.username else None
+    for path, params in (("/health", None), ("/api/2.0/mlflow/experiments/search", {"max_results": 1})):
+        answer = requests.get(base + path, params=params, auth=auth, timeout=10)
+        said = " ".join(answer.text.split())[:160]
+        if answer.status_code == 401:
+            who = f"refused the credentials of user {creds.username!r}" if auth else "asks for credentials and none were given"
+            return f"MLflow tracking server {uri} {who} (401); {CREDENTIALS_HELP}"
+        if answer.status_code == 403:
+            host = base.split("://", 1)[-1].split("/", 1)[0]
+            why = (f"its host check does not allow {host!r}: start it with --allowed-hosts {host}" if "host" in said.lower()
+                   else f"user {creds.username!r} may not read its experiments" if auth else CREDENTIALS_HELP)
+            return f"MLflow tracking server {uri} refused this client (403: {said}); {why}"
+        answer.raise_for_status()
+    return None
 
 
 def _typed(params: dict) -> dict:

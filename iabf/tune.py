@@ -53,11 +53,33 @@ def config_from_params(params: dict) -> Config:
     return Config.from_dict({k: v for k, v in params.items() if k not in STUDY_KEYS and v is not None})
 
 
+class GPUUnusable(RuntimeError):
+    """Ray gave a trial a GPU that torch cannot use (a driver older than torch's CUDA build, no driver)."""
+
+
+def nvidia_driver() -> str:
+    """The node's NVIDIA driver version, as the kernel module reports it, or why there is none."""
+    try:
+        line = Path("/proc/driver/nvidia/version").read_text().splitlines()[0]
+        return next((w for w in line.split() if w[:1].isdigit() and "." in w), line.strip())
+    except (OSError, IndexError):
+        return "none loaded (no /proc/driver/nvidia/version)"
+
+
 def trial_device(cfg: Config) -> str:
-    """cuda when Ray gave this trial a GPU (Ray sets CUDA_VISIBLE_DEVICES to it) and one is usable."""
+    """cuda when Ray gave this trial a GPU (Ray sets CUDA_VISIBLE_DEVICES to it), cpu when it gave none.
+    A GPU that torch cannot use stops the trial with one line (on CPU it would run 50x slower, silently);
+    a study that wants the CPU anyway says `device: cpu`."""
     if cfg.device != "auto":
         return cfg.device
-    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    if not ray.get_gpu_ids():
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise GPUUnusable(f"node {socket.gethostname()} gave this trial GPU {ray.get_gpu_ids()} but torch cannot use it "
+                          f"(NVIDIA driver {nvidia_driver()}; torch {torch.__version__} built for CUDA "
+                          f"{torch.version.cuda or 'none: a CPU build'}); install a driver for that CUDA, or set "
+                          f"device: cpu in the study to train on the CPU")
+    return "cuda"
 
 
 def write_artifacts(folder: Path, cfg: Config, enc, dec, test_images: torch.Tensor, chain_steps: int) -> None:

@@ -371,11 +371,15 @@ def check_uri(uri: str) -> str:
     if scheme in ("http", "https"):
         import requests
 
+        from analysis.fetch import server_refusal
+
         try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+            refused = server_refusal(uri)
         except requests.RequestException as e:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__}); "
                                 f"start it (mlflow server --host 127.0.0.1 --port 5000) or forward its port") from None
+        if refused:
+            raise TrackingError(refused)
     elif scheme == "sqlite":
         sqlite_path(uri)
     elif scheme in ("", "file"):   # MLflow 3 keeps the file store read-only ("maintenance mode")

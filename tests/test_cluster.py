@@ -89,13 +89,17 @@ def test_fractional_gpu_trials_share_one_declared_gpu(ray_with_a_gpu, tmp_path):
     from ray import tune
 
     from iabf.config import Config
-    from iabf.tune import trial_device
+    from iabf.tune import GPUUnusable, trial_device
 
     def probe(config):
         import time
         start = time.time()
         time.sleep(8)  # long enough that two trials overlap if the scheduler packs them, even if one starts late
-        tune.report({"gpus": len(ray.get_gpu_ids()), "device": trial_device(Config(device="auto")),
+        try:
+            auto = trial_device(Config(device="auto"))
+        except GPUUnusable as e:
+            auto = str(e)
+        tune.report({"gpus": len(ray.get_gpu_ids()), "device": trial_device(Config(device="cpu")), "auto": auto,
                      "start": start, "end": time.time()})
 
     grid = tune.Tuner(tune.with_resources(probe, {"cpu": 1, "gpu": 0.5}),
@@ -104,7 +108,12 @@ def test_fractional_gpu_trials_share_one_declared_gpu(ray_with_a_gpu, tmp_path):
     results = [r.metrics for r in grid]
     assert not grid.errors and len(results) == 2
     assert all(m["gpus"] == 1 for m in results)                  # each trial was given the GPU
-    assert all(m["device"] == "cpu" for m in results)            # ... but no CUDA here: CPU, no crash
+    assert all(m["device"] == "cpu" for m in results)            # a study that asks for the CPU gets it
+    # ... and one that leaves the device to Ray is stopped with the node, driver and CUDA build named: no CUDA
+    # here, and a GPU trial on the CPU would be a silent 50x slowdown
+    assert all(re.fullmatch(r"node \S+ gave this trial GPU \[\S+\] but torch cannot use it \(NVIDIA driver .+; "
+                            r"torch \S+ built for CUDA .+\); install a driver for that CUDA, or set device: cpu .+",
+                            m["auto"]) for m in results), results[0]["auto"]
     a, b = sorted(results, key=lambda m: m["start"])
     assert b["start"] < a["end"]                                 # 0.5 + 0.5: both ran at once
 
@@ -183,3 +192,63 @@ def test_ray_address_comes_before_this_machines_cluster(ray_head, monkeypatch):
     finally:
         ray.shutdown()
         shutil.rmtree(empty, ignore_errors=True)
+
+
+# --- the tracking server asks for credentials (cluster/mlflow_server.sh: MLflow's basic-auth app) ---
+
+def refused(out) -> str:
+    """The one line a refused client gets: exit 2, nothing but it on stderr, no Ray started."""
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "started a local Ray" not in out.stdout, out.stderr[-2000:]
+    (line,) = out.stderr.strip().splitlines()
+    return line
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_refuses_the_client_is_one_line_before_ray_starts(tmp_path):
+    port, head = free_port(), tmp_path / "head"
+    head.mkdir()
+    venv = str(Path(sys.executable).parent.parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "RAY_ADDRESS"))}
+    server = lambda cmd: subprocess.run(["bash", str(ROOT / "cluster" / "mlflow_server.sh"), *cmd],   # noqa: E731
+                                        env={**env, "HOME": str(head), "IABF_VENV": venv},
+                                        capture_output=True, text=True, timeout=200)
+    started = server(["start", "127.0.0.1", str(port)])
+    assert started.returncode == 0, started.stdout + started.stderr
+    uri = f"http://127.0.0.1:{port}"
+    run = lambda *args, **extra: subprocess.run([sys.executable, *args], cwd=tmp_path,   # noqa: E731
+                                                env={**env, "HOME": str(tmp_path), **extra},
+                                                capture_output=True, text=True, timeout=120)
+    smoke = (str(ROOT / "studies" / "ablation.py"), "--smoke", "--tracking-uri", uri, "--storage", str(tmp_path / "r"))
+    try:
+        line = refused(run(*smoke))
+        assert line == (f"error: MLflow tracking server {uri} asks for credentials and none were given (401); set "
+                        f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or put them in ~/.mlflow/credentials "
+                        f"(on a cluster made by cluster.yaml or cluster/slurm.sbatch the head's ~/.mlflow/credentials has them)")
+        wrong = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "not-the-password"}
+        assert refused(run(*smoke, **wrong)).startswith(
+            f"error: MLflow tracking server {uri} refused the credentials of user 'admin' (401); set MLFLOW_TRACKING_USERNAME")
+        report = ("-m", "analysis.report", "--tracking-uri", uri, "--study", "nothing-here", "--out", str(tmp_path / "rep"))
+        assert refused(run(*report, **wrong)).startswith(f"error: MLflow tracking server {uri} refused the credentials")
+        # with the head's ~/.mlflow/credentials (what MLflow's client reads by itself) the server answers:
+        # the report gets as far as the study it cannot find
+        found = run(*report, HOME=str(head))
+        assert found.returncode == 2 and "nothing-here" in found.stderr and "401" not in found.stderr, found.stderr
+        assert not (tmp_path / "r").exists() and not (tmp_path / "rep").exists()   # nothing half-written
+    finally:
+        assert server(["stop"]).returncode == 0
+    # MLflow 3's host check answers 403 "Invalid Host header" to a Host it does not allow
+    port = free_port()
+    guarded = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                                "--backend-store-uri", f"sqlite:///{tmp_path / 'g.db'}", "--allowed-hosts", "example.org"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline and "refused this client" not in (out := run(*smoke)).stderr:
+            time.sleep(1)
+        assert refused(out).startswith(f"error: MLflow tracking server {uri} refused this client (403: "), out.stderr
+        assert refused(out).endswith(f"its host check does not allow '127.0.0.1:{port}': start it with "
+                                     f"--allowed-hosts 127.0.0.1:{port}")
+    finally:
+        kill_tree(guarded.pid)

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The cluster's MLflow tracking server, on the node that runs it (the Ray head; SLURM's first node):
+#   bash cluster/mlflow_server.sh start [HOST] [PORT]   start it (again), wait until it answers, exit 0
+#   bash cluster/mlflow_server.sh stop                  stop the one this script started
+# - MLflow's basic-auth app: a client needs the user and password. The admin password is made once
+#   (random, never printed) into ~/.mlflow/credentials (mode 600), the file MLflow's clients read by
+#   themselves (as do the variables MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, which win).
+# - It listens on HOST (default: this node's first private address, never 0.0.0.0), port 5000.
+# - Started from `ray start`'s node (cluster.yaml's head_start_ray_commands), it ends when that node's
+#   Ray ends (`ray down`, `ray stop`): a watcher follows the node's GCS server. A start with no Ray
+#   running (SLURM, by hand) has no watcher: `stop` ends it.
+# - The store: sqlite in $MLFLOW_DIR (default ~/mlflow), artifacts served by the server from there.
+set -euo pipefail
+cmd=${1:-start}
+dir=${MLFLOW_DIR:-$HOME/mlflow}
+venv=${IABF_VENV:-$HOME/venv}
+pidfile=$dir/server.pid
+
+stop() {
+    [ -s "$pidfile" ] || return 0
+    read -r pid watcher < "$pidfile" || true
+    for p in $pid ${watcher:-}; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    rm -f "$pidfile"
+}
+
+case $cmd in
+stop) stop; exit 0 ;;
+start) ;;
+*) echo "usage: $0 start [HOST] [PORT] | stop" >&2; exit 2 ;;
+esac
+
+host=${2:-$(hostname -I 2>/dev/null | awk '{print $1}')}
+port=${3:-5000}
+if [ -z "$host" ]; then echo "error: this node has no address but loopback; give the host: $0 start HOST" >&2; exit 2; fi
+
+umask 077
+mkdir -p "$dir" ~/.mlflow
+creds=~/.mlflow/credentials
+if ! grep -q mlflow_tracking_password "$creds" 2>/dev/null; then
+    password=$("$venv/bin/python" -c "import secrets; print(secrets.token_urlsafe(24))")
+    printf '[mlflow]\nmlflow_tracking_username = admin\nmlflow_tracking_password = %s\n' "$password" > "$creds"
+fi
+password=$(sed -n 's/^mlflow_tracking_password = //p' "$creds")
+# the auth app's CSRF key: made once, kept so that a restarted server accepts the forms a browser holds
+test -s "$dir/secret_key" || "$venv/bin/python" -c "import secrets; print(secrets.token_hex(32))" > "$dir/secret_key"
+# MLflow's own auth config (its basic_auth.ini keys); read at the first start, when it makes the admin user
+cat > "$dir/basic_auth.ini" <<INI
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///$dir/basic_auth.db
+admin_username = admin
+admin_password = $password
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+
+stop   # a server this script started before (a second `ray up`): one server, on the current settings
+MLFLOW_AUTH_CONFIG_PATH="$dir/basic_auth.ini" MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$dir/secret_key") setsid nohup "$venv/bin/mlflow" server --app-name basic-auth \
+    --host "$host" --port "$port" --backend-store-uri "sqlite:///$dir/mlflow.db" \
+    --artifacts-destination "$dir/artifacts" --serve-artifacts > "$dir/server.log" 2>&1 < /dev/null &
+pid=$!
+watcher=
+if gcs=$(pgrep -u "$(id -u)" -x gcs_server | head -1); then
+    # the server lives as long as this node's Ray
+    setsid nohup bash -c "while kill -0 $gcs 2>/dev/null; do sleep 2; done; kill -TERM -- -$pid 2>/dev/null" \
+        > /dev/null 2>&1 < /dev/null &
+    watcher=$!
+fi
+echo "$pid $watcher" > "$pidfile"
+
+# answer before anything is run against it: /health, then a request with the credentials
+for _ in $(seq 120); do
+    if "$venv/bin/python" - "$host" "$port" <<'PY' 2>/dev/null
+import sys, requests
+from mlflow.utils.credentials import read_mlflow_creds
+c = read_mlflow_creds()
+url = f"http://{sys.argv[1]}:{sys.argv[2]}"
+requests.get(url + "/health", timeout=2).raise_for_status()
+requests.get(url + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+             auth=(c.username, c.password), timeout=5).raise_for_status()
+PY
+    then
+        echo "MLflow tracking server: http://$host:$port (basic auth; credentials in ~/.mlflow/credentials); log: $dir/server.log"
+        exit 0
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 1
+done
+echo "error: the MLflow server did not answer on http://$host:$port; the end of $dir/server.log:" >&2
+tail -20 "$dir/server.log" >&2
+stop
+exit 1

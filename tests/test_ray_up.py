@@ -1,0 +1,137 @@
+"""`ray up cluster.yaml` for real: the shipped file's own setup, head-setup and start commands, run by
+Ray's launcher through its `local` provider over SSH to 127.0.0.1 (tests/ray_up_node.sh: Debian's
+openssh-server and rsync, a key made by the test, the whole cluster in namespaces of its own). Only what
+cannot run here is replaced: the provider (AWS -> local), auth (the test's key and account), the node
+types (one local node: it runs the study's trials itself) and the image (this machine)."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+COMMANDS = ("setup_commands", "head_setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
+            "initialization_commands", "cluster_synced_files", "file_mounts_sync_continuously", "rsync_exclude")
+NEEDS = ("unshare", "/usr/sbin/sshd", "ssh", "rsync", "ip")
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+
+def derived(node_home: Path) -> dict:
+    """cluster.yaml with the provider, auth, node types and image replaced; every command kept as shipped."""
+    config = {k: v for k, v in SHIPPED.items() if k not in ("available_node_types", "head_node_type")}
+    config["provider"] = {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []}
+    config["auth"] = {"ssh_user": "iabfnode", "ssh_private_key": str(node_home.parent / "key")}
+    config["max_workers"] = 0
+    config["file_mounts"] = {"~/iabf": str(ROOT)}   # '.', made absolute: ray up runs from the test's folder
+    return config
+
+
+def test_the_derived_config_runs_the_shipped_commands():
+    config = derived(Path("/x/node"))
+    for key in COMMANDS:
+        assert config.get(key) == SHIPPED.get(key), key
+    assert list(SHIPPED["file_mounts"]) == ["~/iabf"] and SHIPPED["file_mounts"]["~/iabf"] == "."
+
+
+@pytest.fixture(scope="module")
+def cluster_run():
+    missing = [t for t in NEEDS if not shutil.which(t)]
+    if missing or os.geteuid() != 0:
+        pytest.skip(f"needs root and {', '.join(missing) or 'nothing more'} (.ci/run installs openssh-server, rsync)")
+    work = Path(tempfile.mkdtemp(prefix="rayup", dir="/var/tmp"))   # not /tmp: the namespace mounts its own there
+    (work / "node").mkdir()
+    (work / "cluster.yaml").write_text(yaml.safe_dump(derived(work / "node"), sort_keys=False))
+    # the image: what the AMI would have (uv; this machine's Python 3.11 and package index)
+    (work / "node" / ".local" / "bin").mkdir(parents=True)
+    shutil.copy(shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv"),
+                work / "node" / ".local" / "bin" / "uv")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "registry_proxy.py"), "serve", str(work / "proxy.sock")])
+    run = subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child", "bash",
+                          str(ROOT / "tests" / "ray_up_node.sh"), str(work), str(Path(sys.executable).parent)],
+                         env=env, capture_output=True, text=True, timeout=1500)
+    proxy.kill()
+    yield work, run
+    if not os.environ.get("IABF_KEEP_RAY_UP"):   # set it to look at a failed run's logs
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def read(work: Path, name: str) -> str:
+    path = work / name
+    return path.read_text(errors="replace") if path.exists() else f"<{name} not written>"
+
+
+def rc(work: Path, step: str) -> int | None:
+    text = read(work, f"{step}.rc").strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def test_ray_up_sets_up_the_head_with_the_shipped_commands(cluster_run):
+    work, run = cluster_run
+    up = read(work, "up.log")
+    assert rc(work, "up") == 0, up[-5000:] + run.stderr[-2000:]
+    print(f"ray up: {read(work, 'up.s').strip()} s")
+    venv = work / "node" / "venv"
+    version = subprocess.run([str(venv / "bin" / "python"), "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True).stdout.strip()
+    assert version == "(3, 11)"                                      # uv's Python 3.11, not the image's default
+    # the project installed at the pinned versions, with the cluster extras
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    freeze = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True).stdout
+    have = dict(line.split("==") for line in freeze.splitlines() if "==" in line)
+    for name in ("ray", "mlflow", "boto3", "Flask-WTF", "aiohttp-cors", "optuna"):
+        assert have.get(name) == pins[name], (name, have.get(name), pins[name])
+    # the token: made once on the head, owner-only, in no log
+    token_file = work / "node" / ".ray" / "auth_token"
+    token = token_file.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", token) and (token_file.stat().st_mode & 0o777) == 0o600
+    logs = [p for p in work.glob("*.log")] + list((work / "tmp" / "ray").rglob("*.log")) + \
+        list((work / "tmp" / "ray").rglob("*.out")) + list((work / "tmp" / "ray").rglob("*.err")) + \
+        [work / "node" / "mlflow" / "server.log"]
+    assert len(logs) > 10
+    assert not [p for p in logs if p.is_file() and token in p.read_text(errors="ignore")]
+    # the MLflow password: owner-only, in no log
+    creds = work / "node" / ".mlflow" / "credentials"
+    password = re.search(r"mlflow_tracking_password = (\S+)", creds.read_text()).group(1)
+    assert (creds.stat().st_mode & 0o777) == 0o600
+    assert not [p for p in logs if p.is_file() and password in p.read_text(errors="ignore")]
+
+
+def test_the_tracking_server_answers_on_the_heads_address_to_its_credentials_only(cluster_run):
+    work, _ = cluster_run
+    out = read(work, "server.log")
+    assert rc(work, "server") == 0, out[-3000:]
+    assert re.search(r"^anonymous 401$", out, re.M) and re.search(r"^wrong 401$", out, re.M), out[-3000:]
+    assert re.search(r"^credentials 200$", out, re.M), out[-3000:]
+    assert "MLflow tracking server: http://10.77.0.1:5000" in read(work, "up.log")
+
+
+def test_a_study_launched_with_ray_exec_tracks_to_the_heads_server_and_writes_its_report(cluster_run):
+    work, _ = cluster_run
+    out = read(work, "study.log")
+    assert rc(work, "study") == 0, out[-5000:]
+    assert re.search(r"joined the Ray cluster at 10\.77\.0\.1:6379: 1 node\(s\)", out), out[-5000:]
+    assert "tracked in http://10.77.0.1:5000" in out and "3 completed" in out, out[-5000:]
+    reports = list((work / "node" / "results").glob("*/report/*.md"))
+    assert reports, out[-3000:]
+    # the head's store (read after `ray down`, from its file): the study's parent and its three runs
+    client = MlflowClient(f"sqlite:///{work / 'node' / 'mlflow' / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name.endswith("-smoke")]
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_ray_down_leaves_no_process_behind(cluster_run):
+    work, _ = cluster_run
+    assert rc(work, "down") == 0, read(work, "down.log")[-3000:]
+    left = [line for line in read(work, "left.txt").splitlines()
+            if not re.search(r"ray_up_node\.sh|ps -eo|sshd|registry_proxy", line)]
+    assert not left, left
