@@ -37,7 +37,8 @@ def fake_cluster_config(port: int) -> dict:
         "max_workers": 2,
         "upscaling_speed": SHIPPED["upscaling_speed"],
         "idle_timeout_minutes": 0.2,            # cluster.yaml's 10 minutes, shortened to 12 s for a test
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+        # Ray's fake multi-node provider, whose nodes can be lost like spot instances (tests/spot_provider.py)
+        "provider": {"type": "external", "module": "spot_provider.SpotFakeProvider", "use_node_id_as_ip": True, "disable_node_updaters": True,
                      "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{port}"},
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
@@ -47,7 +48,7 @@ def fake_cluster_config(port: int) -> dict:
                     "max_workers": 2},
         },
         "head_node_type": "ray.head.default",
-        # what `ray up` would fill in (Ray's defaults for this provider live in an example.yaml the wheel lacks);
+        # what `ray up` would fill in (Ray's defaults for the fake provider live in an example.yaml the wheel lacks);
         # the fake provider starts its nodes itself: no file is synced and no command run on them
         "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [],
         "rsync_filter": [], "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
@@ -64,11 +65,13 @@ def alive_nodes(env: dict, address: str) -> list[dict]:
     return json.loads([line for line in out.stdout.splitlines() if line.startswith("[")][-1])   # not Ray's log lines
 
 
-def raylet_of(node_id: str) -> psutil.Process | None:
-    """The fake node's raylet: the process the autoscaler started with that node id in its environment."""
+def raylet_of(node_id: str, tmp: Path) -> psutil.Process | None:
+    """The fake node's raylet: the process this cluster's autoscaler started with that node id."""
     for p in psutil.process_iter(["name"]):
         with contextlib.suppress(psutil.Error):
-            if p.info["name"] == "raylet" and p.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id:
+            env = p.environ()
+            if p.info["name"] == "raylet" and env.get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id and \
+                    env.get("RAY_TMPDIR") == str(tmp):
                 return p
     return None
 
@@ -83,7 +86,7 @@ def fake_cluster():
     token.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     env.update({"RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-                "RAY_TMPDIR": str(tmp),
+                "RAY_TMPDIR": str(tmp), "PYTHONPATH": str(ROOT / "tests"),   # the head's autoscaler imports spot_provider
                 # a lost node is noticed in seconds, not half a minute
                 "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
                 "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "1000"})
@@ -125,13 +128,14 @@ def test_gpu_nodes_are_launched_for_the_trials_replaced_when_lost_and_removed_wh
         with contextlib.suppress(Exception):
             exp = client.get_experiment_by_name("autoscale")
             runs = [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags]
-            for r in runs:
-                launched.setdefault(r.data.tags.get("node_id"), time.time() - t0)
+            for r in runs:   # when each node first trained
+                if r.data.tags.get("node_id"):
+                    launched.setdefault(r.data.tags["node_id"], time.time() - t0)
             training = [r for r in runs if r.data.tags.get("node_id") and r.info.status == "RUNNING"
                         and len(client.get_metric_history(r.info.run_id, M.EPOCH)) >= 3]
-            if training and (raylet := raylet_of(training[0].data.tags["node_id"])) is not None:
-                lost = training[0].data.tags["node_id"]
-                kill_tree(raylet.pid)                     # the node is gone, with its trials' processes
+            if training and (raylet := raylet_of(training[0].data.tags["node_id"], fake_cluster["tmp"])) is not None:
+                lost, lost_at = training[0].data.tags["node_id"], time.time() - t0
+                kill_tree(raylet.pid)                     # the node is reclaimed, with its trials' processes
     out, _ = proc.communicate(timeout=600)
     done = time.time() - t0
     assert lost and proc.returncode == 0, out[-5000:]
@@ -139,12 +143,13 @@ def test_gpu_nodes_are_launched_for_the_trials_replaced_when_lost_and_removed_wh
     assert "warning: no node of the cluster has 1 CPUs and 0.5 GPUs per trial now" in out
     exp = client.get_experiment_by_name("autoscale")
     runs = [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags]
-    assert len(runs) == 4 and len({r.data.tags["uid"] for r in runs}) == 4             # no duplicate run
+    assert len(runs) == 4 and len({(r.data.tags["uid"], r.data.params["seed"]) for r in runs}) == 4   # no duplicate
     nodes = {n for r in runs for n in r.data.tags["node_ids"].split(",")}
     head = [n["NodeID"] for n in alive_nodes(env, address) if n["Resources"].get("CPU", 0) == 0]
     assert head and not nodes & set(head)                    # every trial trained on a launched gpu node
     moved = [r for r in runs if len(r.data.tags["node_ids"].split(",")) == 2]
     assert moved and all(r.data.tags["node_ids"].split(",")[0] == lost for r in moved)
+    assert len(nodes) >= 2                                   # a node was launched after the lost one
     for r in runs:                                           # from its state: every epoch logged once
         assert r.data.tags["stop_reason"] == "completed"
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, EPOCHS + 1))
@@ -154,5 +159,6 @@ def test_gpu_nodes_are_launched_for_the_trials_replaced_when_lost_and_removed_wh
         time.sleep(2)
     removed = time.time() - t0
     assert len(alive_nodes(env, address)) == 1
-    print(f"first trial on a launched node after {min(launched.values()):.0f} s; nodes {sorted(launched)}; "
-          f"study done at {done:.0f} s; idle nodes removed by {removed:.0f} s")
+    print(f"\nautoscaling: first training on a launched node at {min(launched.values()):.0f} s; node {lost[-5:]} lost "
+          f"at {lost_at:.0f} s; nodes that trained: {sorted(n[-5:] for n in nodes)}; study done at {done:.0f} s; "
+          f"idle nodes removed by {removed:.0f} s")
