@@ -11,7 +11,7 @@ venv: $(STAMP)
 # constraints.txt pins every package to the versions the suite passed with (make lock upgrades it)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,cluster]'
 	touch $(STAMP)
 
 lock:   ## upgrade constraints.txt to the newest versions pyproject.toml allows (then: make test, and commit it)

@@ -142,6 +142,7 @@ def main(argv=None) -> int:
         tracker = None
         if held is not None:
             console.reporter(columns, study.metric)   # the classic output engine, as when the study began
+        tracking.MLflowTracking.resumed_uri = uri   # the restored callback tracks here (see MLflowTracking)
         tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(   # the searcher suggests what varies (both phases); the fixed values are the same for all

@@ -181,15 +181,24 @@ class MLflowTracking(tune.Callback):
 
     RETRY_S = 10.0
 
+    # A resumed study tracks to the URI it is resumed with, not the one it began with (the server may have
+    # moved: each SLURM job starts it on a port of its own). Tune restores this callback from its pickle, so
+    # the resuming driver names the URI here first (the experiment and parent run are the store's own).
+    resumed_uri: str | None = None
+
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, study: str):
         self.uri, self.experiment_id, self.parent_run_id, self.study = uri, experiment_id, parent_run_id, study
-        self.__setstate__({})
+        self._fresh()
 
     def __getstate__(self):
         return {k: self.__dict__[k] for k in ("uri", "experiment_id", "parent_run_id", "study")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.uri = MLflowTracking.resumed_uri or self.uri
+        self._fresh()
+
+    def _fresh(self) -> None:
         self._logs: dict[str, list[_TrialLog]] = {}   # trial id -> its child runs (one per seed)
         self._client, self._retry_at, self._down = None, 0.0, None
         self.seconds = 0.0                    # time spent writing to MLflow (the study's tracking cost)

@@ -4,7 +4,7 @@
 # loopback and one private address on a veth device (the node's `hostname -I`), /run of its own (munge's
 # socket), its daemons ended with the namespace. It runs cluster/slurm.sbatch as a user would:
 #   1. a study file that does not exist: the job's exit code is the study's (2);
-#   2. the study: sbatch, scancel once a trial has finished, then the same sbatch with --resume (--wait).
+#   2. the study: sbatch, scancel once it has trained 3 epochs, then the same sbatch with --resume (--wait).
 # Each step writes $W/<step>.rc (and the job's output $W/<step>.out). Usage: slurm_node.sh W VENV ROOT STUDY
 set -uo pipefail
 W=$1
@@ -73,17 +73,17 @@ echo $? > "$W/bad.rc"
 
 job=$(sbatch --parsable --output="$W/run.out" cluster/slurm.sbatch --space "$STUDY" --chain-steps 5)
 echo "$job" > "$W/run.job"
-# scancel once a trial has finished (its MLflow run FINISHED, read from the job's store)
+# scancel while the study trains: once its runs have logged 3 epochs (read from the job's store)
 for _ in $(seq 300); do
-    n=$("$VENV/bin/python" -c "import sqlite3, sys
+    n=$("$VENV/bin/python" -c "import sqlite3
 try:
     print(sqlite3.connect('file:$W/studies/mlflow/mlflow.db?mode=ro', uri=True).execute(
-        \"select count(*) from runs r join tags t on t.run_uuid = r.run_uuid where t.key = 'stop_reason' and t.value = 'completed'\").fetchone()[0])
+        \"select coalesce(max(step), 0) from metrics where key = 'epoch'\").fetchone()[0])
 except Exception:
     print(0)" 2>/dev/null)
-    [ "${n:-0}" -ge 1 ] && break
+    [ "${n:-0}" -ge 3 ] && break
     [ -z "$(squeue -h -j "$job" 2>/dev/null)" ] && break
-    sleep 1
+    sleep 0.5
 done
 echo "${n:-0}" > "$W/before_cancel.txt"
 scancel "$job"

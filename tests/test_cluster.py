@@ -1,5 +1,6 @@
 """cluster.yaml against the schema Ray ships, its security rules, fractional GPUs in Ray, and the
 study driver's choice of Ray cluster (a real `ray start --head`)."""
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import requests
 from procs import free_port, kill_tree
 import ray
 import yaml
@@ -31,20 +33,31 @@ def test_cluster_yaml_matches_rays_launcher_schema():
     assert any("pip install" in c and "~/iabf" in c for c in CLUSTER["setup_commands"])
 
 
-def test_no_port_but_ssh_is_open_to_the_internet():
-    rules = CLUSTER["provider"].get("security_group", {}).get("IpPermissions", [])
-    for rule in rules:
-        world = any(r.get("CidrIp") == "0.0.0.0/0" for r in rule.get("IpRanges", [])) or \
-            any(r.get("CidrIpv6") == "::/0" for r in rule.get("Ipv6Ranges", []))
-        if world:
-            assert (rule["FromPort"], rule["ToPort"], rule["IpProtocol"]) == (22, 22, "tcp"), rule
+def test_no_port_but_ssh_is_open_to_the_internet_and_ray_alone_opens_it():
+    """Ray's launcher always adds its own SSH rule (0.0.0.0/0, port 22) and the nodes' rules to each
+    other, then appends the file's IpPermissions: a second SSH rule would be a duplicate AWS refuses."""
+    group = CLUSTER["provider"]["security_group"]
+    assert group == {"GroupName": "ray-iabf"}
+
+
+def test_what_only_aws_can_check_is_as_the_issue_found_it_fixed():
+    """The lines of cluster.yaml that tests/test_ray_up.py replaces (provider, node types, image):
+    a current image (not Ray's `latest_dlami`, Ubuntu 18.04 with Python 3.6), workers that may write the
+    study's S3 storage (Ray gives its IAM profile to the head only)."""
+    for name, node in CLUSTER["available_node_types"].items():
+        image = node["node_config"]["ImageId"]
+        assert image.startswith("resolve:ssm:/aws/service/deeplearning/ami/x86_64/") and "ubuntu-24.04" in image, name
+    assert CLUSTER["available_node_types"]["gpu"]["node_config"]["IamInstanceProfile"] == {"Name": "ray-autoscaler-v1"}
+    setup = " ".join(CLUSTER["setup_commands"])
+    assert "uv venv --seed --python 3.11" in setup and "-c ~/iabf/constraints.txt" in setup and "[cluster]" in setup
+    assert "~/data" in CLUSTER["cluster_synced_files"]     # datasets reach every node that runs trials
 
 
 def test_every_node_starts_with_token_authentication_and_the_heads_token_reaches_every_worker():
     starts = CLUSTER["head_start_ray_commands"] + CLUSTER["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
     assert sum("ray start" in c for c in starts) == 2
-    assert CLUSTER["cluster_synced_files"] == ["~/.ray/auth_token"]
+    assert CLUSTER["cluster_synced_files"][0] == "~/.ray/auth_token"
 
 
 def test_the_heads_token_command_makes_one_secret_file_and_never_prints_it(tmp_path):
@@ -73,9 +86,11 @@ def test_no_token_is_in_the_repository():
 
 def test_uis_listen_on_private_addresses_only():
     head = " ".join(CLUSTER["head_setup_commands"] + CLUSTER["head_start_ray_commands"])
-    assert "mlflow server" in head and "--serve-artifacts" in head and "sqlite:///" in head
-    assert "0.0.0.0" not in head and "--dashboard-host=127.0.0.1" in head
-    assert "--host \"$(hostname -I" in head                        # the head's private address
+    server = (ROOT / "cluster" / "mlflow_server.sh").read_text()
+    assert "bash ~/iabf/cluster/mlflow_server.sh start" in head and "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in head and "0.0.0.0" not in server.replace("never 0.0.0.0", "")
+    assert "--app-name basic-auth" in server and "--serve-artifacts" in server and "sqlite:///" in server
+    assert "hostname -I" in server                         # the node's private address
 
 
 @pytest.fixture
@@ -219,7 +234,7 @@ def test_a_tracking_server_that_refuses_the_client_is_one_line_before_ray_starts
     run = lambda *args, **extra: subprocess.run([sys.executable, *args], cwd=tmp_path,   # noqa: E731
                                                 env={**env, "HOME": str(tmp_path), **extra},
                                                 capture_output=True, text=True, timeout=120)
-    smoke = (str(ROOT / "studies" / "ablation.py"), "--smoke", "--tracking-uri", uri, "--storage", str(tmp_path / "r"))
+    smoke = (str(ROOT / "studies" / "ablation.py"), "--smoke", "--storage", str(tmp_path / "r"), "--tracking-uri", uri)
     try:
         line = refused(run(*smoke))
         assert line == (f"error: MLflow tracking server {uri} asks for credentials and none were given (401); set "
@@ -245,8 +260,12 @@ def test_a_tracking_server_that_refuses_the_client_is_one_line_before_ray_starts
     try:
         uri = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
-        while time.time() < deadline and "refused this client" not in (out := run(*smoke)).stderr:
-            time.sleep(1)
+        while time.time() < deadline:   # up: it answers anything
+            with contextlib.suppress(requests.RequestException):
+                requests.get(uri + "/health", timeout=2)
+                break
+            time.sleep(0.5)
+        out = run(*smoke[:-1], uri)
         assert refused(out).startswith(f"error: MLflow tracking server {uri} refused this client (403: "), out.stderr
         assert refused(out).endswith(f"its host check does not allow '127.0.0.1:{port}': start it with "
                                      f"--allowed-hosts 127.0.0.1:{port}")

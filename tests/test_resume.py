@@ -159,3 +159,21 @@ def test_a_stop_signal_during_the_fit_is_remembered_and_handed_to_tune_once(monk
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+def test_a_resumed_study_tracks_to_the_uri_it_is_resumed_with():
+    """Tune restores the tracking callback from its pickle, with the URI the study began with; a study
+    resumed where its server has moved (a new SLURM job starts it on a port of its own: tests/test_slurm.py)
+    must write to the server it was resumed with, in the same experiment and parent run."""
+    import pickle
+
+    from studies.tracking import MLflowTracking
+
+    began = MLflowTracking("http://10.0.0.1:30001", "7", "parent", "study")
+    try:
+        MLflowTracking.resumed_uri = "http://10.0.0.1:30002"
+        resumed = pickle.loads(pickle.dumps(began))
+    finally:
+        MLflowTracking.resumed_uri = None
+    assert (resumed.uri, resumed.experiment_id, resumed.parent_run_id) == ("http://10.0.0.1:30002", "7", "parent")
+    assert began.uri == "http://10.0.0.1:30001" and pickle.loads(pickle.dumps(began)).uri == began.uri

@@ -19,7 +19,7 @@ from runner import runs_of
 ROOT = Path(__file__).resolve().parents[1]
 NEEDS = ("unshare", "munged", "slurmctld", "slurmd", "sbatch", "scancel", "ip")
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-EPOCHS = 8
+EPOCHS = 20
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,8 @@ def slurm_run():
         pytest.skip(f"needs root and {', '.join(missing) or 'nothing more'} (.ci/run installs slurm-wlm, munge)")
     work = Path(tempfile.mkdtemp(prefix="slurm", dir="/var/tmp"))   # not /tmp's pytest folder: the job reads it
     study = work / "study.yaml"
-    # NECST on digits, confirmed on three seeds (nothing to search): batches of 10, so that a trial takes
-    # seconds and the scancel lands with trials still to run
+    # NECST on digits, confirmed on three seeds (nothing to search; one trial, the seeds stacked): batches
+    # of 10, so that it trains for seconds and the scancel lands mid-training
     study.write_text(yaml.safe_dump({"study": "slurm", "dataset": "digits", "seeds": [0, 1, 2],
                                      "fixed": {"epochs": EPOCHS, "K": 2, "method": "necst", "batch_size": 10},
                                      "resources": {"cpu": 1}}))
@@ -60,9 +60,9 @@ def test_the_jobs_exit_code_is_the_studys(slurm_run):
 def test_a_cancelled_study_is_finished_by_the_same_sbatch_with_resume(slurm_run):
     work, _ = slurm_run
     run, resumed = read(work, "run.out"), read(work, "resume.out")
-    assert int(read(work, "before_cancel.txt")) >= 1, run[-3000:]
+    assert 3 <= int(read(work, "before_cancel.txt")) < EPOCHS, run[-3000:]   # cancelled mid-training
     assert "JobState=CANCELLED" in read(work, "cancelled.txt"), read(work, "cancelled.txt")
-    assert re.search(r"interrupted by SIGTERM: \d+ of the study's 3 runs", run), run[-3000:]
+    assert re.search(r"interrupted by SIGTERM: 0 of the study's 3 runs \(a trial per seed\) ended, 3 unfinished", run), run[-3000:]
     assert read(work, "resume.rc").strip() == "0", resumed[-5000:]
     assert re.search(r"joined the Ray cluster at 10\.77\.0\.2:\d+: 1 node\(s\), 2 CPUs", resumed), resumed[-3000:]
     assert "the study exited 0" in resumed and list((work / "studies" / "results").glob("slurm-*/report/*.md"))
@@ -78,5 +78,5 @@ def test_a_cancelled_study_is_finished_by_the_same_sbatch_with_resume(slurm_run)
     # the token of each job is gone with it, and nothing is left running
     assert not list((work / "studies").glob(".ray-token-*"))
     left = [line for line in read(work, "left.txt").splitlines()
-            if not re.search(r"slurm_node\.sh|ps -eo|munged|slurmctld|slurmd", line)]
+            if not re.search(r"slurm_node\.sh|ps -eo|munged|slurmctld|slurmd|slurmscriptd", line)]
     assert not left, left
