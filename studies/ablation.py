@@ -90,14 +90,16 @@ def main(argv=None) -> int:
         return show_plan(args)
     from analysis.fetch import limit_mlflow_retries
     from iabf.data import DataError
-    from studies import cluster, tracking
+    from studies import cluster, lock, tracking
 
     limit_mlflow_retries()
 
     # --- validate everything before anything starts ---
     try:
         study, uri, experiment_dir = prepare(args)
-    except (SpaceError, ConfigError, DataError, tracking.TrackingError, ConnectionError) as e:
+        # one study, one driver: a second --resume of a study that a live driver runs is refused here
+        guard = lock.hold(local_dir(experiment_dir)) if args.resume is not None else None
+    except (SpaceError, ConfigError, DataError, tracking.TrackingError, ConnectionError, lock.StudyBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -119,6 +121,7 @@ def main(argv=None) -> int:
         print(warning, file=sys.stderr, flush=True)
     stop = StopSignal()   # Ctrl-C, and SIGTERM as a scheduler, `kill`, `docker stop` or a spot reclaim send it
     local = local_dir(experiment_dir)   # the log and the report: on this machine, whatever the storage
+    guard = guard or lock.hold(local)   # a new study's folder is its own: held until this driver ends
     if held is not None:
         console.to_file(held, local)
 
@@ -292,7 +295,13 @@ def prepare(args: argparse.Namespace):
     uri = tracking.check_uri(args.tracking_uri or tracking.default_tracking_uri())
     check_storage(args.storage)
     cluster.check_address(args.address)
-    return study, uri, resolve_experiment(args, study)
+    experiment_dir = resolve_experiment(args, study)
+    if args.resume is not None and (changed := tracking.changed_since(uri, study, experiment_dir)):
+        raise SpaceError(f"--resume {experiment_dir}: the study it began as differs from {args.space or study.path} "
+                         f"now in {'; '.join(changed)}; a resumed study runs the plan it began with: restore the "
+                         f"file (the parent run keeps it as space.yaml), or run the new plan as a new study "
+                         f"(without --resume)")
+    return study, uri, experiment_dir
 
 
 def check_storage(storage: str) -> None:

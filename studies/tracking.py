@@ -70,6 +70,39 @@ def ui_link(base: str, exp_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{exp_id}?workflowType=machine_learning"
 
 
+def study_params(study) -> dict[str, str]:
+    """The study's parameters as its parent run records them."""
+    params = {"searcher": study.searcher, "metric": study.metric, "mode": study.mode, "num_samples": study.num_samples,
+              "seeds": study.seeds, "search_seeds": study.search_seeds, "confirm": study.confirm,
+              "cells": study.cells or "dataset, channel, bits, test eps", "stack": study.stack,
+              "arms": [a.name for a in study.arms],
+              "scheduler": study.scheduler or "none", "resources": study.resources,
+              **{f"fixed.{k}": v for k, v in study.fixed.items()},
+              **{f"by_dataset.{d}.{k}": v for d, values in study.by_dataset.items() for k, v in values.items()},
+              "chain_steps": study.chain_steps,
+              **{f"search.{k}": v for k, v in study.search.items()}}
+    return {k: str(v)[:6000] for k, v in params.items()}
+
+
+# what a resumed study may change: where and how its trials run, not what they are
+RESUME_MAY_CHANGE = ("resources", "chain_steps")
+
+
+def changed_since(uri: str, study, experiment_dir: str) -> list[str]:
+    """What in `study` (the study file now, with the command line's overrides) differs from the plan the
+    study began with (its parent run's parameters), one 'key: then -> now' each; [] when nothing does,
+    or when the store has no parent run for the folder (nothing to compare with)."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study.name)
+    found = exp and client.search_runs([exp.experiment_id], f"tags.`{TAG_EXPERIMENT_DIR}` = '{experiment_dir}'",
+                                       max_results=1)
+    if not found:
+        return []
+    then, now = found[0].data.params, study_params(study)
+    return [f"{k}: {then.get(k, '(none)')} -> {now.get(k, '(none)')}" for k in sorted(set(then) | set(now))
+            if k not in RESUME_MAY_CHANGE and then.get(k) != now.get(k)]
+
+
 def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str, str]:
     """The study's parent run: created, or on resume found again by its experiment folder.
     Returns (experiment_id, parent_run_id)."""
@@ -88,16 +121,7 @@ def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str
         "study": study.name, "git_commit": git_commit(), "space": str(study.path), TAG_EXPERIMENT_DIR: experiment_dir,
         "mlflow.note.content": study.description or f"study {study.name} from {study.path}"})
     run_id = parent.info.run_id
-    params = {"searcher": study.searcher, "metric": study.metric, "mode": study.mode, "num_samples": study.num_samples,
-              "seeds": study.seeds, "search_seeds": study.search_seeds, "confirm": study.confirm,
-              "cells": study.cells or "dataset, channel, bits, test eps", "stack": study.stack,
-              "arms": [a.name for a in study.arms],
-              "scheduler": study.scheduler or "none", "resources": study.resources,
-              **{f"fixed.{k}": v for k, v in study.fixed.items()},
-              **{f"by_dataset.{d}.{k}": v for d, values in study.by_dataset.items() for k, v in values.items()},
-              "chain_steps": study.chain_steps,
-              **{f"search.{k}": v for k, v in study.search.items()}}
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    client.log_batch(run_id, params=[Param(k, v) for k, v in study_params(study).items()])
     if study.path and Path(study.path).is_file():
         client.log_text(run_id, Path(study.path).read_text(errors="replace"), "space.yaml")
     client.log_dict(run_id, record(study), PLAN_ARTIFACT)

@@ -52,3 +52,26 @@ def start_server(tmp_path, port: int) -> subprocess.Popen:
 def stop_server(server: subprocess.Popen) -> None:
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
+
+
+def in_namespaces(script, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """bash SCRIPT ARGS in network, mount and pid namespaces of its own (a test cluster: tests/ray_up_node.sh,
+    tests/slurm_node.sh), without this machine's Ray, MLflow and SLURM settings; everything it started
+    ends with it (--kill-child), and it can touch no port, /tmp/ray or process of this machine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "SLURM_"))}
+    return subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child",
+                           "bash", str(script), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read(folder, name: str) -> str:
+    """A file a namespaced test cluster wrote, or a line saying it did not."""
+    path = folder / name
+    return path.read_text(errors="replace") if path.exists() else f"<{name} not written>"
+
+
+def keep_or_remove(folder, variable: str) -> None:
+    """Remove a test cluster's folder, unless `variable` is set (to look at a failed run's logs)."""
+    import shutil
+
+    if not os.environ.get(variable):
+        shutil.rmtree(folder, ignore_errors=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from procs import in_namespaces, keep_or_remove, read
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = yaml.safe_load((ROOT / "cluster.yaml").read_text())
@@ -52,20 +53,13 @@ def cluster_run():
     (work / "node" / ".local" / "bin").mkdir(parents=True)
     shutil.copy(shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv"),
                 work / "node" / ".local" / "bin" / "uv")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "registry_proxy.py"), "serve", str(work / "proxy.sock")])
-    run = subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child", "bash",
-                          str(ROOT / "tests" / "ray_up_node.sh"), str(work), str(Path(sys.executable).parent)],
-                         env=env, capture_output=True, text=True, timeout=1500)
-    proxy.kill()
+    try:
+        run = in_namespaces(ROOT / "tests" / "ray_up_node.sh", work, Path(sys.executable).parent, timeout=1500)
+    finally:
+        proxy.kill()
     yield work, run
-    if not os.environ.get("IABF_KEEP_RAY_UP"):   # set it to look at a failed run's logs
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def read(work: Path, name: str) -> str:
-    path = work / name
-    return path.read_text(errors="replace") if path.exists() else f"<{name} not written>"
+    keep_or_remove(work, "IABF_KEEP_RAY_UP")
 
 
 def rc(work: Path, step: str) -> int | None:

@@ -1,12 +1,15 @@
 """A study stopped from outside (Ctrl-C, SIGTERM, SIGKILL of the driver) and finished with --resume:
 one MLflow run per trial and seed, every epoch once, ASHA's decisions as without the stop."""
 import os
+import re
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from runner import completed, runs_of, space, study, wait_for
 
@@ -177,3 +180,49 @@ def test_a_resumed_study_tracks_to_the_uri_it_is_resumed_with():
         MLflowTracking.resumed_uri = None
     assert (resumed.uri, resumed.experiment_id, resumed.parent_run_id) == ("http://10.0.0.1:30002", "7", "parent")
     assert began.uri == "http://10.0.0.1:30001" and pickle.loads(pickle.dumps(began)).uri == began.uri
+
+
+@pytest.mark.slow
+def test_one_study_one_driver_and_an_edited_study_file_is_refused_on_resume(tmp_path):
+    """A second --resume while the study's driver runs is refused in one line naming that driver; once the
+    driver dies (SIGKILL: nothing cleaned up), the study file edited (a seed added, a grid value replaced)
+    is refused on --resume naming what changed, with nothing run; restored, --resume finishes the study:
+    one run per trial and seed, none RUNNING, every epoch once."""
+    p = space(tmp_path, study="guard", fixed={"epochs": 12, "K": 2, "method": "necst", "batch_size": 10},
+              search={"lr": {"grid": [0.001, 0.002]}}, seeds=[0], stack=1, max_concurrent=1)
+    began = p.read_text()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = study(tmp_path, "--space", str(p), wait=False)
+    wait_for(client, "guard", lambda runs: any(M.EPOCH in r.data.metrics for r in runs))
+
+    second = study(tmp_path, "--space", str(p), "--resume")            # a second driver, the first alive
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert re.fullmatch(rf"error: study \S+/guard-\d+-\d+ is being run by pid {proc.pid} on host "
+                        rf"{re.escape(socket.gethostname())} since [\d-]+ [\d:]+ \w+; wait for it to end, or stop it "
+                        rf"\(Ctrl-C or kill -TERM on that host\), then --resume", second.stderr.strip()), second.stderr
+    proc.kill()                                                        # the driver dies, its lock with it
+    proc.communicate(timeout=60)
+    time.sleep(3)                                                      # its local Ray goes down with it
+
+    edited = yaml.safe_load(began)
+    edited["seeds"], edited["search"]["lr"]["grid"] = [0, 1], [0.001, 0.005]
+    p.write_text(yaml.safe_dump(edited))
+    _, before = runs_of(client, "guard")
+    out = study(tmp_path, "--space", str(p), "--resume")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: --resume {tmp_path / 'results'}/guard-") and "seeds: [0] -> [0, 1]" in line, line
+    assert re.search(r"search\.lr: .*0\.002.* -> .*0\.005", line) and "resources" not in line, line
+    _, after = runs_of(client, "guard")
+    assert {(r.info.run_id, r.info.status) for r in after} == {(r.info.run_id, r.info.status) for r in before}
+
+    p.write_text(began)                                                # restored: the study finishes
+    out = study(tmp_path, "--space", str(p), "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (parent,), children = runs_of(client, "guard")
+    assert parent.info.status == "FINISHED"
+    keys = Counter((r.data.tags["uid"], r.data.tags["seed"]) for r in children)
+    assert len(keys) == 3 and set(keys.values()) == {1}                 # 2 search + 1 confirmation, no duplicate
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 13))

@@ -5,7 +5,6 @@ logged once."""
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-
+from procs import in_namespaces, keep_or_remove, read
 from runner import runs_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +33,10 @@ def slurm_run():
     study.write_text(yaml.safe_dump({"study": "slurm", "dataset": "digits", "seeds": [0, 1, 2],
                                      "fixed": {"epochs": EPOCHS, "K": 2, "method": "necst", "batch_size": 10},
                                      "resources": {"cpu": 1}}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "SLURM_"))}
-    run = subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child", "bash",
-                          str(ROOT / "tests" / "slurm_node.sh"), str(work), str(Path(sys.executable).parent.parent),
-                          str(ROOT), str(study)], env=env, capture_output=True, text=True, timeout=1200)
+    run = in_namespaces(ROOT / "tests" / "slurm_node.sh", work, Path(sys.executable).parent.parent, ROOT, study,
+                        timeout=1200)
     yield work, run
-    if not os.environ.get("IABF_KEEP_SLURM"):   # set it to look at a failed run's logs
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def read(work: Path, name: str) -> str:
-    path = work / name
-    return path.read_text(errors="replace") if path.exists() else f"<{name} not written>"
+    keep_or_remove(work, "IABF_KEEP_SLURM")
 
 
 def test_the_jobs_exit_code_is_the_studys(slurm_run):

@@ -1,0 +1,40 @@
+"""One study, one driver: the driver holds an exclusive lock on its study's folder while it runs, so a
+second `--resume` of the same study (a second terminal, a scheduler restarting a job that is still alive)
+is refused in one line instead of training and logging the same trials twice. The lock is the kernel's
+(flock): a driver that dies, however it dies (SIGKILL, a lost node), releases it, and nothing has to be
+cleaned up before a later --resume. The file says who holds it. On a URI storage (s3://) the lock is on
+this machine's copy of the study's folder (./results/<study>): it guards this machine only."""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+LOCK_NAME = "driver.lock"
+
+
+class StudyBusy(RuntimeError):
+    """Another live driver runs this study."""
+
+
+def hold(folder: Path):
+    """Lock `folder` for this process (made if need be); returns the open file, which holds the lock
+    for as long as it stays open. Raises StudyBusy naming the driver that holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise StudyBusy(f"study {folder} is being run by {holder}; wait for it to end, or stop it "
+                        f"(Ctrl-C or kill -TERM on that host), then --resume") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    f.flush()
+    return f
