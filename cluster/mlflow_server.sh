@@ -68,8 +68,10 @@ if gcs=$(pgrep -u "$(id -u)" -x gcs_server | head -1); then
 fi
 echo "$pid $watcher" > "$pidfile"
 
-# answer before anything is run against it: /health, then a request with the credentials
-for _ in $(seq 120); do
+# answer before anything is run against it: /health, then a request with the credentials (its first start
+# makes two databases: a minute or more on a busy node)
+deadline=$((SECONDS + ${MLFLOW_START_TIMEOUT:-300}))
+while [ $SECONDS -lt $deadline ]; do
     if "$venv/bin/python" - "$host" "$port" <<'PY' 2>/dev/null
 import sys, requests
 from mlflow.utils.credentials import read_mlflow_creds
@@ -86,7 +88,7 @@ PY
     kill -0 "$pid" 2>/dev/null || break
     sleep 1
 done
-echo "error: the MLflow server did not answer on http://$host:$port; the end of $dir/server.log:" >&2
+echo "error: the MLflow server did not answer on http://$host:$port within ${MLFLOW_START_TIMEOUT:-300} s (or ended); the end of $dir/server.log:" >&2
 tail -20 "$dir/server.log" >&2
 stop
 exit 1

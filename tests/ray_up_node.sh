@@ -81,7 +81,14 @@ c = read_mlflow_creds(); url = 'http://$PRIVATE:5000/api/2.0/mlflow/experiments/
     step status ray exec "$CONFIG" 'ray status'
 fi
 step down ray down -y "$CONFIG"
-sleep 5   # what ray stop ended, gone; the tracking server's watcher notices within 2 s
+# what `ray stop` ended, gone; the tracking server's watcher notices within 2 s and the server takes a few
+# seconds to stop (more on a busy machine): wait up to a minute for nothing but this script's own to be left
+t0=$SECONDS
+while [ $((SECONDS - t0)) -lt 60 ]; do
+    ps -eo pid,args --no-headers | grep -vE "ray_up_node\.sh|ps -eo|sshd|registry_proxy|grep" | grep -q . || break
+    sleep 1
+done
+echo $((SECONDS - t0)) > "$W/gone.s"
 ps -eo pid,args --no-headers > "$W/left.txt"
 kill "$(cat "$W/sshd.pid")" 2>/dev/null
 kill %1 2>/dev/null   # the proxy's forwarder

@@ -5,7 +5,7 @@
 # socket), its daemons ended with the namespace. It runs cluster/slurm.sbatch as a user would:
 #   1. a study file that does not exist: the job's exit code is the study's (2);
 #   2. the study: sbatch, scancel once it has trained 3 epochs, then the same sbatch with --resume (--wait).
-# Each step writes $W/<step>.rc (and the job's output $W/<step>.out). Usage: slurm_node.sh W VENV ROOT STUDY
+# Each step writes $W/<step>.rc, its seconds $W/<step>.s and the job's output $W/<step>.out. Usage: slurm_node.sh W VENV ROOT STUDY
 set -uo pipefail
 W=$1
 VENV=$2
@@ -68,8 +68,11 @@ cd "$ROOT"
 export IABF_VENV=$VENV IABF_STUDIES=$W/studies HOME=$W/home
 mkdir -p "$HOME"
 
+t0=$SECONDS
 sbatch --wait --output="$W/bad.out" cluster/slurm.sbatch --space "$W/no-such-study.yaml" > /dev/null 2>&1
 echo $? > "$W/bad.rc"
+echo $((SECONDS - t0)) > "$W/bad.s"
+t0=$SECONDS
 
 job=$(sbatch --parsable --output="$W/run.out" cluster/slurm.sbatch --space "$STUDY" --chain-steps 5)
 echo "$job" > "$W/run.job"
@@ -92,8 +95,11 @@ for _ in $(seq 180); do
     sleep 1
 done
 scontrol show job "$job" > "$W/cancelled.txt" 2>&1
+echo $((SECONDS - t0)) > "$W/run.s"
+t0=$SECONDS
 
 sbatch --wait --output="$W/resume.out" cluster/slurm.sbatch --space "$STUDY" --chain-steps 5 --resume > /dev/null 2>&1
 echo $? > "$W/resume.rc"
+echo $((SECONDS - t0)) > "$W/resume.s"
 ps -eo pid,args --no-headers > "$W/left.txt"
 exit 0

@@ -57,6 +57,8 @@ def test_a_cancelled_study_is_finished_by_the_same_sbatch_with_resume(slurm_run)
     assert read(work, "resume.rc").strip() == "0", resumed[-5000:]
     assert re.search(r"joined the Ray cluster at 10\.77\.0\.2:\d+: 1 node\(s\), 2 CPUs", resumed), resumed[-3000:]
     assert "the study exited 0" in resumed and list((work / "studies" / "results").glob("slurm-*/report/*.md"))
+    print(f"\nSLURM jobs: the bad study {read(work, 'bad.s').strip()} s; the study until scancel'd "
+          f"{read(work, 'run.s').strip()} s; the resume {read(work, 'resume.s').strip()} s")
     # the job's store: one run per seed, none left RUNNING, every epoch logged once
     client = MlflowClient(f"sqlite:///{work / 'studies' / 'mlflow' / 'mlflow.db'}")
     parents, children = runs_of(client, "slurm")
