@@ -5,7 +5,7 @@
 #   - the network: loopback, and one private address on a veth device (the head's "private address",
 #     what `hostname -I` gives on AWS); nothing routes out of the namespace;
 #   - the node: an account `iabfnode` (uid 0, since this machine's Python lives under /root) whose home is
-#     $W/node, reached by SSH on 127.0.0.1 with a key made here; /tmp is $W/tmp (Ray's temp dir);
+#     $W/node, reached by SSH on 127.0.0.1 with a key made here; /tmp/ray is $W/tmp/ray (Ray's temp dir);
 #   - the user's machine: HOME=$W/client, the project's own `ray` CLI;
 #   - the package registries: PyPI through tests/registry_proxy.py (its Unix socket $W/proxy.sock, made
 #     by the test outside the namespace), the one way out; the node's ~/.profile names it, as a site's would.
@@ -29,7 +29,10 @@ ip link set lo up
 # a veth pair whose other end is in this namespace too: whatever is sent on n0 ends at n1, unanswered
 ip link add n0 type veth peer name n1 && ip addr add $PRIVATE/24 dev n0 && ip link set n1 up && ip link set n0 up
 ip route add default dev n0
-mkdir -p "$W/tmp" "$W/run" && mount --bind "$W/tmp" /tmp && mount --bind "$W/run" /run && mkdir -p /run/sshd
+# Ray's temp dir (/tmp/ray: sessions, the address file a local ray.init() reads, ray up's cluster state) of
+# its own; the rest of /tmp stays shared, since the repository and its .venv may live there (a CI clone)
+mkdir -p /tmp/ray "$W/tmp/ray" "$W/run" && mount --bind "$W/tmp/ray" /tmp/ray
+mount --bind "$W/run" /run && mkdir -p /run/sshd
 cp /etc/passwd "$W/passwd" && echo "iabfnode:x:0:0:ray up test node:$W/node:/bin/bash" >> "$W/passwd"
 mount --bind "$W/passwd" /etc/passwd
 mkdir -p "$W/node" "$W/client" && chmod 700 "$W/node" "$W/client"

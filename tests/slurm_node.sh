@@ -2,7 +2,7 @@
 # A real one-node SLURM (Debian's slurm-wlm and munge: munged, slurmctld -D, slurmd -D) for
 # tests/test_slurm.py, inside namespaces of its own (unshare --net --mount --pid --fork --mount-proc):
 # loopback and one private address on a veth device (the node's `hostname -I`), /run of its own (munge's
-# socket), its daemons ended with the namespace. It runs cluster/slurm.sbatch as a user would:
+# socket), /tmp/ray of its own (Ray's sessions and address file), its daemons ended with the namespace. It runs cluster/slurm.sbatch as a user would:
 #   1. a study file that does not exist: the job's exit code is the study's (2);
 #   2. the study: sbatch, scancel once it has trained 3 epochs, then the same sbatch with --resume (--wait).
 # Each step writes $W/<step>.rc, its seconds $W/<step>.s and the job's output $W/<step>.out. Usage: slurm_node.sh W VENV ROOT STUDY
@@ -17,6 +17,8 @@ ip link set lo up
 ip link add n0 type veth peer name n1 && ip addr add $PRIVATE/24 dev n0 && ip link set n1 up && ip link set n0 up
 ip route add default dev n0
 mkdir -p "$W/run" "$W/spool" "$W/state" && mount --bind "$W/run" /run && mkdir -p /run/munge /run/slurm
+# Ray's temp dir of its own: the address file that a local ray.init() on this machine reads is in it
+mkdir -p /tmp/ray "$W/ray" && mount --bind "$W/ray" /tmp/ray
 
 # --- munge, with a key of its own ---
 head -c 1024 /dev/urandom > "$W/munge.key" && chmod 600 "$W/munge.key"

@@ -47,7 +47,7 @@ def cluster_run():
     missing = [t for t in NEEDS if not shutil.which(t)] + ([] if uv else ["uv"])
     if missing or os.geteuid() != 0:
         pytest.skip(f"needs root and {', '.join(missing) or 'nothing more'} (.ci/run installs openssh-server, rsync)")
-    work = Path(tempfile.mkdtemp(prefix="rayup", dir="/var/tmp"))   # not /tmp: the namespace mounts its own there
+    work = Path(tempfile.mkdtemp(prefix="rayup", dir="/var/tmp"))   # the node's venv (6 GB): not on a tmpfs /tmp
     (work / "node").mkdir()
     (work / "cluster.yaml").write_text(yaml.safe_dump(derived(work / "node"), sort_keys=False))
     # the image: what the AMI would have (uv; this machine's Python 3.11 and package index)
