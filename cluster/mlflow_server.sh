@@ -10,6 +10,8 @@
 #   Ray ends (`ray down`, `ray stop`): a watcher follows the node's GCS server. A start with no Ray
 #   running (SLURM, by hand) has no watcher: `stop` ends it.
 # - The store: sqlite in $MLFLOW_DIR (default ~/mlflow), artifacts served by the server from there.
+# - Two worker processes (MLFLOW_WORKERS), each given 120 s to answer uvicorn's health check: with MLflow's
+#   default (4 workers, 5 s) a busy node kills and restarts workers that are still importing, forever.
 set -euo pipefail
 cmd=${1:-start}
 dir=${MLFLOW_DIR:-$HOME/mlflow}
@@ -57,7 +59,8 @@ INI
 stop   # a server this script started before (a second `ray up`): one server, on the current settings
 MLFLOW_AUTH_CONFIG_PATH="$dir/basic_auth.ini" MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$dir/secret_key") setsid nohup "$venv/bin/mlflow" server --app-name basic-auth \
     --host "$host" --port "$port" --backend-store-uri "sqlite:///$dir/mlflow.db" \
-    --artifacts-destination "$dir/artifacts" --serve-artifacts > "$dir/server.log" 2>&1 < /dev/null &
+    --artifacts-destination "$dir/artifacts" --serve-artifacts --workers "${MLFLOW_WORKERS:-2}" \
+    --uvicorn-opts "--timeout-worker-healthcheck 120" > "$dir/server.log" 2>&1 < /dev/null &
 pid=$!
 watcher=
 if gcs=$(pgrep -u "$(id -u)" -x gcs_server | head -1); then
