@@ -10,8 +10,9 @@
 #   Ray ends (`ray down`, `ray stop`): a watcher follows the node's GCS server. A start with no Ray
 #   running (SLURM, by hand) has no watcher: `stop` ends it.
 # - The store: sqlite in $MLFLOW_DIR (default ~/mlflow), artifacts served by the server from there.
-# - Two worker processes (MLFLOW_WORKERS), each given 120 s to answer uvicorn's health check: with MLflow's
-#   default (4 workers, 5 s) a busy node kills and restarts workers that are still importing, forever.
+# - One worker process (MLFLOW_WORKERS; a study's driver is its only heavy client): MLflow's default of 4
+#   uvicorn workers with a 5 s health check made a busy node kill and restart workers still importing, forever
+#   (where more are asked for, each gets 120 s).
 set -euo pipefail
 cmd=${1:-start}
 dir=${MLFLOW_DIR:-$HOME/mlflow}
@@ -59,7 +60,7 @@ INI
 stop   # a server this script started before (a second `ray up`): one server, on the current settings
 MLFLOW_AUTH_CONFIG_PATH="$dir/basic_auth.ini" MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$dir/secret_key") setsid nohup "$venv/bin/mlflow" server --app-name basic-auth \
     --host "$host" --port "$port" --backend-store-uri "sqlite:///$dir/mlflow.db" \
-    --artifacts-destination "$dir/artifacts" --serve-artifacts --workers "${MLFLOW_WORKERS:-2}" \
+    --artifacts-destination "$dir/artifacts" --serve-artifacts --workers "${MLFLOW_WORKERS:-1}" \
     --uvicorn-opts "--timeout-worker-healthcheck 120" > "$dir/server.log" 2>&1 < /dev/null &
 pid=$!
 watcher=
@@ -71,20 +72,25 @@ if gcs=$(pgrep -u "$(id -u)" -x gcs_server | head -1); then
 fi
 echo "$pid $watcher" > "$pidfile"
 
+answers() {   # /health, then a search with the credentials (curl where the node has it: no Python to import)
+    if command -v curl > /dev/null; then
+        curl -fs -o /dev/null --max-time 5 "$1/health" &&
+            curl -fs -o /dev/null --max-time 10 -u "admin:$password" "$1/api/2.0/mlflow/experiments/search?max_results=1"
+    else
+        "$venv/bin/python" - "$1" "$password" <<'PY' 2>/dev/null
+import sys, requests
+requests.get(sys.argv[1] + "/health", timeout=5).raise_for_status()
+requests.get(sys.argv[1] + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+             auth=("admin", sys.argv[2]), timeout=10).raise_for_status()
+PY
+    fi
+}
+
 # answer before anything is run against it: /health, then a request with the credentials (its first start
 # makes two databases: a minute or more on a busy node)
 deadline=$((SECONDS + ${MLFLOW_START_TIMEOUT:-300}))
 while [ $SECONDS -lt $deadline ]; do
-    if "$venv/bin/python" - "$host" "$port" <<'PY' 2>/dev/null
-import sys, requests
-from mlflow.utils.credentials import read_mlflow_creds
-c = read_mlflow_creds()
-url = f"http://{sys.argv[1]}:{sys.argv[2]}"
-requests.get(url + "/health", timeout=2).raise_for_status()
-requests.get(url + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-             auth=(c.username, c.password), timeout=5).raise_for_status()
-PY
-    then
+    if answers "http://$host:$port"; then
         echo "MLflow tracking server: http://$host:$port (basic auth; credentials in ~/.mlflow/credentials); log: $dir/server.log"
         exit 0
     fi

@@ -226,7 +226,7 @@ def test_a_tracking_server_that_refuses_the_client_is_one_line_before_ray_starts
     venv = str(Path(sys.executable).parent.parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "RAY_ADDRESS"))}
     server = lambda cmd: subprocess.run(["bash", str(ROOT / "cluster" / "mlflow_server.sh"), *cmd],   # noqa: E731
-                                        env={**env, "HOME": str(head), "IABF_VENV": venv},
+                                        env={**env, "HOME": str(head), "IABF_VENV": venv, "MLFLOW_START_TIMEOUT": "600"},
                                         capture_output=True, text=True, timeout=200)
     started = server(["start", "127.0.0.1", str(port)])
     assert started.returncode == 0, started.stdout + started.stderr
