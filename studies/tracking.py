@@ -94,13 +94,18 @@ def changed_since(uri: str, study, experiment_dir: str) -> list[str]:
     or when the store has no parent run for the folder (nothing to compare with)."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study.name)
-    found = exp and client.search_runs([exp.experiment_id], f"tags.`{TAG_EXPERIMENT_DIR}` = '{experiment_dir}'",
-                                       max_results=1)
-    if not found:
+    parent = exp and parent_of(client, exp.experiment_id, experiment_dir)
+    if not parent:
         return []
-    then, now = found[0].data.params, study_params(study)
+    then, now = parent.data.params, study_params(study)
     return [f"{k}: {then.get(k, '(none)')} -> {now.get(k, '(none)')}" for k in sorted(set(then) | set(now))
             if k not in RESUME_MAY_CHANGE and then.get(k) != now.get(k)]
+
+
+def parent_of(client: MlflowClient, exp_id: str, experiment_dir: str):
+    """The parent run of the study whose folder is experiment_dir, or None."""
+    found = client.search_runs([exp_id], f"tags.`{TAG_EXPERIMENT_DIR}` = '{experiment_dir}'", max_results=1)
+    return found[0] if found else None
 
 
 def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str, str]:
@@ -112,11 +117,9 @@ def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str
     # MLflow 3's UI opens an experiment of no declared kind on its GenAI overview (traces, "No
     # data"); declared as model training, it opens on the study's runs
     client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
-    if resume:
-        found = client.search_runs([exp_id], f"tags.`{TAG_EXPERIMENT_DIR}` = '{experiment_dir}'", max_results=1)
-        if found:
-            client.update_run(found[0].info.run_id, status="RUNNING")
-            return exp_id, found[0].info.run_id
+    if resume and (found := parent_of(client, exp_id, experiment_dir)):
+        client.update_run(found.info.run_id, status="RUNNING")
+        return exp_id, found.info.run_id
     parent = client.create_run(exp_id, run_name=Path(experiment_dir).name, tags={
         "study": study.name, "git_commit": git_commit(), "space": str(study.path), TAG_EXPERIMENT_DIR: experiment_dir,
         "mlflow.note.content": study.description or f"study {study.name} from {study.path}"})
