@@ -407,7 +407,7 @@ def arm_grids(cells: pd.DataFrame) -> str:
         return ""
     rows_axis, cols_axis, rest = varying[-2], varying[-1], varying[:-2]
     out = []
-    for arm in arms(cells):
+    for arm in [a for a in arms(cells) if a in set(cells.arm)]:   # a grid per arm that has entries
         for key, g in (cells[cells.arm == arm].groupby(rest) if rest else [((), cells[cells.arm == arm])]):
             key = key if isinstance(key, tuple) else (key,)
             cols = sorted(g[cols_axis].unique())
