@@ -12,9 +12,13 @@ epoch, the GPU when the trial was given one, and resumable state that the trial 
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
+import os
 import pickle
+import shutil
 import socket
 import sys
 import tempfile
@@ -37,6 +41,9 @@ from .train import Diverged, load_checkpoint, models_from_state, run, save_check
 REPLAYED = "replayed"     # a result reported again on resume (see `trainable`), not a new epoch
 NODE_ID, HOSTNAME = "node_id", "hostname"   # in every result: the Ray node and host that trained it
 STATE_RESET = "state_reset"   # in every result of a trial whose state file could not be read (TrialState.load)
+STORAGE_FULL = "storage_full"  # a trial's last result when the study's storage has no room for its state (StorageFull)
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)   # a full disk, a quota used up
+STORAGE_FULL_WAIT_S = 300      # how long a trial that reported STORAGE_FULL waits for the driver to stop the study
 STATE = M.STATE           # inside every Tune checkpoint; the final one also holds the artifacts below
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
 
@@ -51,6 +58,38 @@ def config_from_params(params: dict) -> Config:
     """A trial's Config: its parameters without the study's labels; None is a parameter the trial
     leaves at its default (a study names every varying parameter in every trial)."""
     return Config.from_dict({k: v for k, v in params.items() if k not in STUDY_KEYS and v is not None})
+
+
+class StorageFull(RuntimeError):
+    """The study's storage had no room for what a trial writes (its state, its final checkpoint). Retrying
+    cannot help: the trial reports it (STORAGE_FULL) and the driver stops the study, to be resumed once
+    there is room; the trial continues from the last state it wrote."""
+
+
+def size_text(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def room(where: str) -> str:
+    """How much room a storage folder has: '1.2 MB free of 3.0 MB' (a URI's is not known here)."""
+    if "://" in where:
+        return "free space unknown"
+    here = Path(where).expanduser().resolve()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    usage = shutil.disk_usage(here)
+    return f"{size_text(usage.free)} free of {size_text(usage.total)}"
+
+
+def no_room(e: OSError, what: str, where: str, size: int | None = None) -> StorageFull | None:
+    """A StorageFull for an OSError that says the storage is full (or a quota used up), else None."""
+    if e.errno not in NO_ROOM:
+        return None
+    need = f"{size_text(size)} to write; " if size else ""
+    return StorageFull(f"{os.strerror(e.errno).lower()} writing {what} to {where} ({need}{room(where)})")
 
 
 class GPUUnusable(RuntimeError):
@@ -131,9 +170,14 @@ class TrialState:
         buffer = io.BytesIO()
         torch.save({"states": states, "history": history}, buffer)
         tmp = self.path + ".tmp"
-        with self.fs.open_output_stream(tmp) as f:   # write, then rename: never half a state
-            f.write(buffer.getbuffer())
-        self.fs.move(tmp, self.path)
+        try:
+            with self.fs.open_output_stream(tmp) as f:   # write, then rename: never half a state
+                f.write(buffer.getbuffer())
+            self.fs.move(tmp, self.path)
+        except OSError as e:
+            with contextlib.suppress(OSError):   # the part written takes room the study needs
+                self.fs.delete_file(tmp)
+            raise no_room(e, "the trial's state", self.path, buffer.getbuffer().nbytes) or e
 
     def load(self, device: str) -> dict | None:
         """The saved state, or None. A file that cannot be read (saves are atomic, so this is damage
@@ -205,9 +249,16 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
                 metrics[prefix + M.GPU_SECONDS] = metrics[prefix + M.WALL_SECONDS] * gpu
                 if cfg.device == "cuda":  # what packing several trials on one GPU has to fit
                     metrics[prefix + M.GPU_PEAK_MB] = torch.cuda.max_memory_allocated() / 2**20
-            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(d) if final else None)
+            try:   # Tune copies the final checkpoint to the study's storage here
+                tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(d) if final else None)
+            except OSError as e:
+                raise no_room(e, "the trial's final checkpoint", state_root or "the storage") or e
 
     try:
         run(cfg, report, resume=resume, data=data)
     except Diverged as e:  # end the trial here: Ray's retry from the checkpoint would diverge again
         tune.report({M.EPOCH: e.epoch, M.VAL_DISTORTION: float("nan"), M.TRAIN_LOSS: float("nan"), "failure": str(e)})
+    except StorageFull as e:   # not Tune's retry (the storage is as full for it): the driver stops the study
+        tune.report({STORAGE_FULL: f"trial {context.get_trial_id()}: {e}", **where})
+        time.sleep(STORAGE_FULL_WAIT_S)   # stopped before this ends; a driver that does not stop it gets the error
+        raise

@@ -8,10 +8,8 @@ cell with ASHA, Optuna where continuous, then a confirmation on every seed) -> M
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
-import signal
 import sys
 import time
 import warnings
@@ -23,7 +21,9 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from iabf.config import INT_MAX, ConfigError, Parser, short  # noqa: E402
 from studies.plan import DEFAULT_CELL, groups, plan  # noqa: E402
+from studies.signals import StopSignal  # noqa: E402
 from studies.space import SpaceError, check_gpu, check_stack, load_study, smoke, table_columns  # noqa: E402
+from studies.storage import check_storage, local_dir, resolve_experiment, tune_filesystem  # noqa: E402
 
 DEFAULT_SPACE = ROOT / "search_spaces" / "quick.yaml"
 
@@ -135,6 +135,9 @@ def main(argv=None) -> int:
     if held is not None:
         print(f"Ray's and MLflow's messages: {local / console.LOG_NAME}", flush=True)
     chain_steps = args.chain_steps or study.chain_steps
+    # A result that ends a trial early (diverged, no room on the storage: iabf/tune.py) may lack the study's
+    # metric; the metric itself was checked against the reported ones (studies/space.py)
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     state_root = f"{experiment_dir}/state"    # each trial's own resumable state (iabf/tune.py)
     fn = tune.with_resources(
         tune.with_parameters(trainable, chain_steps=chain_steps, state_root=state_root),
@@ -146,7 +149,8 @@ def main(argv=None) -> int:
         if held is not None:
             console.reporter(columns, study.metric)   # the classic output engine, as when the study began
         tracking.MLflowTracking.resumed_uri = uri   # the restored callback tracks here (see MLflowTracking)
-        tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=False,
+                                   storage_filesystem=tune_filesystem(experiment_dir))
     else:
         tuner = tune.Tuner(   # the searcher suggests what varies (both phases); the fixed values are the same for all
             fn, param_space=dict(study.fixed),
@@ -156,6 +160,7 @@ def main(argv=None) -> int:
                                         reuse_actors=True),  # a trial's process is reused: no re-import of torch
             run_config=tune.RunConfig(
                 name=experiment_dir.rsplit("/", 1)[1], storage_path=experiment_dir.rsplit("/", 1)[0],
+                storage_filesystem=tune_filesystem(experiment_dir),   # a full disk leaves no half-written file
                 callbacks=[tracker, console.StopLines(columns)],
                 progress_reporter=None if args.verbose else console.reporter(columns, study.metric),
                 # Tune checkpoints only a trial's end (iabf/tune.py): the trial keeps its own state every epoch
@@ -182,6 +187,12 @@ def main(argv=None) -> int:
               f"({type(e).__name__}); {tracker.unlogged() if tracker else 'some'} trial updates are not logged",
               file=sys.stderr)
         return 1
+    if stop.reason:   # the study stopped itself: a trial found no room on the storage for what it writes
+        ended = sum(counts.get(k, 0) for k in tracking.STOP_REASONS)
+        print(f"error: {stop.reason}; the study stopped: {ended} of its {planned['runs']} runs (a trial per seed) "
+              f"ended, {counts['interrupted']} unfinished; make room on the storage, then continue with:\n"
+              f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
+        return 1
     summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
     if left:
         print(f"error: {left} trial updates could not be written to MLflow at {uri}", file=sys.stderr)
@@ -198,36 +209,6 @@ def main(argv=None) -> int:
               f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
         return 130
     return 0
-
-
-class StopSignal:
-    """Ctrl-C or SIGTERM during the fit stops the study cleanly: Tune saves its state and returns, and
-    --resume finishes the study (not Ray's native abort, exit 134, which SIGTERM would give). The stop
-    is remembered, since one that lands between two trials leaves no trial unfinished to show it.
-    Tune's own SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER): ours calls the one Tune keeps for
-    SIGUSR1 while it fits. A second signal, or one outside the fit, raises KeyboardInterrupt."""
-
-    def __init__(self):
-        self.received, self.fitting = None, False
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self.handle)
-
-    def handle(self, sig, frame):
-        tune_stop = signal.getsignal(signal.SIGUSR1)
-        if not self.fitting or self.received or not callable(tune_stop):
-            raise KeyboardInterrupt
-        self.received = signal.Signals(sig).name
-        tune_stop(sig, frame)
-
-    @contextlib.contextmanager
-    def during_fit(self):
-        signal.signal(signal.SIGUSR1, signal.SIG_DFL)   # only the handler this fit installs counts
-        self.fitting = True
-        try:
-            yield
-        finally:
-            self.fitting = False
 
 
 def show_plan(args: argparse.Namespace) -> int:
@@ -295,67 +276,13 @@ def prepare(args: argparse.Namespace):
     uri = tracking.check_uri(args.tracking_uri or tracking.default_tracking_uri())
     check_storage(args.storage)
     cluster.check_address(args.address)
-    experiment_dir = resolve_experiment(args, study)
+    experiment_dir = resolve_experiment(args.storage, study, args.resume)
     if args.resume is not None and (changed := tracking.changed_since(uri, study, experiment_dir)):
         raise SpaceError(f"--resume {experiment_dir}: the study it began as differs from {args.space or study.path} "
                          f"now in {'; '.join(changed)}; a resumed study runs the plan it began with: restore the "
                          f"file (the parent run keeps it as space.yaml), or run the new plan as a new study "
                          f"(without --resume)")
     return study, uri, experiment_dir
-
-
-def check_storage(storage: str) -> None:
-    """A local --storage must be (or be makeable in) a writable folder; a URI is its store's business."""
-    if "://" in storage:
-        return
-    here = Path(storage).expanduser().resolve()
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    if not here.is_dir():
-        raise SpaceError(f"--storage {storage}: {here} is a file, not a folder")
-    if not os.access(here, os.W_OK | os.X_OK):
-        raise SpaceError(f"--storage {storage}: {here} is not writable")
-
-
-def storage_of(path: str) -> str:
-    """A folder made absolute, or a URI (s3://, gs://, file://) as given; no trailing slash."""
-    return path.rstrip("/") if "://" in path else str(Path(path).expanduser().resolve())
-
-
-def local_dir(experiment_dir: str) -> Path:
-    """Where this machine keeps a study's log and report: its folder, or ./results/<study>-<time>
-    when the study's storage is a URI."""
-    return Path(experiment_dir) if "://" not in experiment_dir else Path("results").resolve() / experiment_dir.rsplit("/", 1)[1]
-
-
-def resolve_experiment(args, study) -> str:
-    """A new study gets a fresh folder <storage>/<study>-<time>; --resume finds an existing one
-    (through pyarrow.fs, so a URI storage is searched like a folder)."""
-    import pyarrow.fs as pafs
-
-    from iabf.tune import filesystem
-
-    storage = storage_of(args.storage)
-    if args.resume is None:
-        return f"{storage}/{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-    def resumable(where: str) -> bool:
-        fs, path = filesystem(where)
-        return fs.get_file_info(f"{path}/tuner.pkl").type == pafs.FileType.File
-
-    if args.resume != "latest":
-        path = storage_of(args.resume)
-        if not resumable(path):
-            raise SpaceError(f"{path}: not a study folder to resume (no tuner.pkl)")
-        return path
-    fs, root = filesystem(storage)
-    prefix = storage[:storage.index("://") + 3] if "://" in storage else ""
-    found = sorted(prefix + info.path for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-                   if info.type == pafs.FileType.Directory and info.base_name.startswith(f"{study.name}-"))
-    found = [f for f in found if resumable(f)]
-    if not found:
-        raise SpaceError(f"{storage}: no earlier run of study {study.name!r} to resume")
-    return found[-1]
 
 
 def summarize(study, uri, exp_id, parent, experiment_dir, counts, local: Path) -> None:

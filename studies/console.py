@@ -17,6 +17,8 @@ from pathlib import Path
 from ray import tune
 
 from iabf import metrics as M
+from iabf.tune import NO_ROOM, STORAGE_FULL
+from studies.signals import request_stop
 from studies.tracking import end_of
 
 LOGGERS = ("ray", "mlflow", "alembic", "optuna")
@@ -36,10 +38,24 @@ def capture_logs() -> logging.handlers.MemoryHandler:
     return held
 
 
+class StudyLog(logging.FileHandler):
+    """The study's log file. A line it cannot write is lost, not a traceback on the console (logging's
+    default): said once, unless the storage is full, which the study says itself when a trial finds it so."""
+
+    said = False
+
+    def handleError(self, record):
+        e = sys.exc_info()[1]
+        if not self.said and not (isinstance(e, OSError) and e.errno in NO_ROOM):
+            print(f"warning: the study's log {self.baseFilename} cannot be written ({e}); "
+                  f"Ray's and MLflow's messages are lost from here", file=sys.stderr, flush=True)
+        self.said = True
+
+
 def to_file(held: logging.handlers.MemoryHandler, experiment_dir: str | Path) -> Path:
     path = Path(experiment_dir) / LOG_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = StudyLog(path)
     handler.setFormatter(held.formatter)
     held.setTarget(handler)
     held.flush()
@@ -57,7 +73,8 @@ def reporter(columns: dict[str, str], metric: str) -> tune.CLIReporter:
 
 
 class StopLines(tune.Callback):
-    """One console line for each trial that ASHA stops early or that fails."""
+    """One console line for each trial that ASHA stops early or that fails; a trial that found no room
+    on the storage stops the study (studies/signals.py), which says so once, at its end."""
 
     def __init__(self, columns: dict[str, str]):
         self.columns = columns
@@ -66,6 +83,10 @@ class StopLines(tune.Callback):
         flat = _flatten(trial.config)
         shown = " ".join(f"{name}={flat[key]}" for key, name in self.columns.items() if key in flat)
         return f"trial {trial.trial_id} ({shown})"
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if STORAGE_FULL in result:
+            request_stop(result[STORAGE_FULL])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason, failure = end_of(trial)

@@ -139,7 +139,7 @@ class StudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         key, phase, _ = self.live.get(trial_id, (None, None, None))
-        if key in self.samplers and phase == SEARCH and not result.get(REPLAYED):
+        if key in self.samplers and phase == SEARCH and not result.get(REPLAYED) and self.metric in result:
             self.samplers[key].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

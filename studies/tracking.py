@@ -36,11 +36,13 @@ from ray import tune
 
 from iabf import metrics as M
 from iabf.train import run_name
-from iabf.tune import ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, config_from_params, parts
+from iabf.tune import (ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params,
+                       parts)
 from studies.plan import PLAN_ARTIFACT, SEARCH, record
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
 STOP_REASONS = ("completed", "early_stopped", "failed")
+INTERRUPTION = "interruption"   # the tag of a run its study stopped for a reason of the trial's own (a full storage)
 STATUS = {"completed": "FINISHED", "early_stopped": "KILLED", "failed": "FAILED"}
 TAG_EXPERIMENT_DIR = "iabf.experiment_dir"   # on the parent: the Tune experiment it tracks
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,6 +271,8 @@ class MLflowTracking(tune.Callback):
                 log.tags["node_ids"] = ",".join(log.nodes)
             last = max((m.step for m in self.client.get_metric_history(run_id, M.EPOCH)), default=0)
             self.client.update_run(run_id, status="RUNNING")
+            if INTERRUPTION in found[0].data.tags:   # it runs again: what stopped it is over
+                self.client.delete_tag(run_id, INTERRUPTION)
             self.client.set_tag(run_id, "trial_id", log.trial_id)
         else:
             cfg = log.params
@@ -336,6 +340,8 @@ class MLflowTracking(tune.Callback):
         for log in self._log(trial):   # a replayed result (iabf/tune.py) fills epochs this run lacks
             if reset:   # its run continues; the epochs it had are not logged again
                 log.tags[STATE_RESET] = str(result[STATE_RESET])[:5000]
+            if STORAGE_FULL in result:   # the study stops for it (console.StopLines); the run says why
+                log.tags[INTERRUPTION] = str(result[STORAGE_FULL])[:5000]
             if node and not result.get(REPLAYED) and (not log.nodes or log.nodes[-1] != node):
                 log.nodes.append(node)
                 log.tags.update({NODE_ID: node, HOSTNAME: str(result.get(HOSTNAME, "")), "node_ids": ",".join(log.nodes)})

@@ -2,6 +2,7 @@
 `mlflow server` on loopback."""
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +53,25 @@ def start_server(tmp_path, port: int) -> subprocess.Popen:
 def stop_server(server: subprocess.Popen) -> None:
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def small_disk(folder, size: str):
+    """A filesystem of `size` (a tmpfs: `3m`) mounted at `folder` in a mount namespace of its own; yields the
+    prefix that runs a command in that namespace (nsenter). Nothing of this machine's mounts changes, and the
+    filesystem goes when the context ends."""
+    if os.geteuid() != 0 or not shutil.which("nsenter") or not shutil.which("unshare"):
+        pytest.skip("needs root, unshare and nsenter (util-linux) for a filesystem of its own")
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                               f"mount -t tmpfs -o size={size} tmpfs '{folder}' && echo mounted && exec sleep infinity"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mounted", "could not mount a tmpfs in a mount namespace"
+        yield ["nsenter", "-t", str(holder.pid), "-m", "--"]
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
 
 
 def in_namespaces(script, *args: str, timeout: float) -> subprocess.CompletedProcess:

@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "studies" / "ablation.py"
 
 
-def study(tmp_path, *args, uri=None, wait=True):
-    cmd = [sys.executable, str(SCRIPT), "--storage", str(tmp_path / "results"), "--chain-steps", "20",
+def study(tmp_path, *args, uri=None, wait=True, prefix=()):
+    """studies/ablation.py with these arguments (storage and store in tmp_path), run through `prefix` (a command
+    that runs another, such as tests/procs.small_disk's)."""
+    cmd = [*prefix, sys.executable, str(SCRIPT), "--storage", str(tmp_path / "results"), "--chain-steps", "20",
            "--tracking-uri", uri or f"sqlite:///{tmp_path / 'mlflow.db'}", *args]
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
     if not wait:

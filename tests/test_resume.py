@@ -4,17 +4,23 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from procs import small_disk
 from runner import completed, runs_of, space, study, wait_for
 
 from iabf import metrics as M
-from studies.ablation import StopSignal
+from studies.signals import StopSignal
+from studies.space import SpaceError
+from studies.storage import resolve_experiment
 
 @pytest.mark.slow
 def test_interrupted_then_killed_in_the_confirmation_study_resumes_without_duplicate_runs(tmp_path):
@@ -226,3 +232,70 @@ def test_one_study_one_driver_and_an_edited_study_file_is_refused_on_resume(tmp_
     for r in children:
         assert r.info.status == "FINISHED"
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 13))
+
+
+@pytest.mark.slow
+def test_a_full_storage_stops_the_study_in_one_line_and_resume_finishes_it_once_there_is_room(tmp_path):
+    """--storage on a 3 MB filesystem: the trial that finds no room for its state stops the study, which
+    says so in one line (where, how much was free) and exits 1, no run left RUNNING, the run saying why.
+    A --resume while the disk is still full (filled to the last byte, so that Tune's own save fails too)
+    is stopped the same way and damages nothing; once there is room, --resume finishes the study: one run
+    per trial and seed, every epoch logged once."""
+    results = tmp_path / "results"
+    p = space(tmp_path, study="full", fixed={"epochs": 6, "K": 2, "method": "iabf", "batch_size": 10},
+              search={"lam": {"grid": [0.1, 0.01]}}, seeds=[0], stack=1, max_concurrent=1)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    line = re.compile(rf"error: trial \w+: no space left on device writing the trial's state to {re.escape(str(results))}"
+                      rf"/full-[\d-]+/state/[\w-]+\.pt \([\d.]+ MB to write; (?P<free>[\d.]+ [KM]?B) free of 3\.0 MB\); "
+                      rf"the study stopped: \d of its 3 runs \(a trial per seed\) ended, 1 unfinished; make room on the "
+                      rf"storage, then continue with:\n  python studies/ablation.py --space {re.escape(str(p))} "
+                      rf"--resume {re.escape(str(results))}/full-[\d-]+")
+    with small_disk(results, "3m") as ns:
+        out = study(tmp_path, "--space", str(p), prefix=ns)
+        assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
+        assert line.fullmatch(out.stderr.strip()), out.stderr[-3000:]
+        _, runs = runs_of(client, "full")
+        assert all(r.info.status != "RUNNING" for r in runs)
+        (stopped,) = [r for r in runs if not r.data.tags.get("stop_reason")]
+        assert stopped.info.status == "KILLED" and "no space left on device" in stopped.data.tags["interruption"]
+
+        subprocess.run([*ns, "bash", "-c", f"dd if=/dev/zero of={results}/filler bs=64k 2>/dev/null; true"], check=True)
+        out = study(tmp_path, "--space", str(p), "--resume", prefix=ns)   # still full: Tune's own last save fails too
+        assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
+        said = line.fullmatch(out.stderr.strip())
+        assert said and said["free"] in ("0 B", "4.0 KB"), out.stderr[-3000:]
+        # what Tune could not write whole it did not write: its state reads, and no part of a file is left
+        check = ("import glob, json, pickle, sys; files = glob.glob(sys.argv[1] + '/full-*/*.json'); "
+                 "[(pickle.loads if d[:1] == b'\\x80' else json.loads)(d) for d in (open(f, 'rb').read() for f in files)]; "
+                 "print(len(files), len(glob.glob(sys.argv[1] + '/**/*.part', recursive=True)))")
+        state = subprocess.run([*ns, sys.executable, "-c", check, str(results)], capture_output=True, text=True)
+        assert state.returncode == 0 and state.stdout.split()[1:] == ["0"] and int(state.stdout.split()[0]) >= 2, state.stderr
+
+        subprocess.run([*ns, "bash", "-c", f"rm {results}/filler && mount -o remount,size=64m {results}"], check=True)
+        out = study(tmp_path, "--space", str(p), "--resume", prefix=ns)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (parent,), children = runs_of(client, "full")
+    assert parent.info.status == "FINISHED"
+    keys = Counter((r.data.tags["uid"], r.data.tags["seed"]) for r in children)
+    assert len(keys) == 3 and set(keys.values()) == {1}                 # 2 search + 1 confirmation, no duplicate
+    for r in children:
+        assert r.info.status == "FINISHED" and r.data.tags["stop_reason"] == "completed"
+        assert "interruption" not in r.data.tags                       # it ran again: what stopped it is over
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 7))
+
+
+def test_a_resume_from_a_tune_state_that_cannot_be_read_is_refused_naming_it(tmp_path):
+    """Tune starts a study over from nothing when its newest experiment state cannot be read (written short,
+    damaged): --resume refuses instead, naming the file; a readable one resumes."""
+    folder = tmp_path / "results" / "s-20260101-000000"
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"\x80")
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    study = SimpleNamespace(name="s")
+    assert resolve_experiment(str(tmp_path / "results"), study, "latest") == str(folder)
+    newest = folder / "experiment_state-2026-01-02_00-00-00.json"
+    newest.write_text('{"trial_data": [["{\\"trial_id')                    # written short
+    for resume in ("latest", str(folder)):
+        with pytest.raises(SpaceError, match=rf"^--resume {folder}: Tune's experiment state {newest} cannot be read "
+                                             r"\(.+\); move it aside to resume from the one before it, if any$"):
+            resolve_experiment(str(tmp_path / "results"), study, resume)

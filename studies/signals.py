@@ -1,0 +1,60 @@
+"""How a study is stopped cleanly: Ctrl-C, SIGTERM (a scheduler, `kill`, `docker stop`, a spot
+reclaim) or the study itself (a storage that filled up: iabf/tune.py's STORAGE_FULL) ends the fit
+with Tune's last save, so --resume finishes the study; a second signal stops it at once."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+
+class StopSignal:
+    """Ctrl-C or SIGTERM during the fit stops the study cleanly: Tune saves its state and returns, and
+    --resume finishes the study (not Ray's native abort, exit 134, which SIGTERM would give). The stop
+    is remembered, since one that lands between two trials leaves no trial unfinished to show it.
+    Tune's own SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER): ours calls the one Tune keeps for
+    SIGUSR1 while it fits. A second signal, or one outside the fit, raises KeyboardInterrupt.
+
+    `request(reason)` is the same stop from inside the driver (a Tune callback); the latest StopSignal
+    made is the one that `request_stop` reaches, since Tune restores callbacks from their pickle."""
+
+    current: StopSignal | None = None
+
+    def __init__(self):
+        self.received, self.fitting, self.reason = None, False, None
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle)
+        StopSignal.current = self
+
+    def handle(self, sig, frame):
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if not self.fitting or self.received or not callable(tune_stop):
+            raise KeyboardInterrupt
+        self.received = signal.Signals(sig).name
+        tune_stop(sig, frame)
+
+    def request(self, reason: str) -> None:
+        """Stop the fit as a signal would, for `reason` (said by the driver at the end); the first reason counts."""
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if self.fitting and not self.received and callable(tune_stop):
+            self.received, self.reason = "the study", reason
+            tune_stop(signal.SIGUSR1, None)
+
+    @contextlib.contextmanager
+    def during_fit(self):
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)   # only the handler this fit installs counts
+        self.fitting = True
+        try:
+            yield
+        finally:
+            self.fitting = False
+
+
+def request_stop(reason: str) -> bool:
+    """Stop the study being fitted in this process, if any, for `reason`. Returns whether one was."""
+    stop = StopSignal.current
+    if stop is None or not stop.fitting:
+        return False
+    stop.request(reason)
+    return True
