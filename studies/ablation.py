@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
         study, uri, experiment_dir = prepare(args)
         # one study, one driver: a second --resume of a study that a live driver runs is refused here
         guard = lock.hold(local_dir(experiment_dir)) if args.resume is not None else None
-    except (SpaceError, ConfigError, DataError, tracking.TrackingError, ConnectionError, lock.StudyBusy) as e:
+    except (SpaceError, ConfigError, DataError, tracking.TrackingError, ConnectionError, lock.StudyBusy,
+            lock.NoRoom) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -121,7 +123,12 @@ def main(argv=None) -> int:
         print(warning, file=sys.stderr, flush=True)
     stop = StopSignal()   # Ctrl-C, and SIGTERM as a scheduler, `kill`, `docker stop` or a spot reclaim send it
     local = local_dir(experiment_dir)   # the log and the report: on this machine, whatever the storage
-    guard = guard or lock.hold(local)   # a new study's folder is its own: held until this driver ends
+    try:
+        guard = guard or lock.hold(local)   # a new study's folder is its own: held until this driver ends
+    except lock.NoRoom as e:
+        shutil.rmtree(local, ignore_errors=True)   # made a moment ago, by this driver: nothing of it stays
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if held is not None:
         console.to_file(held, local)
 

@@ -6,6 +6,7 @@ cleaned up before a later --resume. The file says who holds it. On a URI storage
 this machine's copy of the study's folder (./results/<study>): it guards this machine only."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -17,6 +18,10 @@ LOCK_NAME = "driver.lock"
 
 class StudyBusy(RuntimeError):
     """Another live driver runs this study."""
+
+
+class NoRoom(RuntimeError):
+    """The study's folder has no room for even its lock (a full storage, a quota used up)."""
 
 
 def hold(folder: Path):
@@ -35,6 +40,15 @@ def hold(folder: Path):
                         f"(Ctrl-C or kill -TERM on that host), then --resume") from None
     f.seek(0)
     f.truncate()
-    f.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-    f.flush()
+    try:
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        f.flush()
+    except OSError as e:
+        from iabf.tune import no_room
+
+        if (full := no_room(e, "the study's lock", str(path))) is None:
+            raise
+        with contextlib.suppress(OSError):   # closing flushes what could not be written
+            f.close()
+        raise NoRoom(f"{full}; make room on the storage, then run the study again") from None
     return f

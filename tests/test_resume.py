@@ -236,7 +236,7 @@ def test_one_study_one_driver_and_an_edited_study_file_is_refused_on_resume(tmp_
 
 @pytest.mark.slow
 def test_a_full_storage_stops_the_study_in_one_line_and_resume_finishes_it_once_there_is_room(tmp_path):
-    """--storage on a 3 MB filesystem: the trial that finds no room for its state stops the study, which
+    """--storage on a 3 MB filesystem. Full to begin with: one line, exit 1, nothing left. Then the trial that finds no room for its state stops the study, which
     says so in one line (where, how much was free) and exits 1, no run left RUNNING, the run saying why.
     A --resume while the disk is still full (filled to the last byte, so that Tune's own save fails too)
     is stopped the same way and damages nothing; once there is room, --resume finishes the study: one run
@@ -251,6 +251,17 @@ def test_a_full_storage_stops_the_study_in_one_line_and_resume_finishes_it_once_
                       rf"storage, then continue with:\n  python studies/ablation.py --space {re.escape(str(p))} "
                       rf"--resume {re.escape(str(results))}/full-[\d-]+")
     with small_disk(results, "3m") as ns:
+        fill = [*ns, "bash", "-c", f"dd if=/dev/zero of={results}/filler bs=64k 2>/dev/null; true"]
+        subprocess.run(fill, check=True)                               # no room to begin with: nothing is left
+        out = study(tmp_path, "--space", str(p), prefix=ns)
+        assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
+        assert re.fullmatch(rf"error: no space left on device writing the study's lock to {re.escape(str(results))}"
+                            r"/full-[\d-]+/driver\.lock \(0 B free of 3\.0 MB\); make room on the storage, then run the "
+                            r"study again", out.stderr.strip()), out.stderr
+        listed = subprocess.run([*ns, "ls", "-A", str(results)], capture_output=True, text=True, check=True)
+        assert listed.stdout.split() == ["filler"]
+        subprocess.run([*ns, "rm", f"{results}/filler"], check=True)
+
         out = study(tmp_path, "--space", str(p), prefix=ns)
         assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
         assert line.fullmatch(out.stderr.strip()), out.stderr[-3000:]
@@ -259,7 +270,7 @@ def test_a_full_storage_stops_the_study_in_one_line_and_resume_finishes_it_once_
         (stopped,) = [r for r in runs if not r.data.tags.get("stop_reason")]
         assert stopped.info.status == "KILLED" and "no space left on device" in stopped.data.tags["interruption"]
 
-        subprocess.run([*ns, "bash", "-c", f"dd if=/dev/zero of={results}/filler bs=64k 2>/dev/null; true"], check=True)
+        subprocess.run(fill, check=True)
         out = study(tmp_path, "--space", str(p), "--resume", prefix=ns)   # still full: Tune's own last save fails too
         assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
         said = line.fullmatch(out.stderr.strip())
