@@ -15,16 +15,17 @@ import sys
 import warnings
 
 from analysis import tables
-from analysis.fetch import FetchError, check_store, fetch_runs, table_runs
+from analysis.fetch import chooser, fetch_runs, study_params, table_runs
 from iabf.metrics import STATE
+from iabf.record import COMPLETED, STOP_REASON, StoreError, check_store
 
 
 def best(uri: str, study: str, parent: str | None = None) -> tuple[list[dict], bool]:
     """One record per table entry (cell and arm). Returns (records, confirmed): confirmed is False
     for a study without confirmation runs, whose records are then its best search runs."""
     everything = fetch_runs(uri, study, parent, include_unfinished=True)
-    runs, confirmed = table_runs(everything[everything.stop_reason == "completed"])
-    entries = tables.select_cells(runs, context=everything)
+    runs, confirmed = table_runs(everything[everything[STOP_REASON] == COMPLETED])
+    entries = tables.select_cells(runs, context=everything, **chooser(study_params(uri, study, parent)))
     by_id = runs.set_index("run_id")
     records = []
     for e in entries.itertuples():
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             records, confirmed = best(args.tracking_uri, args.study, args.parent)
-    except FetchError as e:
+    except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

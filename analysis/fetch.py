@@ -9,80 +9,16 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from iabf import metrics as M
+from iabf import record as R
 from iabf.config import FIELD_TYPES, Config
-from studies.plan import CONFIRM, DEFAULT_CELL, PLAN_ARTIFACT, SEARCH, axes_of, cell_label, cell_of
+from iabf.record import (CELL_PREFIX, COMPLETED, CONFIRM, DEFAULT_CELL, FAILURE, PLAN_ARTIFACT, SEARCH, STOP_REASON, StoreError,
+                         axes_of, cell_label, cell_of)
+COLUMNS = ["dataset", "bits", "method", "eps", "channel", "lam", "K", "seed", STOP_REASON, "val", "test",
+           "run_id", "config_hash", "run_name", FAILURE, R.PHASE, R.CELL, R.ARM, R.UID, R.CONFIRMS, "epochs"]
 
-CELL_PREFIX = "cell."   # a run's value of each of its study's cell axes: cell.K, cell.flip_budget, ...
-COLUMNS = ["dataset", "bits", "method", "eps", "channel", "lam", "K", "seed", "stop_reason", "val", "test",
-           "run_id", "config_hash", "run_name", "failure", M.PHASE, M.CELL, M.ARM, M.UID, M.CONFIRMS, "epochs"]
 
-
-class FetchError(LookupError):
+class FetchError(StoreError):
     """The study or run asked for is not in the tracking store."""
-
-
-def limit_mlflow_retries() -> None:
-    """A lost tracking server should cost seconds per attempt, not minutes (MLflow's defaults retry
-    7 times with backoff); what the environment sets wins."""
-    import os
-
-    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
-        os.environ.setdefault(key, value)
-
-
-def check_store(uri: str) -> None:
-    """A store to read from, checked before anything is opened or written: a sqlite file that
-    exists and is a database (MLflow's client would create an empty one), or a server that answers
-    within seconds (MLflow's client retries for minutes). Raises FetchError."""
-    limit_mlflow_retries()
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme == "sqlite":
-        path = Path(uri.split(":///", 1)[-1]).expanduser()
-        if not path.is_file():
-            raise FetchError(f"no tracking store at {path} (tracking URI {uri!r})")
-        with open(path, "rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                raise FetchError(f"{path} is not an SQLite database (tracking URI {uri!r})")
-    elif scheme in ("http", "https"):
-        import requests
-
-        try:
-            refused = server_refusal(uri)
-        except requests.RequestException as e:
-            raise FetchError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__})") from None
-        if refused:
-            raise FetchError(refused)
-
-
-CREDENTIALS_HELP = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or put them in ~/.mlflow/credentials "
-                    "(on a cluster made by cluster.yaml or cluster/slurm.sbatch the head's ~/.mlflow/credentials has them)")
-
-
-def server_refusal(uri: str) -> str | None:
-    """Why a tracking server refuses this client, in one line (None: it answers). MLflow's basic-auth app
-    answers 401 to missing or wrong credentials; its host check (--allowed-hosts) or a proxy answers 403.
-    The credentials are the ones MLflow's own client sends: its environment variables, else
-    ~/.mlflow/credentials. Raises requests.RequestException for a server that does not answer."""
-    import requests
-    from mlflow.utils.credentials import read_mlflow_creds
-
-    base = uri.rstrip("/")
-    creds = read_mlflow_creds()
-    auth = (creds.username, creds.password) if creds.username else None
-    for path, params in (("/health", None), ("/api/2.0/mlflow/experiments/search", {"max_results": 1})):
-        answer = requests.get(base + path, params=params, auth=auth, timeout=10)
-        said = " ".join(answer.text.split())[:160]
-        if answer.status_code == 401:
-            who = f"refused the credentials of user {creds.username!r}" if auth else "asks for credentials and none were given"
-            return f"MLflow tracking server {uri} {who} (401); {CREDENTIALS_HELP}"
-        if answer.status_code == 403:
-            host = base.split("://", 1)[-1].split("/", 1)[0]
-            why = (f"its host check does not allow {host!r}: start it with --allowed-hosts {host}" if "host" in said.lower()
-                   else f"user {creds.username!r} may not read its experiments" if auth else CREDENTIALS_HELP)
-            return f"MLflow tracking server {uri} refused this client (403: {said}); {why}"
-        answer.raise_for_status()
-    return None
 
 
 def _typed(params: dict) -> dict:
@@ -122,23 +58,23 @@ def fetch_runs(tracking_uri: str, study: str, parent: str | None = None, include
         rows.append({"dataset": cfg.dataset, "bits": cfg.bits, "method": cfg.method, "eps": cfg.eval_eps,
                      "channel": cfg.channel,
                      "lam": cfg.lam if cfg.method == "iabf" else float("nan"), "K": cfg.K, "seed": cfg.seed,
-                     "stop_reason": r.data.tags.get("stop_reason", "running"),
+                     STOP_REASON: r.data.tags.get(STOP_REASON, "running"),
                      "val": r.data.metrics.get(M.BEST_VAL_DISTORTION, float("nan")),
                      "test": r.data.metrics.get(M.TEST_DISTORTION, float("nan")),
                      "run_id": r.info.run_id, "config_hash": r.data.tags.get("config_hash", ""),
-                     "run_name": r.info.run_name, "failure": r.data.tags.get("failure", ""),
+                     "run_name": r.info.run_name, FAILURE: r.data.tags.get(FAILURE, ""),
                      # the protocol's labels (studies/plan.py); a run from before them is a search run
                      # of its own cell, in the arm of its method
-                     M.PHASE: tags.get(M.PHASE, SEARCH), M.ARM: tags.get(M.ARM, cfg.method),
-                     M.CELL: tags.get(M.CELL, cell_label(cell)),
-                     M.UID: tags.get(M.UID, ""), M.CONFIRMS: tags.get(M.CONFIRMS, ""),
+                     R.PHASE: tags.get(R.PHASE, SEARCH), R.ARM: tags.get(R.ARM, cfg.method),
+                     R.CELL: tags.get(R.CELL, cell_label(cell)),
+                     R.UID: tags.get(R.UID, ""), R.CONFIRMS: tags.get(R.CONFIRMS, ""),
                      "epochs": r.data.metrics.get(M.EPOCH, 0.0),
                      **{f"{CELL_PREFIX}{k}": v for k, v in cell.items()},
                      **{f"param.{k}": v for k, v in cfg.to_dict().items()},
                      **{f"metric.{k}": v for k, v in r.data.metrics.items()}})
     df = pd.DataFrame(rows, columns=None if rows else [*COLUMNS, *(CELL_PREFIX + a for a in axes)])
     if not include_unfinished and len(df):
-        df = df[df.stop_reason == "completed"]
+        df = df[df[STOP_REASON] == COMPLETED]
     return df.sort_values(["dataset", "method", "eps", "arm", "lam", "seed"], na_position="first").reset_index(drop=True)
 
 
@@ -170,7 +106,7 @@ def load_plan(client: MlflowClient, par) -> dict | None:
 def table_runs(trials: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     """The runs a table reports: the confirmation runs when the study has them (each cell and arm
     then has all its seeds), else every completed run (search results). Returns (runs, confirmed)."""
-    confirmed = trials[trials[M.PHASE] == CONFIRM]
+    confirmed = trials[trials[R.PHASE] == CONFIRM]
     return (confirmed, True) if len(confirmed) else (trials, False)
 
 
@@ -186,6 +122,12 @@ def study_params(tracking_uri: str, study: str, parent: str | None = None) -> di
     arms, fixed.<key>, by_dataset.<dataset>.<key>, ...; values as MLflow stores them (text)."""
     _, par = parent_run(MlflowClient(tracking_uri), study, parent)
     return dict(par.data.params)
+
+
+def chooser(params: dict) -> dict:
+    """The metric and mode the study chose its configurations by (its parent run's parameters), for
+    analysis.tables.select_cells: a table chooses as its study did."""
+    return {"metric": params.get("metric", M.VAL_DISTORTION), "mode": params.get("mode", "min")}
 
 
 def planned_arms(params: dict) -> list[str] | None:

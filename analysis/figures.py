@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from iabf.record import CELL_PREFIX, value_text  # noqa: E402
+
 COLORS = {"necst": "tab:red", "abf": "tab:blue", "iabf": "tab:green"}   # the paper's Fig. 2: red vs green
 NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF"}
 
@@ -103,7 +105,7 @@ def cell_axis_plot(cells: pd.DataFrame, column: str, others: list[str], label=la
     cells: analysis.tables.select_cells' entries (cell.<axis> columns, arm, method, test, tests)."""
     from scipy import stats
 
-    name = column.removeprefix("cell.")
+    name = column.removeprefix(CELL_PREFIX)
     groups = list(cells.groupby(others, sort=True)) if others else [((), cells)]
     fig, axes = grid_of(len(groups), 4, 3)
     styles = {"necst": "o-", "abf": "s--", "iabf": "^-."}
@@ -122,8 +124,8 @@ def cell_axis_plot(cells: pd.DataFrame, column: str, others: list[str], label=la
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted(cells[column].astype(float).unique()), map(lambda v: f"{v:g}", sorted(
                 cells[column].astype(float).unique())))
-        ax.set_title(", ".join(f"{o.removeprefix('cell.')}={v:g}" if isinstance(v, float) else
-                               f"{o.removeprefix('cell.')}={v}" for o, v in zip(others, key)) or name, fontsize=9)
+        ax.set_title(", ".join(f"{o.removeprefix(CELL_PREFIX)}={value_text(v)}" for o, v in zip(others, key)) or name,
+                     fontsize=9)
         ax.set_xlabel(name)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"test distortion (mean, {level:.0%} CI)")
@@ -169,14 +171,30 @@ def sample_grids(images: dict, title: str):
     return fig
 
 
-def edge_note(x: pd.Series, y: pd.Series, param: str) -> str | None:
-    """A note when the x with the lowest y is the lowest or highest value searched."""
+def edge_note(x: pd.Series, y: pd.Series, param: str, declared: tuple[str, list] | None = None) -> str | None:
+    """A note when the x with the lowest y is at the edge of what the study searched: for a grid (or
+    choice, or where the record does not say), its lowest or highest value; for a distribution
+    (iabf.record.declared_search), the most extreme value tried that also lies in the outer tenth of the
+    declared range (on the log scale for loguniform). A continuous search is judged by its declared
+    range, not by the few values it happened to draw."""
     if x.nunique() < 2:
         return None
     best = x[y.idxmin()]
     if best not in (x.min(), x.max()):
         return None
-    return f"best {param} = {best:g} is at the edge of the searched range [{x.min():g}, {x.max():g}]"
+    kind, args = declared or ("grid", [x.min(), x.max()])
+    if kind in ("grid", "choice"):
+        lo, hi = min(args), max(args)
+        if best not in (lo, hi):
+            return None
+        return f"best {param} = {best:g} is at the edge of the searched range [{lo:g}, {hi:g}]"
+    lo, hi = float(args[0]), float(args[1]) - (kind == "randint")   # randint's high is exclusive
+    scale = np.log if kind == "loguniform" else (lambda v: v)
+    where = (scale(best) - scale(lo)) / (scale(hi) - scale(lo)) if hi > lo else 0.5
+    if 0.1 <= where <= 0.9:
+        return None
+    return (f"best {param} = {best:g} is near the edge of the declared range [{lo:g}, {hi:g}] ({kind}): in its "
+            f"outer tenth, and the most extreme value tried")
 
 
 def axis_plot(trials: pd.DataFrame, param: str, value: str = "val", label: str = "best validation distortion"):

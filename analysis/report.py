@@ -22,28 +22,28 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from analysis import figures, tables
-from iabf import metrics as M
-from studies.plan import SEARCH
-from analysis.fetch import (FetchError, check_store, display_uri, fetch_runs, metric_history, planned_arms, study_params, study_plan,
+from iabf import record as R
+from iabf.record import CELL_PREFIX, COMPLETED, FAILED, SEARCH, STOP_REASON, StoreError, check_store, value_text
+from analysis.fetch import (FetchError, chooser, display_uri, fetch_runs, metric_history, planned_arms, study_params, study_plan,
                             table_runs)
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-NOT_SEARCHED = ("param.seed", "param.stack", "param.data_dir", "param.device", "param.download")
 
 
 def searched_params(trials: pd.DataFrame) -> list[str]:
     """Numeric parameters that vary within a group (cell and arm) of the study's trials, seeds aside:
     what a search chose between, not what tells one arm from another."""
-    groups = trials.groupby([M.CELL, M.ARM]) if {M.CELL, M.ARM} <= set(trials.columns) else [(None, trials)]
-    return [c for c in trials.columns if c.startswith("param.") and c not in NOT_SEARCHED
+    groups = trials.groupby([R.CELL, R.ARM]) if {R.CELL, R.ARM} <= set(trials.columns) else [(None, trials)]
+    return [c for c in trials.columns if c.startswith("param.") and c not in tables.NOT_CONFIG
             and pd.api.types.is_numeric_dtype(trials[c]) and not pd.api.types.is_bool_dtype(trials[c])
             and any(g[c].nunique() > 1 for _, g in groups)]
 
 
-def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
+def axis_figures(trials: pd.DataFrame, out: Path, params: dict | None = None) -> list[str]:
     """One axis plot per searched parameter. Across several groups (cell and arm), distortion is shown
-    relative to the best of its group, so scales are comparable; edge notes are per group."""
-    notes, cell = [], [M.CELL, M.ARM]
+    relative to the best of its group, so scales are comparable; edge notes are per group, against the
+    range the study declared (its parent run's `params`)."""
+    notes, cell = [], [R.CELL, R.ARM]
     for param in searched_params(trials):
         df = trials.copy()
         several = df.groupby(cell).ngroups > 1
@@ -53,7 +53,8 @@ def axis_figures(trials: pd.DataFrame, out: Path) -> list[str]:
                                       else "best validation distortion")
         figures.save(fig, out, f"axis_{param.removeprefix('param.')}")
         for key, group in trials.groupby(cell):
-            note = figures.edge_note(group[param], group.val, param.removeprefix("param."))
+            name = param.removeprefix("param.")
+            note = figures.edge_note(group[param], group.val, name, R.declared_search(params or {}, name))
             if note:
                 notes.append(f"{key[0]} {key[1]}: {note}")
     return notes
@@ -71,7 +72,7 @@ def is_table1(cells: pd.DataFrame) -> bool:
 def panel_name(entry: pd.Series, axes: list[str]) -> str:
     """A figure panel's title: eps as the paper writes it, other axes as axis=value."""
     parts = [f"$\\epsilon$ = {entry[c]:g}" if tables.axis_name(c) in ("eps", "test_eps") else
-             f"{tables.axis_name(c)}={tables.value_text(entry[c])}" for c in axes]
+             f"{tables.axis_name(c)}={value_text(entry[c])}" for c in axes]
     return ", ".join(parts) or f"$\\epsilon$ = {entry.eps:g}"
 
 
@@ -112,7 +113,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     missing cells print '--' with a warning. against: another study's table1.csv to set beside it."""
     out = Path(out)
     everything = fetch_runs(uri, study, parent, include_unfinished=True)
-    completed = everything[everything.stop_reason == "completed"].reset_index(drop=True)
+    completed = everything[everything[STOP_REASON] == COMPLETED].reset_index(drop=True)
     written: dict[str, Path] = {}
     if completed.empty:
         raise NothingToReport(f"study {study!r} has no completed trial yet: nothing to tabulate")
@@ -127,11 +128,12 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
                       "results on the search seeds); finish the study with `python studies/ablation.py --space "
                       "<its file> --resume`", stacklevel=2)
     trials = trials.reset_index(drop=True)
-    cells = tables.select_cells(trials, context=everything)   # what a group searched: all its runs
+    cells = tables.select_cells(trials, context=everything,   # what a group searched: all its runs
+                                **chooser(params))           # chosen as the study chose
     arms = planned_arms(params)
     # warns once per entry the study planned and did not get
     latex = tables.to_latex(cells, confirmed=confirmed, planned=arms, provisional=provisional)
-    for label in sorted({c["cell"] for c in (plan or {}).get("cells", [])} - set(trials[M.CELL])):
+    for label in sorted({c["cell"] for c in (plan or {}).get("cells", [])} - set(trials[R.CELL])):
         warnings.warn(f"missing cell: {label}, planned, has no {'confirmation' if confirmed else 'completed'} run")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # ... and the other formats need not say it again
@@ -149,7 +151,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     client = MlflowClient(uri)
     cells = tables.with_cells(cells)
     axes = tables.cell_columns(cells)
-    by = [c for c in (tables.CELL_PREFIX + "dataset", tables.CELL_PREFIX + "channel") if c in axes] or ["dataset"]
+    by = [c for c in (CELL_PREFIX + "dataset", CELL_PREFIX + "channel") if c in axes] or ["dataset"]
     for key, dcells in cells.groupby(by):
         key = key if isinstance(key, tuple) else (key,)
         dataset = dcells.dataset.iloc[0]
@@ -193,9 +195,9 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
             figures.save(figures.cell_axis_plot(cells, column, others, tables.arm_label), out,
                          f"axis_cell_{tables.axis_name(column)}")
     # the axes of the search: every completed search run against what it searched
-    notes = axis_figures(completed[completed[M.PHASE] == SEARCH] if confirmed else trials, out)
+    notes = axis_figures(completed[completed[R.PHASE] == SEARCH] if confirmed else trials, out, params)
     spent = tables.cost(everything, plan)
-    failed = everything[everything.stop_reason == "failed"]
+    failed = everything[everything[STOP_REASON] == FAILED]
     written["cost.csv"] = out / "cost.csv"
     spent.to_csv(written["cost.csv"], index=False)
 
@@ -301,7 +303,7 @@ def main(argv=None) -> int:
         if args.against is not None:
             tables.read_table(args.against)      # a bad file fails before anything is written
         written = write_report(args.tracking_uri, args.study, args.out, args.parent, against=args.against)
-    except (FetchError, tables.TableError) as e:
+    except (StoreError, tables.TableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NothingToReport as e:

@@ -19,8 +19,9 @@ import pandas as pd
 from scipy import stats
 
 from iabf import metrics as M
+from iabf import record as R
 from iabf.datasets import SPECS
-from studies.plan import CONFIRM
+from iabf.record import CELL_PREFIX, CONFIRM, value_text
 
 METHODS = ("necst", "abf", "iabf")
 METHOD_NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF", "separation": "Separation"}
@@ -28,9 +29,8 @@ DATASET_ORDER = ("binary_mnist", "omniglot", "cifar10", "mnist", "digits")   # t
 DATASET_NAMES = {k: spec.display for k, spec in SPECS.items()}   # one of one's own: by its name, or name_datasets
 PAPER_TABLE1 = Path(__file__).with_name("paper_table1.csv")
 CELL = ["dataset", "bits", "method", "eps"]      # the paper's entries, which the reproduction compares
-CELL_PREFIX = "cell."                            # analysis.fetch: a run's value of each cell axis
 LEGACY_AXES = ("dataset", "bits", "eps")         # the cell of a frame without cell columns (older callers)
-NOT_CONFIG = ("param.seed", "param.stack", "param.data_dir", "param.device", "param.download", "param.compile")
+NOT_CONFIG = tuple(f"param.{k}" for k in R.NOT_CONFIG)   # a frame's columns of what is not a configuration
 
 
 def name_datasets(names: dict[str, str]) -> None:
@@ -52,7 +52,7 @@ def config_text(row: pd.Series, columns) -> str:
         v = row[c]
         if isinstance(v, float) and math.isnan(v):
             continue
-        parts.append(f"{c.removeprefix('param.')}={v:g}" if isinstance(v, float) else f"{c.removeprefix('param.')}={v}")
+        parts.append(f"{c.removeprefix('param.')}={value_text(v)}")
     return " ".join(parts)
 
 
@@ -79,18 +79,15 @@ def axis_name(column: str) -> str:
     return column.removeprefix(CELL_PREFIX)
 
 
-def value_text(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFrame | None = None) -> pd.DataFrame:
+def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFrame | None = None,
+                 metric: str = M.VAL_DISTORTION, mode: str = "min") -> pd.DataFrame:
     """One row per table entry (cell and arm): its configuration, its test mean, std, n, per-seed
     values; `best` (lowest test mean among the arms of its cell) and `tied` (not significantly
     different from the best: Welch's t-test, p >= alpha; needs 2+ seeds on both sides). An entry
     of confirmation runs is one configuration; an entry of search results with several is given
-    the one with the lowest mean validation distortion. `config`: the chosen values of the
-    parameters that vary between the runs of its entry in `context` (default: `trials`; the
-    study's search runs show what was searched)."""
+    the one the study's own rule chooses (iabf.record.choose on its `metric` and `mode`, the mean
+    over seeds). `config`: the chosen values of the parameters that vary between the runs of its
+    entry in `context` (default: `trials`; the study's search runs show what was searched)."""
     empty = ["cell", "dataset", "bits", "method", "eps", "arm", "config_hash", "config", "lam", "K", "val", "test",
              "std", "n", "tests", "run_ids", "best", "tied", "p_value"]
     if trials.empty:
@@ -103,20 +100,27 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
     varying = {key: [c for c in params if c in group and group[c].astype(str).nunique() > 1]
                for key, group in context.groupby(entry, dropna=False)}
     first = {c: (c, "first") for c in ("dataset", "bits", "method", "eps", "cell", *params) if c in trials}
+    trials = trials.assign(score=trials[score_column(trials, metric)],
+                           epochs=trials["epochs"] if "epochs" in trials else 0)
     configs = (trials.groupby([*entry, "config_hash"], dropna=False)
                .agg(lam=("lam", "first"), K=("K", "first"), val=("val", "mean"), test=("test", "mean"),
+                    score=("score", "mean"), epochs=("epochs", "max"),
                     std=("test", "std"), n=("test", "size"), tests=("test", list), run_ids=("run_id", list),
                     **({"seeds": ("seed", list)} if "seed" in trials else {}),
                     **{c: spec for c, spec in first.items() if c not in entry})
                .reset_index())
     configs["config"] = [config_text(r, varying.get(tuple(r[k] for k in entry), [])) or "(none searched)"
                          for _, r in configs.iterrows()]
-    if M.PHASE in trials and (trials[M.PHASE] == CONFIRM).all():
+    if R.PHASE in trials and (trials[R.PHASE] == CONFIRM).all():
         several = configs.groupby(entry, dropna=False).size()
         for key in several[several > 1].index:
             warnings.warn(f"entry {key} has {several[key]} configurations among its confirmation runs: the study's "
                           "cells do not tell them apart; the one best by validation is shown", stacklevel=2)
-    cells = configs.sort_values("val", kind="stable").groupby(entry, dropna=False).head(1).copy()
+    chosen = []
+    for _, group in configs.groupby(entry, dropna=False, sort=False):
+        pick = R.choose([{"uid": i, "epoch": r.epochs, "score": r.score} for i, r in group.iterrows()], mode)
+        chosen.append(pick["uid"] if pick else group.index[0])
+    cells = configs.loc[chosen].copy()
     cells["best"], cells["tied"], cells["p_value"] = False, False, float("nan")
     for _, col in cells.groupby(axes, dropna=False):
         best = col["test"].idxmin()
@@ -130,6 +134,17 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
     order = {m: i for i, m in enumerate(METHODS)}
     return cells.sort_values([*axes, "method", "arm"],
                              key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
+
+
+def score_column(trials: pd.DataFrame, metric: str) -> str:
+    """The column of each run's score for the study's metric (iabf.record.score_key): analysis.fetch's
+    metric.<key>, or `val` (the best validation distortion) in a frame that has no metric columns."""
+    key = R.score_key(metric)
+    if f"metric.{key}" in trials:
+        return f"metric.{key}"
+    if key == M.BEST_VAL_DISTORTION and "val" in trials:
+        return "val"
+    raise TableError(f"the runs have no {key!r} metric, which chooses the study's configurations (metric: {metric})")
 
 
 def welch_samples(a: list, b: list, level: float = 0.95) -> tuple[float, float, float]:
@@ -616,10 +631,10 @@ def cost(trials: pd.DataFrame, plan: dict | None = None) -> pd.DataFrame:
     without early stopping would have cost (from the study's plan, when it logged one)."""
     df = trials.assign(gpu_hours=trials.get("metric.sys/gpu_seconds", 0.0) / 3600,
                        trial_hours=trials.get("metric.sys/wall_seconds", 0.0) / 3600,
-                       search_epochs=trials.epochs.where(trials[M.PHASE] != CONFIRM, 0.0),
-                       confirm_epochs=trials.epochs.where(trials[M.PHASE] == CONFIRM, 0.0)).fillna(
+                       search_epochs=trials.epochs.where(trials[R.PHASE] != CONFIRM, 0.0),
+                       confirm_epochs=trials.epochs.where(trials[R.PHASE] == CONFIRM, 0.0)).fillna(
         {"gpu_hours": 0.0, "trial_hours": 0.0})
-    out = (df.groupby(M.CELL).agg(runs=("run_id", "size"), search_epochs=("search_epochs", "sum"),
+    out = (df.groupby(R.CELL).agg(runs=("run_id", "size"), search_epochs=("search_epochs", "sum"),
                                   confirm_epochs=("confirm_epochs", "sum"), trial_hours=("trial_hours", "sum"),
                                   gpu_hours=("gpu_hours", "sum")).reset_index())
     planned = {c["cell"]: c["full_grid_epochs"] for c in (plan or {}).get("cells", [])}

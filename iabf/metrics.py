@@ -31,12 +31,6 @@ GPU_PEAK_MB = "sys/gpu_peak_mb"           # peak GPU memory allocated by the tri
 # `analysis.best` points at, so it is named here, where analysis can read it without Ray
 STATE = "checkpoint.pt"
 
-# The tags a study puts on every trial's run (studies/plan.py says what they mean): the analysis
-# keys its tables on them
-PHASE, CELL, ARM, UID, CONFIRMS = "phase", "cell", "arm", "uid", "confirms"
-LABELS = (PHASE, CELL, ARM, UID, CONFIRMS)
-
-
 def seed_key(seed: int, key: str) -> str:
     """A stacked trial's per-seed copy of a metric (see stacked.seed_metrics): seed3/val/distortion."""
     return f"seed{seed}/{key}"

@@ -32,6 +32,7 @@ import torch
 from ray import tune
 
 from . import metrics as M
+from . import record as R
 from .config import Config, seed_configs
 from .data import load_for, to_float
 from .sampling import markov_chain, reconstructions, save_grid
@@ -51,7 +52,7 @@ ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
 # A study's labels of a trial (studies/plan.py, names in iabf.metrics), not Config fields: its phase, cell, arm, its
 # identity (uid: the same for the same trial suggested again after a resume) and, for a
 # confirmation, the uid of the search trial it confirms.
-STUDY_KEYS = M.LABELS
+STUDY_KEYS = R.LABELS
 
 
 def config_from_params(params: dict) -> Config:
@@ -257,7 +258,7 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
     try:
         run(cfg, report, resume=resume, data=data)
     except Diverged as e:  # end the trial here: Ray's retry from the checkpoint would diverge again
-        tune.report({M.EPOCH: e.epoch, M.VAL_DISTORTION: float("nan"), M.TRAIN_LOSS: float("nan"), "failure": str(e)})
+        tune.report({M.EPOCH: e.epoch, M.VAL_DISTORTION: float("nan"), M.TRAIN_LOSS: float("nan"), R.FAILURE: str(e)})
     except StorageFull as e:   # not Tune's retry (the storage is as full for it): the driver stops the study
         tune.report({STORAGE_FULL: f"trial {context.get_trial_id()}: {e}", **where})
         time.sleep(STORAGE_FULL_WAIT_S)   # stopped before this ends; a driver that does not stop it gets the error

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from iabf.config import INT_MAX, ConfigError, Parser, short  # noqa: E402
-from studies.plan import DEFAULT_CELL, groups, plan  # noqa: E402
+from iabf.record import COMPLETED, DEFAULT_CELL, FAILED, INTERRUPTED, STOP_REASONS  # noqa: E402
+from studies.plan import groups, plan  # noqa: E402
 from studies.signals import StopSignal  # noqa: E402
 from studies.space import SpaceError, check_gpu, check_stack, load_study, smoke, table_columns  # noqa: E402
 from studies.storage import check_storage, local_dir, resolve_experiment, tune_filesystem  # noqa: E402
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
         return 2
     if args.plan:   # before torch, Ray and MLflow are imported: a plan takes a second
         return show_plan(args)
-    from analysis.fetch import limit_mlflow_retries
+    from iabf.record import limit_mlflow_retries
     from iabf.data import DataError
     from studies import cluster, lock, tracking
 
@@ -195,24 +196,24 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     if stop.reason:   # the study stopped itself: a trial found no room on the storage for what it writes
-        ended = sum(counts.get(k, 0) for k in tracking.STOP_REASONS)
+        ended = sum(counts.get(k, 0) for k in STOP_REASONS)
         print(f"error: {stop.reason}; the study stopped: {ended} of its {planned['runs']} runs (a trial per seed) "
-              f"ended, {counts['interrupted']} unfinished; make room on the storage, then continue with:\n"
+              f"ended, {counts[INTERRUPTED]} unfinished; make room on the storage, then continue with:\n"
               f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
         return 1
     summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
     if left:
         print(f"error: {left} trial updates could not be written to MLflow at {uri}", file=sys.stderr)
         return 1
-    if not counts.get("completed") and counts.get("failed"):
-        print(f"error: every trial of the study failed ({counts['failed']}); their reasons are on the `trial ... "
+    if not counts.get(COMPLETED) and counts.get(FAILED):
+        print(f"error: every trial of the study failed ({counts[FAILED]}); their reasons are on the `trial ... "
               f"failed` lines above and in each run's `failure` tag", file=sys.stderr)
         return 1
-    if stop.received or counts.get("interrupted"):
-        ended = sum(counts.get(k, 0) for k in tracking.STOP_REASONS)
+    if stop.received or counts.get(INTERRUPTED):
+        ended = sum(counts.get(k, 0) for k in STOP_REASONS)
         by = f" by {stop.received}" if stop.received else ""
         print(f"\ninterrupted{by}: {ended} of the study's {planned['runs']} runs (a trial per seed) ended, "
-              f"{counts['interrupted']} unfinished; continue with:\n"
+              f"{counts[INTERRUPTED]} unfinished; continue with:\n"
               f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
         return 130
     return 0
@@ -297,10 +298,10 @@ def summarize(study, uri, exp_id, parent, experiment_dir, counts, local: Path) -
     from studies import tracking
 
     print(f"\nruns (one per trial and seed): "
-          f"{', '.join(f'{counts[k]} {k}' for k in ('completed', 'early_stopped', 'failed', 'interrupted'))}"
+          f"{', '.join(f'{counts[k]} {k}' for k in (*STOP_REASONS, INTERRUPTED))}"
           f"; {counts['trial_hours']:.3f} trial-hours, {counts['gpu_hours']:.3f} GPU-hours")
     report_dir = local / "report"
-    if counts["completed"]:  # the paper's table and figures, also kept on the study's parent run
+    if counts[COMPLETED]:  # the paper's table and figures, also kept on the study's parent run
         import pandas as pd
 
         from analysis.report import write_report

@@ -17,6 +17,7 @@ from pathlib import Path
 from ray import tune
 
 from iabf import metrics as M
+from iabf.record import EARLY_STOPPED, FAILED
 from iabf.tune import NO_ROOM, STORAGE_FULL
 from studies.signals import request_stop
 from studies.tracking import end_of
@@ -29,6 +30,8 @@ def capture_logs() -> logging.handlers.MemoryHandler:
     """From now on, Ray's, MLflow's and Optuna's log records are held back, not printed; `to_file`
     writes them (and all later ones) to the study's log once the study really starts, so a study
     refused at the start leaves no log behind."""
+    import optuna  # noqa: F401  (on import Optuna gives its logger a console handler of its own: replaced below)
+
     held = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
     held.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in LOGGERS:
@@ -91,10 +94,10 @@ class StopLines(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason, failure = end_of(trial)
         last = trial.last_result or {}
-        if reason == "early_stopped":
+        if reason == EARLY_STOPPED:
             print(f"{self.describe(trial)}: stopped by ASHA after epoch {last.get(M.EPOCH, '?')} "
                   f"({M.VAL_DISTORTION} {last.get(M.VAL_DISTORTION, float('nan')):.4g})", flush=True)
-        elif reason == "failed":
+        elif reason == FAILED:
             print(f"{self.describe(trial)}: failed: {failure}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -20,24 +20,18 @@ Seeds are repeats, never contestants: the search judges a configuration on its s
 the confirmation reports it on all of `seeds`, which the search never saw (no winner's curse).
 `confirm: false` instead runs every configuration on every seed and tabulates those runs.
 
-Every trial's run is tagged (iabf.metrics.LABELS): `phase` (SEARCH or CONFIRM), `cell`
-(cell_label), `arm`, `uid` (fixed by what the trial is) and, on a confirmation, `confirms` (the uid
-of the search trial it confirms; empty where nothing was searched).
+What the study writes to MLflow (its tags, the plan `record` below becomes, the cells, the rule that
+chooses a configuration) is its record, iabf/record.py, which analysis/ reads too.
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import itertools
 import math
 from dataclasses import dataclass
 
-from iabf import metrics as M
 from iabf.config import Config
-
-SEARCH, CONFIRM = "search", "confirm"          # the phases, as the `phase` tag says
-DEFAULT_CELL = ("dataset", "channel", "bits", "eps")   # a cell when a study names none (eps: the test eps)
-PLAN_ARTIFACT = "plan.json"                     # record(), on the study's parent run
+from iabf.record import DEFAULT_CELL, cell_label, cell_of
 
 
 # --- cells and groups -----------------------------------------------------------------------------
@@ -53,34 +47,6 @@ def is_cell_key(key: str, study) -> bool:
         return key in study.cells
     return key in ("dataset", "channel", "n_bits", "test_eps") or \
         (key == "eps" and study.fixed.get("test_eps", -1.0) < 0)
-
-
-
-def cell_of(cfg: Config, keys: list[str] | None = None) -> dict:
-    """The table entry a configuration belongs to: by default (dataset, channel, bits, test eps);
-    with a study's `cells:`, its values of those fields."""
-    if keys is None:
-        return {"dataset": cfg.dataset, "channel": cfg.channel, "bits": cfg.bits, "eps": cfg.eval_eps}
-    return {k: getattr(cfg, k) for k in keys}
-
-
-def axes_of(cells_param: str | list | None) -> list[str] | None:
-    """A study's cell axes from its parent run's `cells` parameter (a list as text, or the default's
-    description): the list, or None for the default cell (DEFAULT_CELL)."""
-    if isinstance(cells_param, list):
-        return [str(c) for c in cells_param]
-    try:
-        value = ast.literal_eval(cells_param or "")
-    except (ValueError, SyntaxError):
-        return None
-    return [str(c) for c in value] if isinstance(value, list) and value else None
-
-
-def cell_label(cell: dict) -> str:
-    """digits/bsc/16b/eps0.1 for the default cell; key=value pairs otherwise."""
-    if list(cell) == ["dataset", "channel", "bits", "eps"]:
-        return f"{cell['dataset']}/{cell['channel']}/{cell['bits']}b/eps{cell['eps']:g}"
-    return "/".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cell.items())
 
 
 @dataclass
@@ -166,7 +132,7 @@ def cell_plan(study) -> list[dict]:
 
 
 def record(study) -> dict:
-    """What the study's parent run keeps as PLAN_ARTIFACT: whether it confirms, its cell axes, per
+    """What the study's parent run keeps as iabf.record.PLAN_ARTIFACT: whether it confirms, its cell axes, per
     cell its values and cell_plan's counts (what the analysis keys its tables on), and the display
     names of its datasets of one's own."""
     return {"confirm": study.confirm, "axes": list(study.cells or DEFAULT_CELL), "cells": cell_plan(study),
@@ -178,22 +144,3 @@ def plan(study) -> dict:
     keys = ("search_trials", "search_epochs", "confirm_trials", "confirm_epochs", "full_grid_epochs", "runs")
     out = {k: sum(c[k] for c in cell_plan(study)) for k in keys}
     return {**out, "trials": out["search_trials"] + out["confirm_trials"]}
-
-
-
-def score(result: dict, metric: str) -> float:
-    """What chooses a group's configuration: the best validation distortion so far (the model a
-    trial keeps), or the last value of another metric."""
-    value = result.get(M.BEST_VAL_DISTORTION if metric == M.VAL_DISTORTION else metric)
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
-
-
-def choose(results: list[dict], mode: str) -> dict | None:
-    """The best of a group's search trials: among those that trained longest (ASHA's survivors),
-    the best score. results: {"uid", "params", "epoch", "score"}; failed trials have no score."""
-    ok = [r for r in results if math.isfinite(r["score"])]
-    if not ok:
-        return None
-    furthest = max(r["epoch"] for r in ok)
-    sign = 1 if mode == "min" else -1
-    return min((r for r in ok if r["epoch"] == furthest), key=lambda r: sign * r["score"])

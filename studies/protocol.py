@@ -17,12 +17,13 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from iabf import metrics as M
+from iabf import record as R
 from iabf.tune import REPLAYED
 from studies.plan import Group  # noqa: F401  (a searcher pickled before plan.py existed names it here)
-from studies.plan import (CONFIRM, SEARCH, cell_label, choose, grid_points, groups, n_configs, score,
-                          seed_groups)
+from iabf.record import CONFIRM, FAILURE, SEARCH, cell_label, choose, score
+from studies.plan import grid_points, groups, n_configs, seed_groups
 
-META = M.LABELS   # trial parameters that are labels, not Config fields
+META = R.LABELS   # trial parameters that are labels, not Config fields
 
 
 def searcher(study) -> "StudySearcher":
@@ -147,7 +148,7 @@ class StudySearcher(Searcher):
         if key is None or phase != SEARCH:
             return
         result = result or {}
-        failed = error or "failure" in result or not math.isfinite(score(result, self.metric))
+        failed = error or FAILURE in result or not math.isfinite(score(result, self.metric))
         if key in self.samplers:
             self.samplers[key].on_trial_complete(trial_id, None if failed else result, error=failed)
         self.results[key].append({"uid": config["uid"],

@@ -35,15 +35,15 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from iabf import metrics as M
+from iabf import record as R
 from iabf.train import run_name
 from iabf.tune import (ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params,
                        parts)
-from studies.plan import PLAN_ARTIFACT, SEARCH, record
+from iabf.record import (COMPLETED, EARLY_STOPPED, FAILED, FAILURE, INTERRUPTED, INTERRUPTION, NOT_CONFIG, PLAN_ARTIFACT,
+                         SEARCH, STATUS, STOP_REASON, STOP_REASONS, is_sqlite, scheme, server_refusal, sqlite_file)
+from studies.plan import record
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
-STOP_REASONS = ("completed", "early_stopped", "failed")
-INTERRUPTION = "interruption"   # the tag of a run its study stopped for a reason of the trial's own (a full storage)
-STATUS = {"completed": "FINISHED", "early_stopped": "KILLED", "failed": "FAILED"}
 TAG_EXPERIMENT_DIR = "iabf.experiment_dir"   # on the parent: the Tune experiment it tracks
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def git_commit() -> str:
 
 def config_hash(cfg: dict) -> str:
     """Identifies a configuration across its seeds (seed and machine-specific keys left out)."""
-    keep = {k: v for k, v in cfg.items() if k not in ("seed", "stack", "compile", "data_dir", "device", "download")}
+    keep = {k: v for k, v in cfg.items() if k not in NOT_CONFIG}
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -139,19 +139,19 @@ def end_study(uri: str, experiment_id: str, parent_run_id: str, status: str, tra
     client = MlflowClient(uri)
     children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                                   max_results=50_000)
-    counts = dict.fromkeys((*STOP_REASONS, "interrupted"), 0)
+    counts = dict.fromkeys((*STOP_REASONS, INTERRUPTED), 0)
     counts["gpu_hours"] = sum(r.data.metrics.get(M.GPU_SECONDS, 0.0) for r in children) / 3600
     counts["trial_hours"] = sum(r.data.metrics.get(M.WALL_SECONDS, 0.0) for r in children) / 3600
     counts["tracking_seconds"] = tracking_seconds
     for run in children:
-        reason = run.data.tags.get("stop_reason")
+        reason = run.data.tags.get(STOP_REASON)
         if reason is None:
             client.set_terminated(run.info.run_id, status="KILLED")
-            reason = "interrupted"
+            reason = INTERRUPTED
         counts[reason] = counts.get(reason, 0) + 1
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(f"study/{k}", v, now, 0) for k, v in counts.items()])
-    client.set_terminated(parent_run_id, status="KILLED" if status == "FINISHED" and counts["interrupted"] else status)
+    client.set_terminated(parent_run_id, status="KILLED" if status == "FINISHED" and counts[INTERRUPTED] else status)
     return counts
 
 
@@ -164,13 +164,13 @@ def end_of(trial, error: bool = False) -> tuple[str, str | None]:
     error: Tune reports the trial as errored (its process raised, retries used up)."""
     if error:
         lines = (trial.get_error() or "unknown error").strip().splitlines()
-        return "failed", lines[-1] if lines else "unknown error"
+        return FAILED, lines[-1] if lines else "unknown error"
     last = trial.last_result or {}
-    if "failure" in last:   # the trainable ended a diverged trial itself
-        return "failed", last["failure"]
+    if FAILURE in last:   # the trainable ended a diverged trial itself
+        return FAILED, last[FAILURE]
     if last.get(M.EPOCH, 0) >= config_from_params(trial.config).epochs:
-        return "completed", None
-    return "early_stopped", None
+        return COMPLETED, None
+    return EARLY_STOPPED, None
 
 
 def _timed(hook):
@@ -247,16 +247,16 @@ class MLflowTracking(tune.Callback):
 
     def _log(self, trial) -> list[_TrialLog]:
         if trial.trial_id not in self._logs:
-            labels = {k: str(trial.config[k]) for k in M.LABELS if k in trial.config}
+            labels = {k: str(trial.config[k]) for k in R.LABELS if k in trial.config}
             self._logs[trial.trial_id] = [
-                _TrialLog(trial.trial_id, run_name(p.cfg) + ("-search" if labels.get(M.PHASE) == SEARCH else ""),
+                _TrialLog(trial.trial_id, run_name(p.cfg) + ("-search" if labels.get(R.PHASE) == SEARCH else ""),
                           p.cfg.to_dict(), labels, p.prefix, p.folder) for p in parts(config_from_params(trial.config))]
         return self._logs[trial.trial_id]
 
     def _open(self, log: _TrialLog) -> None:
         """Find the trial's run (a resumed trial keeps its run, found by what it is: its uid; by its
         trial id before uids) or create it."""
-        who = f"tags.{M.UID} = '{log.labels[M.UID]}'" if M.UID in log.labels else f"tags.trial_id = '{log.trial_id}'"
+        who = f"tags.{R.UID} = '{log.labels[R.UID]}'" if R.UID in log.labels else f"tags.trial_id = '{log.trial_id}'"
         found = self.client.search_runs(
             [self.experiment_id], max_results=1,
             filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and {who} "
@@ -302,8 +302,8 @@ class MLflowTracking(tune.Callback):
                         if (Path(d) / log.folder / name).exists():
                             self.client.log_artifact(log.run_id, str(Path(d) / log.folder / name))
             if failure:
-                self.client.set_tag(log.run_id, "failure", failure[:5000])
-            self.client.set_tag(log.run_id, "stop_reason", reason)
+                self.client.set_tag(log.run_id, FAILURE, failure[:5000])
+            self.client.set_tag(log.run_id, STOP_REASON, reason)
             self.client.set_terminated(log.run_id, status=STATUS[reason])
             log.end = None
 
@@ -359,7 +359,7 @@ class MLflowTracking(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason, failure = end_of(trial)
         for log in self._log(trial):
-            log.end = (reason, failure, trial.checkpoint if reason == "completed" else None)
+            log.end = (reason, failure, trial.checkpoint if reason == COMPLETED else None)
         self._sync()
 
     @_timed
@@ -402,18 +402,13 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")
 
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
 def check_uri(uri: str) -> str:
     """Accept sqlite:/// and http(s)://; a server must answer now, a sqlite store must be a database
     (or new) in a folder that can hold it. Nothing is created but the folder (create_store, once
     the study starts, makes the store)."""
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme in ("http", "https"):
+    kind = scheme(uri)
+    if kind in ("http", "https"):
         import requests
-
-        from analysis.fetch import server_refusal
 
         try:
             refused = server_refusal(uri)
@@ -422,13 +417,13 @@ def check_uri(uri: str) -> str:
                                 f"start it (mlflow server --host 127.0.0.1 --port 5000) or forward its port") from None
         if refused:
             raise TrackingError(refused)
-    elif scheme == "sqlite":
+    elif kind == "sqlite":
         sqlite_path(uri)
-    elif scheme in ("", "file"):   # MLflow 3 keeps the file store read-only ("maintenance mode")
+    elif kind in ("", "file"):   # MLflow 3 keeps the file store read-only ("maintenance mode")
         raise TrackingError(f"tracking URI {uri!r}: MLflow {mlflow_version()} no longer writes a file store; "
                             f"use sqlite:///PATH/mlflow.db (a new file is created) or http(s)://HOST:PORT")
     else:
-        raise TrackingError(f"tracking URI {uri!r} has an unsupported scheme {scheme!r}; "
+        raise TrackingError(f"tracking URI {uri!r} has an unsupported scheme {kind!r}; "
                             f"use sqlite:///PATH.db or http(s)://HOST:PORT")
     return uri
 
@@ -441,7 +436,7 @@ def mlflow_version() -> str:
 
 def sqlite_path(uri: str) -> Path:
     """A sqlite store's file: its folder made, the file checked to be a database (or new)."""
-    path = Path(uri.split(":///", 1)[-1]).expanduser()
+    path = sqlite_file(uri)
     try:
         path.resolve().parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -449,11 +444,9 @@ def sqlite_path(uri: str) -> Path:
                             f"({type(e).__name__}: {e.strerror or e})") from None
     if path.is_dir():
         raise TrackingError(f"tracking URI {uri!r}: {path} is a folder, not a database file")
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as f:
-            if f.read(16) != SQLITE_MAGIC:
-                raise TrackingError(f"tracking URI {uri!r}: {path} is not an SQLite database; "
-                                    f"name a new file or an MLflow store")
+    if path.exists() and path.stat().st_size and not is_sqlite(path):
+        raise TrackingError(f"tracking URI {uri!r}: {path} is not an SQLite database; "
+                            f"name a new file or an MLflow store")
     return path
 
 

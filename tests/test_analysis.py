@@ -15,10 +15,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from scipy import stats
 
-from analysis import tables
+from analysis import figures, tables
 from analysis.fetch import FetchError, fetch_runs
 from analysis.report import main as report_main
-from analysis.report import write_report
+from iabf import metrics as M
+from iabf import record as R
 from iabf.config import Config
 from studies.tracking import config_hash
 
@@ -302,12 +303,12 @@ def test_the_report_warns_only_about_entries_the_study_planned(tmp_path):
 
 
 def test_analysis_reads_mlflow_without_importing_ray_torch_or_the_study_runner():
-    """A report rebuilds on any machine from the tracking store alone: of studies/ only the Ray-free
-    plan (the protocol's vocabulary), and neither Ray nor torch."""
+    """A report rebuilds on any machine from the tracking store alone: it reads the study's record
+    (iabf.record), and imports nothing of studies/, nor Ray, nor torch."""
     code = ("import sys, analysis.best, analysis.report; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'studies')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "['studies', 'studies.plan']"
+    assert out.stdout.strip() == "[]"
 
 
 def test_a_study_whose_confirmation_has_not_run_is_reported_as_provisional(tmp_path, capsys):
@@ -460,3 +461,39 @@ def test_an_axis_an_arm_does_not_use_gets_no_contrast_and_a_repeated_one_counts_
     assert once["cell.flip_budget"] == "0.05, 0.1" and once["diff"] == pytest.approx(np.mean(necst[1]) - np.mean(necst[5]))
     assert list(k.p_holm) == pytest.approx(list(tables.holm(k.p_value)))     # a family of 3, not 4
     assert "| 0.05, 0.1 | NECST | 1 | 5 |" in tables.axis_contrasts_markdown(k, "K")
+
+
+def test_the_table_chooses_a_configuration_by_the_rule_the_study_chose_by():
+    """A `confirm: false` study whose metric is the mutual information (mode max): the table's entry is the
+    configuration the study's own rule (iabf.record.choose) picks, not the one of lowest validation distortion
+    (what the table used to take, whatever the study said)."""
+    rows = []
+    for lam, val, mi in ((0.1, 9.0, 0.20), (0.01, 11.0, 0.35)):       # lam 0.1: lower distortion, less information
+        for seed in (0, 1):
+            rows.append({**trial("iabf", 0.1, val + seed, val=val + seed, seed=seed, lam=lam), "arm": "iabf",
+                         "epochs": 5.0, f"metric.{M.VAL_MI}": mi + 0.01 * seed})
+    runs = pd.DataFrame(rows)
+    by_distortion = tables.select_cells(runs)
+    by_information = tables.select_cells(runs, metric=M.VAL_MI, mode="max")
+    assert by_distortion.config.tolist() == ["lam=0.1"] and by_information.config.tolist() == ["lam=0.01"]
+    per_config = [{"uid": lam, "epoch": 5.0, "score": g[f"metric.{M.VAL_MI}"].mean()} for lam, g in runs.groupby("lam")]
+    assert R.choose(per_config, "max")["uid"] == 0.01                   # the study's rule, on the same runs
+    with pytest.raises(tables.TableError, match="no 'val/marginal_entropy' metric"):
+        tables.select_cells(runs, metric=M.VAL_ENTROPY, mode="max")
+
+
+def test_an_edge_note_judges_a_continuous_search_by_its_declared_range():
+    """Three draws of loguniform [0.001, 0.3]: the best, 0.0018, is the smallest drawn but well inside what
+    was declared (no note; the old rule flagged it against [0.0018, 0.011]); a best of 0.0011, in the outer
+    tenth of the declared range on the log scale, is noted. A grid is judged by its values."""
+    params = {"search.lam": "{'loguniform': [0.001, 0.3]}", "search.K": "{'grid': [2, 5, 10]}"}
+    declared = R.declared_search(params, "lam")
+    assert declared == ("loguniform", [0.001, 0.3]) and R.declared_search(params, "eps") is None
+    y = pd.Series([1.0, 2.0, 3.0])
+    assert figures.edge_note(pd.Series([0.0018, 0.005, 0.011]), y, "lam", declared) is None
+    note = figures.edge_note(pd.Series([0.0011, 0.005, 0.011]), y, "lam", declared)
+    assert note and "near the edge of the declared range [0.001, 0.3] (loguniform)" in note
+    assert figures.edge_note(pd.Series([0.0018, 0.005, 0.011]), y, "lam") is not None   # nothing declared: as drawn
+    assert "at the edge of the searched range [2, 10]" in figures.edge_note(
+        pd.Series([2, 5, 10]), y, "K", R.declared_search(params, "K"))
+    assert figures.edge_note(pd.Series([5, 2, 10]), y, "K", R.declared_search(params, "K")) is None

@@ -18,8 +18,9 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from iabf import metrics as M
+from iabf.record import choose
 from iabf.train import load_models
-from studies.plan import choose, groups, plan
+from studies.plan import groups, plan
 from studies.protocol import GroupASHA, StudySearcher
 from studies.space import validate
 
@@ -295,3 +296,14 @@ def test_the_missions_ablation_validates_and_runs_under_smoke(tmp_path, data_dir
     out = run_study(tmp_path, ROOT / "search_spaces" / "ablation.yaml", "--smoke", "--data-dir", str(data_dir))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "3 trials: 2 search, 1 confirmation" in out.stdout and "3 completed" in out.stdout
+
+
+def test_optunas_own_lines_go_to_the_study_log_not_the_console(tmp_path):
+    """Optuna gives its logger a console handler of its own when first imported: a study prints no
+    `A new study created in memory` per group (176 lines for table1.yaml); its log file keeps them."""
+    code = ("import sys; from studies import console; held = console.capture_logs(); import optuna; "
+            "optuna.create_study(); console.to_file(held, sys.argv[1]); optuna.create_study()")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "A new study" not in out.stderr + out.stdout
+    assert (tmp_path / "study.log").read_text().count("A new study created in memory") == 2

@@ -1,0 +1,190 @@
+"""A study's record: what it leaves in MLflow, and so everything that reads it back needs. studies/
+writes it (tracking.py), analysis/ reads it (fetch.py, tables.py); both import it from here and nowhere
+else. No torch, no Ray (MLflow only inside the store checks): a report rebuilds from the store alone.
+
+- every trial's run is tagged with LABELS: its phase (SEARCH or CONFIRM), its cell (cell_label), its
+  arm, its uid (fixed by what the trial is) and, on a confirmation, the uid of the search trial it
+  confirms; and, once it ends, STOP_REASON (one of STOP_REASONS) with a FAILURE or an INTERRUPTION;
+- the study's parent run keeps PLAN_ARTIFACT (studies/plan.py's `record`): whether it confirms, its
+  cell axes, per cell its values and planned counts;
+- a cell is DEFAULT_CELL (dataset, channel, bits, test eps) unless the study names its own axes; a
+  frame of runs has a CELL_PREFIX column per axis;
+- one rule chooses a group's configuration (`choose`), for the study and for its table.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import os
+from pathlib import Path
+
+from . import metrics as M
+
+# --- the tags on every trial's run -----------------------------------------------------------------
+PHASE, CELL, ARM, UID, CONFIRMS = "phase", "cell", "arm", "uid", "confirms"
+LABELS = (PHASE, CELL, ARM, UID, CONFIRMS)    # a trial's parameters that are labels, not Config fields
+SEARCH, CONFIRM = "search", "confirm"          # the values of PHASE
+STOP_REASON, FAILURE, INTERRUPTION = "stop_reason", "failure", "interruption"
+COMPLETED, EARLY_STOPPED, FAILED = STOP_REASONS = ("completed", "early_stopped", "failed")
+INTERRUPTED = "interrupted"                    # a run with no STOP_REASON at the study's end: --resume reopens it
+STATUS = {COMPLETED: "FINISHED", EARLY_STOPPED: "KILLED", FAILED: "FAILED"}   # MLflow's run status per reason
+
+# Config fields that are not a trial's configuration: its seed (the seeds are repeats), how seeds are
+# stacked, and where and how it runs. Two runs that differ only in these ran the same configuration.
+NOT_CONFIG = ("seed", "stack", "data_dir", "device", "download", "compile")
+
+# --- the plan and the cells ------------------------------------------------------------------------
+PLAN_ARTIFACT = "plan.json"                     # on the study's parent run (studies/plan.py: record)
+DEFAULT_CELL = ("dataset", "channel", "bits", "eps")   # a cell when a study names none (eps: the test eps)
+CELL_PREFIX = "cell."                           # a frame's value of each cell axis: cell.K, cell.flip_budget
+
+
+def cell_of(cfg, keys: list[str] | None = None) -> dict:
+    """The table entry a configuration (an iabf.config.Config) belongs to: by default (dataset, channel,
+    bits, test eps); with a study's `cells:`, its values of those fields."""
+    if keys is None:
+        return {"dataset": cfg.dataset, "channel": cfg.channel, "bits": cfg.bits, "eps": cfg.eval_eps}
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def axes_of(cells_param: str | list | None) -> list[str] | None:
+    """A study's cell axes from its parent run's `cells` parameter (a list as text, or the default's
+    description): the list, or None for the default cell (DEFAULT_CELL)."""
+    if isinstance(cells_param, list):
+        return [str(c) for c in cells_param]
+    try:
+        value = ast.literal_eval(cells_param or "")
+    except (ValueError, SyntaxError):
+        return None
+    return [str(c) for c in value] if isinstance(value, list) and value else None
+
+
+def value_text(v) -> str:
+    """A value as the record and the tables write it: a float in %g (0.001, not 0.0010000), else str."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def cell_label(cell: dict) -> str:
+    """digits/bsc/16b/eps0.1 for the default cell; key=value pairs otherwise."""
+    if list(cell) == list(DEFAULT_CELL):
+        return f"{cell['dataset']}/{cell['channel']}/{cell['bits']}b/eps{cell['eps']:g}"
+    return "/".join(f"{k}={value_text(v)}" for k, v in cell.items())
+
+
+def declared_search(params: dict, name: str) -> tuple[str, list] | None:
+    """What a study declared for a searched parameter, from its parent run's parameters (`search.<name>`,
+    e.g. "{'loguniform': [0.001, 0.3]}"): (distribution, its arguments), or None where it is not recorded
+    (an arm's own search, a study from before the record kept it)."""
+    try:
+        spec = ast.literal_eval(params.get(f"search.{name}", ""))
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(spec, dict) and len(spec) == 1:
+        (kind, args), = spec.items()
+        return (str(kind), list(args)) if isinstance(args, (list, tuple)) else None
+    return None
+
+
+# --- the one rule that chooses a configuration -----------------------------------------------------
+
+def score_key(metric: str) -> str:
+    """The result (and run metric) that scores a trial for the study's `metric`: the best validation
+    distortion so far (the model a trial keeps) for val/distortion, else the metric's last value."""
+    return M.BEST_VAL_DISTORTION if metric == M.VAL_DISTORTION else metric
+
+
+def score(result: dict, metric: str) -> float:
+    """What chooses a group's configuration (score_key's value), NaN where a trial has none."""
+    value = result.get(score_key(metric))
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+
+
+def choose(results: list[dict], mode: str) -> dict | None:
+    """The best of a group's search trials: among those that trained longest (ASHA's survivors),
+    the best score. results: {"uid", "params", "epoch", "score"}; failed trials have no score."""
+    ok = [r for r in results if math.isfinite(r["score"])]
+    if not ok:
+        return None
+    furthest = max(r["epoch"] for r in ok)
+    sign = 1 if mode == "min" else -1
+    return min((r for r in ok if r["epoch"] == furthest), key=lambda r: sign * r["score"])
+
+
+# --- the store: checked before anything reads or writes it -----------------------------------------
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+CREDENTIALS_HELP = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or put them in ~/.mlflow/credentials "
+                    "(on a cluster made by cluster.yaml or cluster/slurm.sbatch the head's ~/.mlflow/credentials has them)")
+
+
+class StoreError(LookupError):
+    """A tracking store that cannot be read: said in one line before anything is opened."""
+
+
+def limit_mlflow_retries() -> None:
+    """A lost tracking server should cost seconds per attempt, not minutes (MLflow's defaults retry
+    7 times with backoff); what the environment sets wins."""
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+        os.environ.setdefault(key, value)
+
+
+def scheme(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else ""
+
+
+def sqlite_file(uri: str) -> Path:
+    return Path(uri.split(":///", 1)[-1]).expanduser()
+
+
+def is_sqlite(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(16) == SQLITE_MAGIC
+
+
+def check_store(uri: str) -> None:
+    """A store to read from: a sqlite file that exists and is a database (MLflow's client would create
+    an empty one), or a server that answers within seconds (MLflow's client retries for minutes).
+    Raises StoreError."""
+    limit_mlflow_retries()
+    if scheme(uri) == "sqlite":
+        path = sqlite_file(uri)
+        if not path.is_file():
+            raise StoreError(f"no tracking store at {path} (tracking URI {uri!r})")
+        if not is_sqlite(path):
+            raise StoreError(f"{path} is not an SQLite database (tracking URI {uri!r})")
+    elif scheme(uri) in ("http", "https"):
+        import requests
+
+        try:
+            refused = server_refusal(uri)
+        except requests.RequestException as e:
+            raise StoreError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__})") from None
+        if refused:
+            raise StoreError(refused)
+
+
+def server_refusal(uri: str) -> str | None:
+    """Why a tracking server refuses this client, in one line (None: it answers). MLflow's basic-auth app
+    answers 401 to missing or wrong credentials; its host check (--allowed-hosts) or a proxy answers 403.
+    The credentials are the ones MLflow's own client sends: its environment variables, else
+    ~/.mlflow/credentials. Raises requests.RequestException for a server that does not answer."""
+    import requests
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    base = uri.rstrip("/")
+    creds = read_mlflow_creds()
+    auth = (creds.username, creds.password) if creds.username else None
+    for path, params in (("/health", None), ("/api/2.0/mlflow/experiments/search", {"max_results": 1})):
+        answer = requests.get(base + path, params=params, auth=auth, timeout=10)
+        said = " ".join(answer.text.split())[:160]
+        if answer.status_code == 401:
+            who = f"refused the credentials of user {creds.username!r}" if auth else "asks for credentials and none were given"
+            return f"MLflow tracking server {uri} {who} (401); {CREDENTIALS_HELP}"
+        if answer.status_code == 403:
+            host = base.split("://", 1)[-1].split("/", 1)[0]
+            why = (f"its host check does not allow {host!r}: start it with --allowed-hosts {host}" if "host" in said.lower()
+                   else f"user {creds.username!r} may not read its experiments" if auth else CREDENTIALS_HELP)
+            return f"MLflow tracking server {uri} refused this client (403: {said}); {why}"
+        answer.raise_for_status()
+    return None
