@@ -195,13 +195,21 @@ def main(argv=None) -> int:
               f"({type(e).__name__}); {tracker.unlogged() if tracker else 'some'} trial updates are not logged",
               file=sys.stderr)
         return 1
+    if not stop.reason:   # a study stopped for a full storage has no room for its report there
+        summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
+    return verdict(args, planned, counts, left, stop, uri, experiment_dir)
+
+
+def verdict(args, planned: dict, counts: dict, left: int, stop: StopSignal, uri: str, experiment_dir: str) -> int:
+    """How the study ended, as its last lines and exit code: 0 done; 1 what needs a hand (a full storage,
+    updates MLflow did not take, every trial failed); 130 stopped, to be resumed."""
+    resume = f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}"
+    ended = sum(counts.get(k, 0) for k in STOP_REASONS)
     if stop.reason:   # the study stopped itself: a trial found no room on the storage for what it writes
-        ended = sum(counts.get(k, 0) for k in STOP_REASONS)
         print(f"error: {stop.reason}; the study stopped: {ended} of its {planned['runs']} runs (a trial per seed) "
-              f"ended, {counts[INTERRUPTED]} unfinished; make room on the storage, then continue with:\n"
-              f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
+              f"ended, {counts[INTERRUPTED]} unfinished; make room on the storage, then continue with:\n{resume}",
+              file=sys.stderr)
         return 1
-    summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
     if left:
         print(f"error: {left} trial updates could not be written to MLflow at {uri}", file=sys.stderr)
         return 1
@@ -210,11 +218,9 @@ def main(argv=None) -> int:
               f"failed` lines above and in each run's `failure` tag", file=sys.stderr)
         return 1
     if stop.received or counts.get(INTERRUPTED):
-        ended = sum(counts.get(k, 0) for k in STOP_REASONS)
         by = f" by {stop.received}" if stop.received else ""
         print(f"\ninterrupted{by}: {ended} of the study's {planned['runs']} runs (a trial per seed) ended, "
-              f"{counts[INTERRUPTED]} unfinished; continue with:\n"
-              f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
+              f"{counts[INTERRUPTED]} unfinished; continue with:\n{resume}", file=sys.stderr)
         return 130
     return 0
 

@@ -23,7 +23,7 @@ from studies.plan import cell_axes, plan
 
 SEARCHERS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
-METRICS = tuple(v for k, v in vars(M).items() if k.isupper() and isinstance(v, str))
+METRICS = tuple(v for k, v in vars(M).items() if k.isupper() and isinstance(v, str) and v != M.STATE)   # reported
 
 
 @dataclass(frozen=True)

@@ -225,13 +225,7 @@ def test_one_study_one_driver_and_an_edited_study_file_is_refused_on_resume(tmp_
     p.write_text(began)                                                # restored: the study finishes
     out = study(tmp_path, "--space", str(p), "--resume")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (parent,), children = runs_of(client, "guard")
-    assert parent.info.status == "FINISHED"
-    keys = Counter((r.data.tags["uid"], r.data.tags["seed"]) for r in children)
-    assert len(keys) == 3 and set(keys.values()) == {1}                 # 2 search + 1 confirmation, no duplicate
-    for r in children:
-        assert r.info.status == "FINISHED"
-        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 13))
+    finished_once(client, "guard", runs=3, epochs=12)                  # 2 search + 1 confirmation
 
 
 @pytest.mark.slow
@@ -285,14 +279,8 @@ def test_a_full_storage_stops_the_study_in_one_line_and_resume_finishes_it_once_
         subprocess.run([*ns, "bash", "-c", f"rm {results}/filler && mount -o remount,size=64m {results}"], check=True)
         out = study(tmp_path, "--space", str(p), "--resume", prefix=ns)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (parent,), children = runs_of(client, "full")
-    assert parent.info.status == "FINISHED"
-    keys = Counter((r.data.tags["uid"], r.data.tags["seed"]) for r in children)
-    assert len(keys) == 3 and set(keys.values()) == {1}                 # 2 search + 1 confirmation, no duplicate
-    for r in children:
-        assert r.info.status == "FINISHED" and r.data.tags["stop_reason"] == "completed"
+    for r in finished_once(client, "full", runs=3, epochs=6):          # 2 search + 1 confirmation
         assert "interruption" not in r.data.tags                       # it ran again: what stopped it is over
-        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, 7))
 
 
 def test_a_resume_from_a_tune_state_that_cannot_be_read_is_refused_naming_it(tmp_path):
@@ -310,3 +298,16 @@ def test_a_resume_from_a_tune_state_that_cannot_be_read_is_refused_naming_it(tmp
         with pytest.raises(SpaceError, match=rf"^--resume {folder}: Tune's experiment state {newest} cannot be read "
                                              r"\(.+\); move it aside to resume from the one before it, if any$"):
             resolve_experiment(str(tmp_path / "results"), study, resume)
+
+
+def finished_once(client, name: str, runs: int, epochs: int) -> list:
+    """The study finished: its parent run FINISHED, one child run per trial and seed, each completed with
+    every epoch logged once. Returns the child runs."""
+    (parent,), children = runs_of(client, name)
+    assert parent.info.status == "FINISHED"
+    keys = Counter((r.data.tags["uid"], r.data.tags["seed"]) for r in children)
+    assert len(keys) == runs and set(keys.values()) == {1}             # no duplicate run
+    for r in children:
+        assert r.info.status == "FINISHED" and r.data.tags["stop_reason"] == "completed"
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, epochs + 1))
+    return children
