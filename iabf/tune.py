@@ -49,7 +49,7 @@ STATE = M.STATE           # inside every Tune checkpoint; the final one also hol
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
 
 
-# A study's labels of a trial (studies/plan.py, names in iabf.metrics), not Config fields: its phase, cell, arm, its
+# A study's labels of a trial (its record: iabf/record.py), not Config fields: its phase, cell, arm, its
 # identity (uid: the same for the same trial suggested again after a resume) and, for a
 # confirmation, the uid of the search trial it confirms.
 STUDY_KEYS = R.LABELS
