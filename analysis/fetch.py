@@ -11,13 +11,11 @@ from mlflow.tracking import MlflowClient
 from iabf import metrics as M
 from iabf import record as R
 from iabf.config import FIELD_TYPES, Config
-from iabf.record import (CELL_PREFIX, COMPLETED, CONFIRM, DEFAULT_CELL, FAILURE, PLAN_ARTIFACT, SEARCH, STOP_REASON, StoreError,
-                         axes_of, cell_label, cell_of)
-COLUMNS = ["dataset", "bits", "method", "eps", "channel", "lam", "K", "seed", STOP_REASON, "val", "test",
-           "run_id", "config_hash", "run_name", FAILURE, R.PHASE, R.CELL, R.ARM, R.UID, R.CONFIRMS, "epochs"]
+COLUMNS = ["dataset", "bits", "method", "eps", "channel", "lam", "K", "seed", R.STOP_REASON, "val", "test",
+           "run_id", "config_hash", "run_name", R.FAILURE, R.PHASE, R.CELL, R.ARM, R.UID, R.CONFIRMS, "epochs"]
 
 
-class FetchError(StoreError):
+class FetchError(R.StoreError):
     """The study or run asked for is not in the tracking store."""
 
 
@@ -54,27 +52,27 @@ def fetch_runs(tracking_uri: str, study: str, parent: str | None = None, include
     for r in runs:
         cfg = Config.from_dict(_typed(r.data.params))
         tags = r.data.tags
-        cell = cell_of(cfg, None if axes == list(DEFAULT_CELL) else axes)
+        cell = R.cell_of(cfg, None if axes == list(R.DEFAULT_CELL) else axes)
         rows.append({"dataset": cfg.dataset, "bits": cfg.bits, "method": cfg.method, "eps": cfg.eval_eps,
                      "channel": cfg.channel,
                      "lam": cfg.lam if cfg.method == "iabf" else float("nan"), "K": cfg.K, "seed": cfg.seed,
-                     STOP_REASON: r.data.tags.get(STOP_REASON, "running"),
+                     R.STOP_REASON: r.data.tags.get(R.STOP_REASON, "running"),
                      "val": r.data.metrics.get(M.BEST_VAL_DISTORTION, float("nan")),
                      "test": r.data.metrics.get(M.TEST_DISTORTION, float("nan")),
                      "run_id": r.info.run_id, "config_hash": r.data.tags.get("config_hash", ""),
-                     "run_name": r.info.run_name, FAILURE: r.data.tags.get(FAILURE, ""),
+                     "run_name": r.info.run_name, R.FAILURE: r.data.tags.get(R.FAILURE, ""),
                      # the protocol's labels (studies/plan.py); a run from before them is a search run
                      # of its own cell, in the arm of its method
-                     R.PHASE: tags.get(R.PHASE, SEARCH), R.ARM: tags.get(R.ARM, cfg.method),
-                     R.CELL: tags.get(R.CELL, cell_label(cell)),
+                     R.PHASE: tags.get(R.PHASE, R.SEARCH), R.ARM: tags.get(R.ARM, cfg.method),
+                     R.CELL: tags.get(R.CELL, R.cell_label(cell)),
                      R.UID: tags.get(R.UID, ""), R.CONFIRMS: tags.get(R.CONFIRMS, ""),
                      "epochs": r.data.metrics.get(M.EPOCH, 0.0),
-                     **{f"{CELL_PREFIX}{k}": v for k, v in cell.items()},
+                     **{f"{R.CELL_PREFIX}{k}": v for k, v in cell.items()},
                      **{f"param.{k}": v for k, v in cfg.to_dict().items()},
                      **{f"metric.{k}": v for k, v in r.data.metrics.items()}})
-    df = pd.DataFrame(rows, columns=None if rows else [*COLUMNS, *(CELL_PREFIX + a for a in axes)])
+    df = pd.DataFrame(rows, columns=None if rows else [*COLUMNS, *(R.CELL_PREFIX + a for a in axes)])
     if not include_unfinished and len(df):
-        df = df[df[STOP_REASON] == COMPLETED]
+        df = df[df[R.STOP_REASON] == R.COMPLETED]
     return df.sort_values(["dataset", "method", "eps", "arm", "lam", "seed"], na_position="first").reset_index(drop=True)
 
 
@@ -87,7 +85,7 @@ def cell_axes(client: MlflowClient, par) -> list[str]:
         return list(plan["axes"])
     if plan and plan.get("cells") and isinstance(plan["cells"][0].get("values"), dict):
         return list(plan["cells"][0]["values"])
-    return axes_of(par.data.params.get("cells")) or list(DEFAULT_CELL)
+    return R.axes_of(par.data.params.get("cells")) or list(R.DEFAULT_CELL)
 
 
 def load_plan(client: MlflowClient, par) -> dict | None:
@@ -97,7 +95,7 @@ def load_plan(client: MlflowClient, par) -> dict | None:
 
     with tempfile.TemporaryDirectory() as d:
         try:
-            path = client.download_artifacts(par.info.run_id, PLAN_ARTIFACT, d)
+            path = client.download_artifacts(par.info.run_id, R.PLAN_ARTIFACT, d)
             return json.loads(Path(path).read_text())
         except (MlflowException, OSError, ValueError):   # a study from before plans: no plan to show
             return None
@@ -106,7 +104,7 @@ def load_plan(client: MlflowClient, par) -> dict | None:
 def table_runs(trials: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     """The runs a table reports: the confirmation runs when the study has them (each cell and arm
     then has all its seeds), else every completed run (search results). Returns (runs, confirmed)."""
-    confirmed = trials[trials[R.PHASE] == CONFIRM]
+    confirmed = trials[trials[R.PHASE] == R.CONFIRM]
     return (confirmed, True) if len(confirmed) else (trials, False)
 
 

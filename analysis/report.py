@@ -23,7 +23,7 @@ from PIL import Image
 
 from analysis import figures, tables
 from iabf import record as R
-from iabf.record import CELL_PREFIX, COMPLETED, FAILED, SEARCH, STOP_REASON, StoreError, check_store, value_text
+from iabf.storage import folder_problem
 from analysis.fetch import (FetchError, chooser, display_uri, fetch_runs, metric_history, planned_arms, study_params, study_plan,
                             table_runs)
 
@@ -72,7 +72,7 @@ def is_table1(cells: pd.DataFrame) -> bool:
 def panel_name(entry: pd.Series, axes: list[str]) -> str:
     """A figure panel's title: eps as the paper writes it, other axes as axis=value."""
     parts = [f"$\\epsilon$ = {entry[c]:g}" if tables.axis_name(c) in ("eps", "test_eps") else
-             f"{tables.axis_name(c)}={value_text(entry[c])}" for c in axes]
+             f"{tables.axis_name(c)}={R.value_text(entry[c])}" for c in axes]
     return ", ".join(parts) or f"$\\epsilon$ = {entry.eps:g}"
 
 
@@ -113,7 +113,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     missing cells print '--' with a warning. against: another study's table1.csv to set beside it."""
     out = Path(out)
     everything = fetch_runs(uri, study, parent, include_unfinished=True)
-    completed = everything[everything[STOP_REASON] == COMPLETED].reset_index(drop=True)
+    completed = everything[everything[R.STOP_REASON] == R.COMPLETED].reset_index(drop=True)
     written: dict[str, Path] = {}
     if completed.empty:
         raise NothingToReport(f"study {study!r} has no completed trial yet: nothing to tabulate")
@@ -151,7 +151,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     client = MlflowClient(uri)
     cells = tables.with_cells(cells)
     axes = tables.cell_columns(cells)
-    by = [c for c in (CELL_PREFIX + "dataset", CELL_PREFIX + "channel") if c in axes] or ["dataset"]
+    by = [c for c in (R.CELL_PREFIX + "dataset", R.CELL_PREFIX + "channel") if c in axes] or ["dataset"]
     for key, dcells in cells.groupby(by):
         key = key if isinstance(key, tuple) else (key,)
         dataset = dcells.dataset.iloc[0]
@@ -195,9 +195,9 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
             figures.save(figures.cell_axis_plot(cells, column, others, tables.arm_label), out,
                          f"axis_cell_{tables.axis_name(column)}")
     # the axes of the search: every completed search run against what it searched
-    notes = axis_figures(completed[completed[R.PHASE] == SEARCH] if confirmed else trials, out, params)
+    notes = axis_figures(completed[completed[R.PHASE] == R.SEARCH] if confirmed else trials, out, params)
     spent = tables.cost(everything, plan)
-    failed = everything[everything[STOP_REASON] == FAILED]
+    failed = everything[everything[R.STOP_REASON] == R.FAILED]
     written["cost.csv"] = out / "cost.csv"
     spent.to_csv(written["cost.csv"], index=False)
 
@@ -276,13 +276,8 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
 
 def check_out(out: Path) -> None:
     """An output folder that can be made: it, or its nearest existing parent, is a writable folder."""
-    here = out
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    if not here.is_dir():
-        raise FetchError(f"--out {out}: {here} is a file, not a folder")
-    if not os.access(here, os.W_OK):
-        raise FetchError(f"--out {out}: {here} is not writable")
+    if problem := folder_problem(out):
+        raise FetchError(f"--out {out}: {problem}")
 
 
 def main(argv=None) -> int:
@@ -299,11 +294,11 @@ def main(argv=None) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     try:
         check_out(Path(args.out))
-        check_store(args.tracking_uri)
+        R.check_store(args.tracking_uri)
         if args.against is not None:
             tables.read_table(args.against)      # a bad file fails before anything is written
         written = write_report(args.tracking_uri, args.study, args.out, args.parent, against=args.against)
-    except (StoreError, tables.TableError) as e:
+    except (R.StoreError, tables.TableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NothingToReport as e:

@@ -21,7 +21,6 @@ from scipy import stats
 from iabf import metrics as M
 from iabf import record as R
 from iabf.datasets import SPECS
-from iabf.record import CELL_PREFIX, CONFIRM, value_text
 
 METHODS = ("necst", "abf", "iabf")
 METHOD_NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF", "separation": "Separation"}
@@ -52,7 +51,7 @@ def config_text(row: pd.Series, columns) -> str:
         v = row[c]
         if isinstance(v, float) and math.isnan(v):
             continue
-        parts.append(f"{c.removeprefix('param.')}={value_text(v)}")
+        parts.append(f"{c.removeprefix('param.')}={R.value_text(v)}")
     return " ".join(parts)
 
 
@@ -61,14 +60,14 @@ def with_cells(trials: pd.DataFrame) -> pd.DataFrame:
     (built by hand) is keyed on (dataset, bits, eps), and on channel where it has one."""
     if "arm" not in trials:
         trials = trials.assign(arm=trials.method)
-    if any(c.startswith(CELL_PREFIX) for c in trials.columns):
+    if any(c.startswith(R.CELL_PREFIX) for c in trials.columns):
         return trials
     axes = [a for a in ("dataset", "channel", "bits", "eps") if a in trials]
-    return trials.assign(**{CELL_PREFIX + a: trials[a] for a in axes})
+    return trials.assign(**{R.CELL_PREFIX + a: trials[a] for a in axes})
 
 
 def cell_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith(CELL_PREFIX)]
+    return [c for c in frame.columns if c.startswith(R.CELL_PREFIX)]
 
 
 def entry_columns(frame: pd.DataFrame) -> list[str]:
@@ -76,7 +75,7 @@ def entry_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def axis_name(column: str) -> str:
-    return column.removeprefix(CELL_PREFIX)
+    return column.removeprefix(R.CELL_PREFIX)
 
 
 def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFrame | None = None,
@@ -111,7 +110,7 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
                .reset_index())
     configs["config"] = [config_text(r, varying.get(tuple(r[k] for k in entry), [])) or "(none searched)"
                          for _, r in configs.iterrows()]
-    if R.PHASE in trials and (trials[R.PHASE] == CONFIRM).all():
+    if R.PHASE in trials and (trials[R.PHASE] == R.CONFIRM).all():
         several = configs.groupby(entry, dropna=False).size()
         for key in several[several > 1].index:
             warnings.warn(f"entry {key} has {several[key]} configurations among its confirmation runs: the study's "
@@ -220,7 +219,7 @@ def axis_contrasts(cells: pd.DataFrame, column: str, level: float = 0.95) -> pd.
 
     cells = with_cells(cells)
     axis, others = axis_name(column), [c for c in cell_columns(cells) if c != column]
-    values = sorted(cells[column].dropna().unique(), key=value_text)
+    values = sorted(cells[column].dropna().unique(), key=R.value_text)
     default = getattr(Config(), axis, None)
     fallback = default if default in values else min(values, key=lambda v: (isinstance(v, str), v))
     rows, seen, inert = [], {}, set()
@@ -240,16 +239,16 @@ def axis_contrasts(cells: pd.DataFrame, column: str, level: float = 0.95) -> pd.
             if "seeds" in r and per_seed(r) == per_seed(b):
                 inert.add(r.arm)
                 continue
-            again = (r.arm, value_text(v), per_seed(r), per_seed(b))
+            again = (r.arm, R.value_text(v), per_seed(r), per_seed(b))
             if again in seen:   # the other axes that differ: joined in the first row
                 first = rows[seen[again]]
                 for i, c in enumerate(others):
-                    if value_text(key[i]) not in str(first[i]).split(", "):
-                        first[i] = f"{value_text(first[i])}, {value_text(key[i])}"
+                    if R.value_text(key[i]) not in str(first[i]).split(", "):
+                        first[i] = f"{R.value_text(first[i])}, {R.value_text(key[i])}"
                 continue
             seen[again] = len(rows)
             low, high, p = welch_samples(x, y, level)
-            rows.append([*key, r.dataset, value_text(v), value_text(base), r.test, b.test, r.test - b.test, low, high,
+            rows.append([*key, r.dataset, R.value_text(v), R.value_text(base), r.test, b.test, r.test - b.test, low, high,
                          p, len(x), len(y), r.test / b.test - 1])
     out = pd.DataFrame(rows, columns=[*others, "arm", "dataset", axis, "baseline", "test", "test_baseline", "diff",
                                       "low", "high", "p_value", "n", "n_baseline", "rel_diff"])
@@ -277,7 +276,7 @@ def axis_contrasts_markdown(con: pd.DataFrame, axis: str, alpha: float = 0.05) -
              "|---" * (len(others) + 10) + "|"]
     for _, c in con.iterrows():
         ci = "" if math.isnan(c.low) else f" ({c.low:+.4g}, {c.high:+.4g})"
-        lines.append("| " + " | ".join(dataset_name(c[a]) if axis_name(a) == "dataset" else value_text(c[a])
+        lines.append("| " + " | ".join(dataset_name(c[a]) if axis_name(a) == "dataset" else R.value_text(c[a])
                                        for a in others) + (" | " if others else "") +
                      f"{arm_label(c.arm)} | {c[axis]} | {c.baseline} | {c.test:.4g} | {c.test_baseline:.4g} | "
                      f"{c['diff']:+.4g}{ci} | {c.rel_diff:+.2%} | {p_text(c.p_value, alpha)} | {p_text(c.p_holm, alpha)} | "
@@ -295,7 +294,7 @@ def tally(con: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 
     def where(rows) -> str:   # Table 1's cells as "Omniglot 0.3"; other axes as axis=value
         return ", ".join(" ".join([dataset_name(r["dataset"]), f"{r['eps']:g}",
-                                   *(f"{axis_name(c)}={value_text(r[c])}" for c in shown)])
+                                   *(f"{axis_name(c)}={R.value_text(r[c])}" for c in shown)])
                          for _, r in rows.iterrows()) or "--"
 
     out = []
@@ -392,7 +391,7 @@ def contrasts_markdown(con: pd.DataFrame, alpha: float = 0.05) -> str:
              "|---" * (len(axes) + 6) + "|"]
     for _, c in con.iterrows():
         ci = "" if math.isnan(c.low) else f" ({c.low:+.3f}, {c.high:+.3f})"
-        lines.append("| " + " | ".join(value_text(c[a]) for a in axes) + f" | {arm_label(c.arm)} | "
+        lines.append("| " + " | ".join(R.value_text(c[a]) for a in axes) + f" | {arm_label(c.arm)} | "
                      f"{arm_label(c.against)} | {c['diff']:+.3f}{ci} | {p_text(c.p_value, alpha)} | {p_text(c.p_holm, alpha)} | "
                      f"{c.n} vs {c.n_against} |")
     return "\n".join(lines) + "\n"
@@ -407,7 +406,7 @@ def layout(cells: pd.DataFrame) -> tuple[list[str], str | None]:
     axes = cell_columns(cells)
     varying = [c for c in axes if cells[c].nunique() > 1]
     numeric = [c for c in varying if pd.api.types.is_numeric_dtype(cells[c])]
-    noise = [c for c in (CELL_PREFIX + "eps", CELL_PREFIX + "test_eps") if c in axes]
+    noise = [c for c in (R.CELL_PREFIX + "eps", R.CELL_PREFIX + "test_eps") if c in axes]
     column = next((c for c in noise if c in varying), None) or (numeric or varying or noise or [None])[-1]
     return [c for c in axes if c != column], column
 
@@ -426,15 +425,15 @@ def arm_grids(cells: pd.DataFrame) -> str:
         for key, g in (cells[cells.arm == arm].groupby(rest) if rest else [((), cells[cells.arm == arm])]):
             key = key if isinstance(key, tuple) else (key,)
             cols = sorted(g[cols_axis].unique())
-            title = ", ".join([arm_label(arm), *(f"{axis_name(c)}={value_text(v)}" for c, v in zip(rest, key))])
+            title = ", ".join([arm_label(arm), *(f"{axis_name(c)}={R.value_text(v)}" for c, v in zip(rest, key))])
             out += [f"| {title}: {axis_name(rows_axis)} \\ {axis_name(cols_axis)} | "
-                    + " | ".join(value_text(c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
+                    + " | ".join(R.value_text(c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
             for r in sorted(g[rows_axis].unique()):
                 line = []
                 for c in cols:
                     hit = g[(g[rows_axis] == r) & (g[cols_axis] == c)]
                     line.append(_number(hit.iloc[0], " ± ") if len(hit) else "--")
-                out.append(f"| {value_text(r)} | " + " | ".join(line) + " |")
+                out.append(f"| {R.value_text(r)} | " + " | ".join(line) + " |")
             out.append("")
     return "\n".join(out)
 
@@ -445,7 +444,7 @@ def _blocks(cells: pd.DataFrame):
     block_axes, column = layout(cells)
     order = {d: i for i, d in enumerate(DATASET_ORDER)}
     combos = cells[block_axes].drop_duplicates().to_dict("records") if block_axes else [{}]
-    combos.sort(key=lambda b: (order.get(b.get(CELL_PREFIX + "dataset"), 99),
+    combos.sort(key=lambda b: (order.get(b.get(R.CELL_PREFIX + "dataset"), 99),
                                *(str(v) if not isinstance(v, (int, float)) else f"{v:020.6f}" for v in b.values())))
     return combos, column, (sorted(cells[column].unique()) if column else [None])
 
@@ -453,7 +452,7 @@ def _blocks(cells: pd.DataFrame):
 def block_name(block: dict, cells: pd.DataFrame) -> str:
     """A block's heading: the dataset's name, then the values of the other block axes that vary
     (or, for the channel, that are not the paper's BSC); the code length is in the row labels."""
-    name = dataset_name(block.get(CELL_PREFIX + "dataset", ""))
+    name = dataset_name(block.get(R.CELL_PREFIX + "dataset", ""))
     extra = shown(block, cells)
     return ", ".join([name, *extra]) if name else ", ".join(extra) or "all"
 
@@ -461,7 +460,7 @@ def block_name(block: dict, cells: pd.DataFrame) -> str:
 def shown(block: dict, cells: pd.DataFrame) -> list[str]:
     """axis=value for the block axes a reader needs told: those that vary, and a channel that is
     not the paper's BSC (dataset and code length have their own places)."""
-    return [f"{axis_name(c)}={value_text(v)}" for c, v in block.items()
+    return [f"{axis_name(c)}={R.value_text(v)}" for c, v in block.items()
             if axis_name(c) not in ("dataset", "bits") and (cells[c].nunique() > 1 or (axis_name(c) == "channel"
                                                                                       and v != "bsc"))]
 
@@ -471,8 +470,8 @@ def setting(name: str, value, latex: bool, sep: str = "=") -> str:
     channel's said as such: a column of test noise is not one of training noise)."""
     test = "test " if name == "test_eps" else ""
     if name in ("eps", "test_eps"):
-        return f"{test}$\\epsilon{sep}{value_text(value)}$" if latex else f"{test}eps{sep}{value_text(value)}"
-    return f"{name}{sep}{value_text(value)}".replace("_", "\\_" if latex else "_")
+        return f"{test}$\\epsilon{sep}{R.value_text(value)}$" if latex else f"{test}eps{sep}{R.value_text(value)}"
+    return f"{name}{sep}{R.value_text(value)}".replace("_", "\\_" if latex else "_")
 
 
 def column_heading(column: str | None, value, latex: bool) -> str:
@@ -512,15 +511,15 @@ def _grid(cells: pd.DataFrame, fmt, planned: list[str] | None = None):
     out = []
     for block in blocks:
         in_block = cells.loc[(cells[list(block)] == pd.Series(block)).all(axis=1)] if block else cells
-        bits = int(in_block.bits.iloc[0]) if len(in_block) else block.get(CELL_PREFIX + "bits", "")
+        bits = int(in_block.bits.iloc[0]) if len(in_block) else block.get(R.CELL_PREFIX + "bits", "")
         rows = []
         for arm in rows_of:
             entries = []
             for v in values:
                 hit = in_block[(in_block.arm == arm) & ((in_block[column] == v) if column else True)]
                 if hit.empty:
-                    where = " ".join([str(block.get(CELL_PREFIX + "dataset", "")), f"{bits}-bit", arm,
-                                      *shown(block, cells), *([f"{axis_name(column)} {value_text(v)}"] if column else [])])
+                    where = " ".join([str(block.get(R.CELL_PREFIX + "dataset", "")), f"{bits}-bit", arm,
+                                      *shown(block, cells), *([f"{axis_name(column)} {R.value_text(v)}"] if column else [])])
                     # one location and message: Python shows it once, however many formats are written
                     warnings.warn(f"missing cell: {' '.join(where.split())}")
                     entries.append("--")
@@ -547,7 +546,7 @@ def held(cells: pd.DataFrame, latex: bool = True) -> str:
     block_axes, _ = layout(cells)
     values = {axis_name(c): cells[c] for c in block_axes if axis_name(c) not in ("dataset", "bits", "channel")}
     for name in ("eps", "channel"):   # fixed by the study: on every entry, in no heading
-        if CELL_PREFIX + name not in cells and name in cells:
+        if R.CELL_PREFIX + name not in cells and name in cells:
             values[name] = cells[name]
     said = []
     for name, column in values.items():
@@ -619,7 +618,7 @@ def to_csv(cells: pd.DataFrame) -> str:
     cells = with_cells(cells)
     axes = cell_columns(cells)
     cols = [*axes, *(c for c in ("dataset", "bits", "method", "eps", "arm", "config", "lam", "K", "n", "val", "test",
-                                 "std", "best", "tied", "p_value", "run_ids") if CELL_PREFIX + c not in axes)]
+                                 "std", "best", "tied", "p_value", "run_ids") if R.CELL_PREFIX + c not in axes)]
     out = cells[cols].rename(columns={c: axis_name(c) for c in axes})
     out["run_ids"] = out["run_ids"].map(" ".join)
     return out.to_csv(index=False)
@@ -631,8 +630,8 @@ def cost(trials: pd.DataFrame, plan: dict | None = None) -> pd.DataFrame:
     without early stopping would have cost (from the study's plan, when it logged one)."""
     df = trials.assign(gpu_hours=trials.get("metric.sys/gpu_seconds", 0.0) / 3600,
                        trial_hours=trials.get("metric.sys/wall_seconds", 0.0) / 3600,
-                       search_epochs=trials.epochs.where(trials[R.PHASE] != CONFIRM, 0.0),
-                       confirm_epochs=trials.epochs.where(trials[R.PHASE] == CONFIRM, 0.0)).fillna(
+                       search_epochs=trials.epochs.where(trials[R.PHASE] != R.CONFIRM, 0.0),
+                       confirm_epochs=trials.epochs.where(trials[R.PHASE] == R.CONFIRM, 0.0)).fillna(
         {"gpu_hours": 0.0, "trial_hours": 0.0})
     out = (df.groupby(R.CELL).agg(runs=("run_id", "size"), search_epochs=("search_epochs", "sum"),
                                   confirm_epochs=("confirm_epochs", "sum"), trial_hours=("trial_hours", "sum"),

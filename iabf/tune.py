@@ -13,12 +13,9 @@ epoch, the GPU when the trial was given one, and resumable state that the trial 
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
-import os
 import pickle
-import shutil
 import socket
 import sys
 import tempfile
@@ -37,13 +34,13 @@ from .config import Config, seed_configs
 from .data import load_for, to_float
 from .sampling import markov_chain, reconstructions, save_grid
 from .separation import link
+from .storage import StorageFull, filesystem, no_room
 from .train import Diverged, load_checkpoint, models_from_state, run, save_checkpoint
 
 REPLAYED = "replayed"     # a result reported again on resume (see `trainable`), not a new epoch
 NODE_ID, HOSTNAME = "node_id", "hostname"   # in every result: the Ray node and host that trained it
 STATE_RESET = "state_reset"   # in every result of a trial whose state file could not be read (TrialState.load)
 STORAGE_FULL = "storage_full"  # a trial's last result when the study's storage has no room for its state (StorageFull)
-NO_ROOM = (errno.ENOSPC, errno.EDQUOT)   # a full disk, a quota used up
 STORAGE_FULL_WAIT_S = 300      # how long a trial that reported STORAGE_FULL waits for the driver to stop the study
 STATE = M.STATE           # inside every Tune checkpoint; the final one also holds the artifacts below
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
@@ -59,38 +56,6 @@ def config_from_params(params: dict) -> Config:
     """A trial's Config: its parameters without the study's labels; None is a parameter the trial
     leaves at its default (a study names every varying parameter in every trial)."""
     return Config.from_dict({k: v for k, v in params.items() if k not in STUDY_KEYS and v is not None})
-
-
-class StorageFull(RuntimeError):
-    """The study's storage had no room for what a trial writes (its state, its final checkpoint). Retrying
-    cannot help: the trial reports it (STORAGE_FULL) and the driver stops the study, to be resumed once
-    there is room; the trial continues from the last state it wrote."""
-
-
-def size_text(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
-def room(where: str) -> str:
-    """How much room a storage folder has: '1.2 MB free of 3.0 MB' (a URI's is not known here)."""
-    if "://" in where:
-        return "free space unknown"
-    here = Path(where).expanduser().resolve()
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    usage = shutil.disk_usage(here)
-    return f"{size_text(usage.free)} free of {size_text(usage.total)}"
-
-
-def no_room(e: OSError, what: str, where: str, size: int | None = None) -> StorageFull | None:
-    """A StorageFull for an OSError that says the storage is full (or a quota used up), else None."""
-    if e.errno not in NO_ROOM:
-        return None
-    need = f"{size_text(size)} to write; " if size else ""
-    return StorageFull(f"{os.strerror(e.errno).lower()} writing {what} to {where} ({need}{room(where)})")
 
 
 class GPUUnusable(RuntimeError):
@@ -148,12 +113,6 @@ def parts(cfg: Config) -> list[Part]:
     if cfg.stack == 1:
         return [Part(cfg, "", "")]
     return [Part(c, M.seed_key(c.seed, ""), f"seed{c.seed}") for c in seed_configs(cfg)]
-
-
-def filesystem(where: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """(filesystem, path) for a local folder (made absolute) or a URI such as s3://bucket/prefix."""
-    return pyarrow.fs.FileSystem.from_uri(where) if "://" in where else \
-        (pyarrow.fs.LocalFileSystem(), str(Path(where).expanduser().resolve()))
 
 
 class TrialState:

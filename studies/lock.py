@@ -13,6 +13,8 @@ import socket
 import time
 from pathlib import Path
 
+from iabf.storage import no_room
+
 LOCK_NAME = "driver.lock"
 
 
@@ -44,8 +46,6 @@ def hold(folder: Path):
         f.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
         f.flush()
     except OSError as e:
-        from iabf.tune import no_room
-
         if (full := no_room(e, "the study's lock", str(path))) is None:
             raise
         with contextlib.suppress(OSError):   # closing flushes what could not be written

@@ -28,18 +28,22 @@ class StopSignal:
         StopSignal.current = self
 
     def handle(self, sig, frame):
-        tune_stop = signal.getsignal(signal.SIGUSR1)
-        if not self.fitting or self.received or not callable(tune_stop):
+        if not self.stop_fit(signal.Signals(sig).name, sig=sig, frame=frame):
             raise KeyboardInterrupt
-        self.received = signal.Signals(sig).name
-        tune_stop(sig, frame)
 
     def request(self, reason: str) -> None:
-        """Stop the fit as a signal would, for `reason` (said by the driver at the end); the first reason counts."""
+        """Stop the fit as a signal would, for `reason` (said by the driver at the end)."""
+        self.stop_fit("the study", reason)
+
+    def stop_fit(self, by: str, reason: str | None = None, sig=signal.SIGUSR1, frame=None) -> bool:
+        """Hand the stop to Tune (the SIGUSR1 handler it keeps while it fits), once; False when there is
+        no fit to stop, or it is stopping already."""
         tune_stop = signal.getsignal(signal.SIGUSR1)
-        if self.fitting and not self.received and callable(tune_stop):
-            self.received, self.reason = "the study", reason
-            tune_stop(signal.SIGUSR1, None)
+        if not self.fitting or self.received or not callable(tune_stop):
+            return False
+        self.received, self.reason = by, reason
+        tune_stop(sig, frame)
+        return True
 
     @contextlib.contextmanager
     def during_fit(self):
@@ -51,10 +55,7 @@ class StopSignal:
             self.fitting = False
 
 
-def request_stop(reason: str) -> bool:
-    """Stop the study being fitted in this process, if any, for `reason`. Returns whether one was."""
-    stop = StopSignal.current
-    if stop is None or not stop.fitting:
-        return False
-    stop.request(reason)
-    return True
+def request_stop(reason: str) -> None:
+    """Stop the study being fitted in this process, if any, for `reason`."""
+    if StopSignal.current is not None:
+        StopSignal.current.request(reason)

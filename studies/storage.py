@@ -1,8 +1,9 @@
 """Where a study keeps its results (`--storage`: a folder, or a URI such as s3://bucket/prefix):
-the checks before a study starts, its folder, and how much room the folder has left."""
+the checks before a study starts, its folder, and the filesystem that writes Tune's files whole."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from pathlib import Path
@@ -10,26 +11,14 @@ from pathlib import Path
 import pyarrow
 import pyarrow.fs
 
+from iabf.storage import filesystem, folder_problem
 from studies.space import SpaceError
 
 
 def check_storage(storage: str) -> None:
     """A local --storage must be (or be makeable in) a writable folder; a URI is its store's business."""
-    if "://" in storage:
-        return
-    here = existing(storage)
-    if not here.is_dir():
-        raise SpaceError(f"--storage {storage}: {here} is a file, not a folder")
-    if not os.access(here, os.W_OK | os.X_OK):
-        raise SpaceError(f"--storage {storage}: {here} is not writable")
-
-
-def existing(path: str) -> Path:
-    """The path made absolute, or its nearest existing parent."""
-    here = Path(path).expanduser().resolve()
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    return here
+    if "://" not in storage and (problem := folder_problem(storage)):
+        raise SpaceError(f"--storage {storage}: {problem}")
 
 
 def storage_of(path: str) -> str:
@@ -47,8 +36,6 @@ def resolve_experiment(storage: str, study, resume: str | None) -> str:
     """A new study gets a fresh folder <storage>/<study>-<time>; --resume finds an existing one
     (through pyarrow.fs, so a URI storage is searched like a folder)."""
     import pyarrow.fs as pafs
-
-    from iabf.tune import filesystem
 
     storage = storage_of(storage)
     if resume is None:
@@ -76,11 +63,7 @@ def resolve_experiment(storage: str, study, resume: str | None) -> str:
 def check_tune_state(experiment_dir: str) -> str:
     """The study folder, if the experiment state Tune resumes from (its newest) can be read: Tune itself
     starts a study over from nothing when it cannot, running trials of a plan the study never had."""
-    import json
-
     import pyarrow.fs as pafs
-
-    from iabf.tune import filesystem
 
     fs, path = filesystem(experiment_dir)
     states = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path))

@@ -39,8 +39,6 @@ from iabf import record as R
 from iabf.train import run_name
 from iabf.tune import (ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params,
                        parts)
-from iabf.record import (COMPLETED, EARLY_STOPPED, FAILED, FAILURE, INTERRUPTED, INTERRUPTION, NOT_CONFIG, PLAN_ARTIFACT,
-                         SEARCH, STATUS, STOP_REASON, STOP_REASONS, is_sqlite, scheme, server_refusal, sqlite_file)
 from studies.plan import record
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
@@ -59,7 +57,7 @@ def git_commit() -> str:
 
 def config_hash(cfg: dict) -> str:
     """Identifies a configuration across its seeds (seed and machine-specific keys left out)."""
-    keep = {k: v for k, v in cfg.items() if k not in NOT_CONFIG}
+    keep = {k: v for k, v in cfg.items() if k not in R.NOT_CONFIG}
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -129,7 +127,7 @@ def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str
     client.log_batch(run_id, params=[Param(k, v) for k, v in study_params(study).items()])
     if study.path and Path(study.path).is_file():
         client.log_text(run_id, Path(study.path).read_text(errors="replace"), "space.yaml")
-    client.log_dict(run_id, record(study), PLAN_ARTIFACT)
+    client.log_dict(run_id, record(study), R.PLAN_ARTIFACT)
     return exp_id, run_id
 
 
@@ -139,19 +137,19 @@ def end_study(uri: str, experiment_id: str, parent_run_id: str, status: str, tra
     client = MlflowClient(uri)
     children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                                   max_results=50_000)
-    counts = dict.fromkeys((*STOP_REASONS, INTERRUPTED), 0)
+    counts = dict.fromkeys((*R.STOP_REASONS, R.INTERRUPTED), 0)
     counts["gpu_hours"] = sum(r.data.metrics.get(M.GPU_SECONDS, 0.0) for r in children) / 3600
     counts["trial_hours"] = sum(r.data.metrics.get(M.WALL_SECONDS, 0.0) for r in children) / 3600
     counts["tracking_seconds"] = tracking_seconds
     for run in children:
-        reason = run.data.tags.get(STOP_REASON)
+        reason = run.data.tags.get(R.STOP_REASON)
         if reason is None:
             client.set_terminated(run.info.run_id, status="KILLED")
-            reason = INTERRUPTED
+            reason = R.INTERRUPTED
         counts[reason] = counts.get(reason, 0) + 1
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(f"study/{k}", v, now, 0) for k, v in counts.items()])
-    client.set_terminated(parent_run_id, status="KILLED" if status == "FINISHED" and counts[INTERRUPTED] else status)
+    client.set_terminated(parent_run_id, status="KILLED" if status == "FINISHED" and counts[R.INTERRUPTED] else status)
     return counts
 
 
@@ -164,13 +162,13 @@ def end_of(trial, error: bool = False) -> tuple[str, str | None]:
     error: Tune reports the trial as errored (its process raised, retries used up)."""
     if error:
         lines = (trial.get_error() or "unknown error").strip().splitlines()
-        return FAILED, lines[-1] if lines else "unknown error"
+        return R.FAILED, lines[-1] if lines else "unknown error"
     last = trial.last_result or {}
-    if FAILURE in last:   # the trainable ended a diverged trial itself
-        return FAILED, last[FAILURE]
+    if R.FAILURE in last:   # the trainable ended a diverged trial itself
+        return R.FAILED, last[R.FAILURE]
     if last.get(M.EPOCH, 0) >= config_from_params(trial.config).epochs:
-        return COMPLETED, None
-    return EARLY_STOPPED, None
+        return R.COMPLETED, None
+    return R.EARLY_STOPPED, None
 
 
 def _timed(hook):
@@ -249,7 +247,7 @@ class MLflowTracking(tune.Callback):
         if trial.trial_id not in self._logs:
             labels = {k: str(trial.config[k]) for k in R.LABELS if k in trial.config}
             self._logs[trial.trial_id] = [
-                _TrialLog(trial.trial_id, run_name(p.cfg) + ("-search" if labels.get(R.PHASE) == SEARCH else ""),
+                _TrialLog(trial.trial_id, run_name(p.cfg) + ("-search" if labels.get(R.PHASE) == R.SEARCH else ""),
                           p.cfg.to_dict(), labels, p.prefix, p.folder) for p in parts(config_from_params(trial.config))]
         return self._logs[trial.trial_id]
 
@@ -271,8 +269,8 @@ class MLflowTracking(tune.Callback):
                 log.tags["node_ids"] = ",".join(log.nodes)
             last = max((m.step for m in self.client.get_metric_history(run_id, M.EPOCH)), default=0)
             self.client.update_run(run_id, status="RUNNING")
-            if INTERRUPTION in found[0].data.tags:   # it runs again: what stopped it is over
-                self.client.delete_tag(run_id, INTERRUPTION)
+            if R.INTERRUPTION in found[0].data.tags:   # it runs again: what stopped it is over
+                self.client.delete_tag(run_id, R.INTERRUPTION)
             self.client.set_tag(run_id, "trial_id", log.trial_id)
         else:
             cfg = log.params
@@ -302,9 +300,9 @@ class MLflowTracking(tune.Callback):
                         if (Path(d) / log.folder / name).exists():
                             self.client.log_artifact(log.run_id, str(Path(d) / log.folder / name))
             if failure:
-                self.client.set_tag(log.run_id, FAILURE, failure[:5000])
-            self.client.set_tag(log.run_id, STOP_REASON, reason)
-            self.client.set_terminated(log.run_id, status=STATUS[reason])
+                self.client.set_tag(log.run_id, R.FAILURE, failure[:5000])
+            self.client.set_tag(log.run_id, R.STOP_REASON, reason)
+            self.client.set_terminated(log.run_id, status=R.STATUS[reason])
             log.end = None
 
     def _sync(self, force: bool = False) -> None:
@@ -341,7 +339,7 @@ class MLflowTracking(tune.Callback):
             if reset:   # its run continues; the epochs it had are not logged again
                 log.tags[STATE_RESET] = str(result[STATE_RESET])[:5000]
             if STORAGE_FULL in result:   # the study stops for it (console.StopLines); the run says why
-                log.tags[INTERRUPTION] = str(result[STORAGE_FULL])[:5000]
+                log.tags[R.INTERRUPTION] = str(result[STORAGE_FULL])[:5000]
             if node and not result.get(REPLAYED) and (not log.nodes or log.nodes[-1] != node):
                 log.nodes.append(node)
                 log.tags.update({NODE_ID: node, HOSTNAME: str(result.get(HOSTNAME, "")), "node_ids": ",".join(log.nodes)})
@@ -359,7 +357,7 @@ class MLflowTracking(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason, failure = end_of(trial)
         for log in self._log(trial):
-            log.end = (reason, failure, trial.checkpoint if reason == COMPLETED else None)
+            log.end = (reason, failure, trial.checkpoint if reason == R.COMPLETED else None)
         self._sync()
 
     @_timed
@@ -406,12 +404,12 @@ def check_uri(uri: str) -> str:
     """Accept sqlite:/// and http(s)://; a server must answer now, a sqlite store must be a database
     (or new) in a folder that can hold it. Nothing is created but the folder (create_store, once
     the study starts, makes the store)."""
-    kind = scheme(uri)
+    kind = R.scheme(uri)
     if kind in ("http", "https"):
         import requests
 
         try:
-            refused = server_refusal(uri)
+            refused = R.server_refusal(uri)
         except requests.RequestException as e:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__}); "
                                 f"start it (mlflow server --host 127.0.0.1 --port 5000) or forward its port") from None
@@ -436,7 +434,7 @@ def mlflow_version() -> str:
 
 def sqlite_path(uri: str) -> Path:
     """A sqlite store's file: its folder made, the file checked to be a database (or new)."""
-    path = sqlite_file(uri)
+    path = R.sqlite_file(uri)
     try:
         path.resolve().parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -444,7 +442,7 @@ def sqlite_path(uri: str) -> Path:
                             f"({type(e).__name__}: {e.strerror or e})") from None
     if path.is_dir():
         raise TrackingError(f"tracking URI {uri!r}: {path} is a folder, not a database file")
-    if path.exists() and path.stat().st_size and not is_sqlite(path):
+    if path.exists() and path.stat().st_size and not R.is_sqlite(path):
         raise TrackingError(f"tracking URI {uri!r}: {path} is not an SQLite database; "
                             f"name a new file or an MLflow store")
     return path

@@ -1,0 +1,66 @@
+"""A study's storage as its trials and its driver both see it: a local folder or a URI such as
+s3://bucket/prefix, through pyarrow.fs; whether a folder can take a study; and what to say when it
+has no room. No torch, no Ray: the driver checks its storage before it imports either."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)   # a full disk, a quota used up
+
+
+class StorageFull(RuntimeError):
+    """The study's storage had no room for what a trial writes (its state, its final checkpoint). Retrying
+    cannot help: the trial reports it (iabf.tune.STORAGE_FULL) and the driver stops the study, to be
+    resumed once there is room; the trial continues from the last state it wrote."""
+
+
+def filesystem(where: str):
+    """(pyarrow filesystem, path) for a local folder (made absolute) or a URI such as s3://bucket/prefix."""
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(where) if "://" in where else \
+        (pyarrow.fs.LocalFileSystem(), str(Path(where).expanduser().resolve()))
+
+
+def existing(path: str | Path) -> Path:
+    """The path made absolute, or its nearest existing parent."""
+    here = Path(path).expanduser().resolve()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    return here
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be (or be made into) a folder to write in, or None when it can."""
+    here = existing(path)
+    if not here.is_dir():
+        return f"{here} is a file, not a folder"
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"{here} is not writable"
+    return None
+
+
+def size_text(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def room(where: str) -> str:
+    """How much room a storage folder has: '1.2 MB free of 3.0 MB' (a URI's is not known here)."""
+    if "://" in where:
+        return "free space unknown"
+    usage = shutil.disk_usage(existing(where))
+    return f"{size_text(usage.free)} free of {size_text(usage.total)}"
+
+
+def no_room(e: OSError, what: str, where: str, size: int | None = None) -> StorageFull | None:
+    """A StorageFull for an OSError that says the storage is full (or a quota used up), else None."""
+    if e.errno not in NO_ROOM:
+        return None
+    need = f"{size_text(size)} to write; " if size else ""
+    return StorageFull(f"{os.strerror(e.errno).lower()} writing {what} to {where} ({need}{room(where)})")
