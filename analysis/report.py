@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,17 +108,50 @@ def against_section(written: dict, out: Path, cells: pd.DataFrame, path: str | P
                        "studies are comparable only at the same budget and seeds.", tables.contrasts_markdown(con))
 
 
+@dataclass
+class Runs:
+    """What a report is built from: the study's runs as analysis.fetch reads them, and its record."""
+    everything: pd.DataFrame   # every run, unfinished ones included
+    completed: pd.DataFrame    # the completed ones
+    trials: pd.DataFrame       # what the table reports: the confirmation runs, where the study has them
+    confirmed: bool            # the table is of confirmation runs
+    provisional: bool          # the study confirms, but its confirmation phase has not run
+    params: dict               # the parent run's parameters
+    plan: dict | None          # the parent run's plan (iabf.record.PLAN_ARTIFACT)
+
+
 def write_report(uri: str, study: str, out: str | Path, parent: str | None = None, quiet: bool = False,
                  against: str | Path | None = None) -> dict:
     """Everything the issue lists, written to `out`; returns {name: path}. Safe on partial studies:
     missing cells print '--' with a warning. against: another study's table1.csv to set beside it."""
     out = Path(out)
+    runs = gather(uri, study, parent)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    cells = tables.select_cells(runs.trials, context=runs.everything,   # what a group searched: all its runs
+                                **chooser(runs.params))                  # chosen as the study chose
+    markdown, rep = write_tables(cells, runs, out, written)
+    cells = tables.with_cells(cells)
+    write_figures(uri, cells, runs, out)
+    # the axes of the search: every completed search run against what it searched
+    notes = axis_figures(runs.completed[runs.completed[R.PHASE] == R.SEARCH] if runs.confirmed else runs.trials,
+                         out, runs.params)
+    report = report_lines(uri, study, cells, runs, markdown, rep, notes, out, written, against)
+    written["report.md"] = out / "report.md"
+    written["report.md"].write_text("\n".join(report))
+    if not quiet:
+        print(written["table1.tex"].read_text())
+        for n in notes:
+            print(f"note: {n}")
+    return written
+
+
+def gather(uri: str, study: str, parent: str | None) -> Runs:
+    """The study's runs and record; warns when its table can only be provisional."""
     everything = fetch_runs(uri, study, parent, include_unfinished=True)
     completed = everything[everything[R.STOP_REASON] == R.COMPLETED].reset_index(drop=True)
-    written: dict[str, Path] = {}
     if completed.empty:
         raise NothingToReport(f"study {study!r} has no completed trial yet: nothing to tabulate")
-    out.mkdir(parents=True, exist_ok=True)
     trials, confirmed = table_runs(completed)   # confirmation runs only, where the study has them
     params, plan = study_params(uri, study, parent), study_plan(uri, study, parent)
     tables.name_datasets((plan or {}).get("display", {}))
@@ -126,18 +160,20 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     if provisional:
         warnings.warn(f"study {study!r}: its confirmation phase has not run; this table is provisional (search "
                       "results on the search seeds); finish the study with `python studies/ablation.py --space "
-                      "<its file> --resume`", stacklevel=2)
-    trials = trials.reset_index(drop=True)
-    cells = tables.select_cells(trials, context=everything,   # what a group searched: all its runs
-                                **chooser(params))           # chosen as the study chose
-    arms = planned_arms(params)
+                      "<its file> --resume`", stacklevel=3)
+    return Runs(everything, completed, trials.reset_index(drop=True), confirmed, provisional, params, plan)
+
+
+def write_tables(cells: pd.DataFrame, runs: Runs, out: Path, written: dict) -> tuple[str, pd.DataFrame]:
+    """table1.tex / .md / .csv and reproduction.csv / .md; returns (the Markdown table, the reproduction)."""
+    arms = planned_arms(runs.params)
     # warns once per entry the study planned and did not get
-    latex = tables.to_latex(cells, confirmed=confirmed, planned=arms, provisional=provisional)
-    for label in sorted({c["cell"] for c in (plan or {}).get("cells", [])} - set(trials[R.CELL])):
-        warnings.warn(f"missing cell: {label}, planned, has no {'confirmation' if confirmed else 'completed'} run")
+    latex = tables.to_latex(cells, confirmed=runs.confirmed, planned=arms, provisional=runs.provisional)
+    for label in sorted({c["cell"] for c in (runs.plan or {}).get("cells", [])} - set(runs.trials[R.CELL])):
+        warnings.warn(f"missing cell: {label}, planned, has no {'confirmation' if runs.confirmed else 'completed'} run")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # ... and the other formats need not say it again
-        markdown = tables.to_markdown(cells, confirmed=confirmed, planned=arms, provisional=provisional)
+        markdown = tables.to_markdown(cells, confirmed=runs.confirmed, planned=arms, provisional=runs.provisional)
     for name, text in (("table1.tex", latex), ("table1.md", markdown), ("table1.csv", tables.to_csv(cells))):
         written[name] = out / name
         written[name].write_text(text)
@@ -146,10 +182,13 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     rep.to_csv(written["reproduction.csv"], index=False)
     written["reproduction.md"] = out / "reproduction.md"
     written["reproduction.md"].write_text(tables.reproduction_markdown(rep))
+    return markdown, rep
 
-    # --- figures: per dataset and channel, a panel per cell; an axis plot per numeric cell axis ---
+
+def write_figures(uri: str, cells: pd.DataFrame, runs: Runs, out: Path) -> None:
+    """Per dataset and channel, a panel per cell (Fig. 2's curves, Fig. 3's samples); an axis plot per
+    numeric cell axis."""
     client = MlflowClient(uri)
-    cells = tables.with_cells(cells)
     axes = tables.cell_columns(cells)
     by = [c for c in (R.CELL_PREFIX + "dataset", R.CELL_PREFIX + "channel") if c in axes] or ["dataset"]
     for key, dcells in cells.groupby(by):
@@ -161,9 +200,9 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
             else str(key[0])
         panels = dcells.sort_values(panel_axes).assign(panel=[panel_name(r, panel_axes) for _, r in
                                                               dcells.sort_values(panel_axes).iterrows()])
-        runs = panels.explode("run_ids")[["run_ids", "panel"]].rename(columns={"run_ids": "run_id"})
-        hist = metric_history(uri, runs.run_id).merge(trials[["run_id", "method", "arm", "seed"]], on="run_id") \
-            .merge(runs, on="run_id")
+        ids = panels.explode("run_ids")[["run_ids", "panel"]].rename(columns={"run_ids": "run_id"})
+        hist = metric_history(uri, ids.run_id).merge(runs.trials[["run_id", "method", "arm", "seed"]], on="run_id") \
+            .merge(ids, on="run_id")
         order = list(dict.fromkeys(panels.panel))
         hist = hist.sort_values("panel", key=lambda p: p.map(order.index), kind="stable")
         if hist.arm.nunique() > hist.method.nunique():   # variants of a method: every arm's curve
@@ -194,19 +233,24 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
             others = [c for c in axes if c != column and cells[c].nunique() > 1]
             figures.save(figures.cell_axis_plot(cells, column, others, tables.arm_label), out,
                          f"axis_cell_{tables.axis_name(column)}")
-    # the axes of the search: every completed search run against what it searched
-    notes = axis_figures(completed[completed[R.PHASE] == R.SEARCH] if confirmed else trials, out, params)
-    spent = tables.cost(everything, plan)
-    failed = everything[everything[R.STOP_REASON] == R.FAILED]
+
+
+def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: Runs, markdown: str, rep: pd.DataFrame,
+                 notes: list[str], out: Path, written: dict, against: str | Path | None) -> list[str]:
+    """report.md, line by line (writing the CSV of each of its statistics sections)."""
+    axes = tables.cell_columns(cells)
+    trials, completed, confirmed = runs.trials, runs.completed, runs.confirmed
+    spent = tables.cost(runs.everything, runs.plan)
+    failed = runs.everything[runs.everything[R.STOP_REASON] == R.FAILED]
     written["cost.csv"] = out / "cost.csv"
     spent.to_csv(written["cost.csv"], index=False)
 
     phases = (f"{len(trials)} confirmation runs (every configuration chosen in the search, on every seed) and "
               f"{len(completed) - len(trials)} completed search runs" if confirmed else
               f"**Provisional**: {len(trials)} completed search runs; the study's confirmation phase has not run "
-              "(finish it with `python studies/ablation.py --space <its file> --resume`)" if provisional else
+              "(finish it with `python studies/ablation.py --space <its file> --resume`)" if runs.provisional else
               f"{len(trials)} completed runs (search results: no confirmation phase)")
-    budget = [f"- `{k}`: {v}" for k, v in sorted(params.items()) if k.startswith(("fixed.", "by_dataset."))
+    budget = [f"- `{k}`: {v}" for k, v in sorted(runs.params.items()) if k.startswith(("fixed.", "by_dataset."))
               and not k.endswith(".data_dir")]
     shape = ", ".join(f"{tables.axis_name(c)} ({cells[c].nunique()})" for c in axes)
     report = [f"# Study {study}", "", f"{phases}; tracking: {display_uri(uri)}", "",
@@ -265,13 +309,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     report += ["", tables.reproduction_markdown(rep).replace("# Reproduction", "## Reproduction", 1)]
     pngs = sorted(p.name for p in out.glob("*.png"))
     report += ["", "## Figures", ""] + [f"![{name[:-4]}]({name})" for name in pngs]
-    written["report.md"] = out / "report.md"
-    written["report.md"].write_text("\n".join(report))
-    if not quiet:
-        print(written["table1.tex"].read_text())
-        for n in notes:
-            print(f"note: {n}")
-    return written
+    return report
 
 
 def check_out(out: Path) -> None:
