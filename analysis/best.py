@@ -14,7 +14,7 @@ import math
 import sys
 import warnings
 
-from analysis import tables
+from analysis import entries
 from analysis.fetch import chooser, fetch_runs, study_params, table_runs
 from iabf.metrics import STATE
 from iabf.record import COMPLETED, STOP_REASON, StoreError, check_store
@@ -25,19 +25,19 @@ def best(uri: str, study: str, parent: str | None = None) -> tuple[list[dict], b
     for a study without confirmation runs, whose records are then its best search runs."""
     everything = fetch_runs(uri, study, parent, include_unfinished=True)
     runs, confirmed = table_runs(everything[everything[STOP_REASON] == COMPLETED])
-    entries = tables.select_cells(runs, context=everything, **chooser(study_params(uri, study, parent)))
+    chosen = entries.select_cells(runs, context=everything, **chooser(study_params(uri, study, parent)))
     by_id = runs.set_index("run_id")
     records = []
-    for e in entries.itertuples():
+    for e in chosen.itertuples():
         ids = list(e.run_ids)
         records.append({
             "cell": by_id.loc[ids[0], "cell"],
-            "cell_values": {tables.axis_name(c): _plain(entries.at[e.Index, c])
-                            for c in tables.cell_columns(entries)},
+            "cell_values": {entries.axis_name(c): _plain(chosen.at[e.Index, c])
+                            for c in entries.cell_columns(chosen)},
             "dataset": e.dataset, "bits": int(e.bits), "eps": float(e.eps),
             "arm": e.arm, "method": e.method, "config": e.config,
             "params": {k.removeprefix("param."): _plain(v) for k, v in by_id.loc[ids[0]].items()
-                       if k.startswith("param.") and k not in tables.NOT_CONFIG},
+                       if k.startswith("param.") and k not in entries.NOT_CONFIG},
             "confirms": by_id.loc[ids[0], "confirms"], "n": int(e.n), "val": float(e.val),
             "test": float(e.test), "test_std": None if math.isnan(e.std) else float(e.std),
             "runs": [{"run_id": i, "seed": int(by_id.loc[i, "seed"]), "test": float(by_id.loc[i, "test"]),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from mlflow.tracking import MlflowClient
 from iabf import metrics as M
 from iabf import record as R
 from iabf.config import FIELD_TYPES, Config
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # a plan's download is no console news
 COLUMNS = ["dataset", "bits", "method", "eps", "channel", "lam", "K", "seed", R.STOP_REASON, "val", "test",
            "run_id", "config_hash", "run_name", R.FAILURE, R.PHASE, R.CELL, R.ARM, R.UID, R.CONFIRMS, "epochs"]
 
@@ -124,7 +127,7 @@ def study_params(tracking_uri: str, study: str, parent: str | None = None) -> di
 
 def chooser(params: dict) -> dict:
     """The metric and mode the study chose its configurations by (its parent run's parameters), for
-    analysis.tables.select_cells: a table chooses as its study did."""
+    analysis.entries.select_cells: a table chooses as its study did."""
     return {"metric": params.get("metric", M.VAL_DISTORTION), "mode": params.get("mode", "min")}
 
 

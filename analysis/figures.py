@@ -102,7 +102,7 @@ def arm_curves(curves: pd.DataFrame, dataset: str, labels: dict | None = None):
 def cell_axis_plot(cells: pd.DataFrame, column: str, others: list[str], label=lambda arm: arm, level: float = 0.95):
     """An ablation's figure: test distortion (mean over seeds, with its `level` t-interval) against a
     numeric cell axis, a line per arm, a panel per combination of the other cell axes that vary.
-    cells: analysis.tables.select_cells' entries (cell.<axis> columns, arm, method, test, tests)."""
+    cells: analysis.entries.select_cells' entries (cell.<axis> columns, arm, method, test, tests)."""
     from scipy import stats
 
     name = column.removeprefix(CELL_PREFIX)

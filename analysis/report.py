@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 import warnings
@@ -22,20 +21,18 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from analysis import figures, tables
+from analysis import entries, figures, layout, reproduction, significance
+from analysis.fetch import (FetchError, chooser, display_uri, fetch_runs, metric_history, planned_arms, study_params,
+                            study_plan, table_runs)
 from iabf import record as R
 from iabf.storage import folder_problem
-from analysis.fetch import (FetchError, chooser, display_uri, fetch_runs, metric_history, planned_arms, study_params, study_plan,
-                            table_runs)
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def searched_params(trials: pd.DataFrame) -> list[str]:
     """Numeric parameters that vary within a group (cell and arm) of the study's trials, seeds aside:
     what a search chose between, not what tells one arm from another."""
     groups = trials.groupby([R.CELL, R.ARM]) if {R.CELL, R.ARM} <= set(trials.columns) else [(None, trials)]
-    return [c for c in trials.columns if c.startswith("param.") and c not in tables.NOT_CONFIG
+    return [c for c in trials.columns if c.startswith("param.") and c not in entries.NOT_CONFIG
             and pd.api.types.is_numeric_dtype(trials[c]) and not pd.api.types.is_bool_dtype(trials[c])
             and any(g[c].nunique() > 1 for _, g in groups)]
 
@@ -67,13 +64,13 @@ class NothingToReport(LookupError):
 
 def is_table1(cells: pd.DataFrame) -> bool:
     """Is the study shaped like the paper's Table 1 (cells of dataset, channel, code length, eps)?"""
-    return {tables.axis_name(c) for c in tables.cell_columns(cells)} <= {"dataset", "channel", "bits", "eps"}
+    return {entries.axis_name(c) for c in entries.cell_columns(cells)} <= {"dataset", "channel", "bits", "eps"}
 
 
 def panel_name(entry: pd.Series, axes: list[str]) -> str:
     """A figure panel's title: eps as the paper writes it, other axes as axis=value."""
-    parts = [f"$\\epsilon$ = {entry[c]:g}" if tables.axis_name(c) in ("eps", "test_eps") else
-             f"{tables.axis_name(c)}={R.value_text(entry[c])}" for c in axes]
+    parts = [f"$\\epsilon$ = {entry[c]:g}" if entries.axis_name(c) in ("eps", "test_eps") else
+             f"{entries.axis_name(c)}={R.value_text(entry[c])}" for c in axes]
     return ", ".join(parts) or f"$\\epsilon$ = {entry.eps:g}"
 
 
@@ -88,24 +85,24 @@ def against_section(written: dict, out: Path, cells: pd.DataFrame, path: str | P
     """This study's entries beside another study's committed table (`--against`): a figure per dataset
     (test distortion against eps, every arm of both), the contrasts of each of its arms against each of
     ours per cell, from summary statistics. Comparable only if both ran the same budget and seeds."""
-    other = tables.read_table(path)
-    con = tables.against(cells, other)
+    other = significance.read_table(path)
+    con = significance.against(cells, other)
     if con.empty:
         warnings.warn(f"--against {path}: no cell (dataset, code length, eps) in common with this study", stacklevel=2)
         return []
-    mine = cells[tables.ENTRY]
+    mine = cells[significance.ENTRY]
     theirs = other[other.set_index(["dataset", "bits", "eps"]).index.isin(
-        mine.set_index(["dataset", "bits", "eps"]).index)][tables.ENTRY]
-    for (dataset, bits), entries in pd.concat([theirs, mine]).groupby(["dataset", "bits"]):
-        fig = figures.summary_curves(entries, f"{tables.dataset_name(dataset)}, M = {bits}: this study and {Path(path).parent.name or path}",
-                                     tables.arm_label)
+        mine.set_index(["dataset", "bits", "eps"]).index)][significance.ENTRY]
+    for (dataset, bits), rows in pd.concat([theirs, mine]).groupby(["dataset", "bits"]):
+        fig = figures.summary_curves(rows, f"{entries.dataset_name(dataset)}, M = {bits}: this study and {Path(path).parent.name or path}",
+                                     entries.arm_label)
         figures.save(fig, out, f"against_eps_{dataset}")
     return csv_section(written, out, "against.csv", con, f"Against {path}",
                        f"Each arm of {path} minus each arm of this study in the same cell (dataset, code length, eps), "
                        "in test distortion (negative: the other table's arm is better), with the 95% confidence "
                        "interval of the difference and Welch's t-test from the two tables' means, standard deviations "
                        "and seed counts; p (Holm): adjusted over every contrast of this section; * p < 0.05. The two "
-                       "studies are comparable only at the same budget and seeds.", tables.contrasts_markdown(con))
+                       "studies are comparable only at the same budget and seeds.", significance.contrasts_markdown(con))
 
 
 @dataclass
@@ -128,10 +125,10 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     runs = gather(uri, study, parent)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    cells = tables.select_cells(runs.trials, context=runs.everything,   # what a group searched: all its runs
+    cells = entries.select_cells(runs.trials, context=runs.everything,   # what a group searched: all its runs
                                 **chooser(runs.params))                  # chosen as the study chose
     markdown, rep = write_tables(cells, runs, out, written)
-    cells = tables.with_cells(cells)
+    cells = entries.with_cells(cells)
     write_figures(uri, cells, runs, out)
     # the axes of the search: every completed search run against what it searched
     notes = axis_figures(runs.completed[runs.completed[R.PHASE] == R.SEARCH] if runs.confirmed else runs.trials,
@@ -154,7 +151,7 @@ def gather(uri: str, study: str, parent: str | None) -> Runs:
         raise NothingToReport(f"study {study!r} has no completed trial yet: nothing to tabulate")
     trials, confirmed = table_runs(completed)   # confirmation runs only, where the study has them
     params, plan = study_params(uri, study, parent), study_plan(uri, study, parent)
-    tables.name_datasets((plan or {}).get("display", {}))
+    entries.name_datasets((plan or {}).get("display", {}))
     # a study whose confirmation phase has not run yet (interrupted): its search results, marked so
     provisional = not confirmed and bool(plan.get("confirm", True) if plan else params.get("confirm") == "True")
     if provisional:
@@ -168,20 +165,20 @@ def write_tables(cells: pd.DataFrame, runs: Runs, out: Path, written: dict) -> t
     """table1.tex / .md / .csv and reproduction.csv / .md; returns (the Markdown table, the reproduction)."""
     arms = planned_arms(runs.params)
     # warns once per entry the study planned and did not get
-    latex = tables.to_latex(cells, confirmed=runs.confirmed, planned=arms, provisional=runs.provisional)
+    latex = layout.to_latex(cells, confirmed=runs.confirmed, planned=arms, provisional=runs.provisional)
     for label in sorted({c["cell"] for c in (runs.plan or {}).get("cells", [])} - set(runs.trials[R.CELL])):
         warnings.warn(f"missing cell: {label}, planned, has no {'confirmation' if runs.confirmed else 'completed'} run")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # ... and the other formats need not say it again
-        markdown = tables.to_markdown(cells, confirmed=runs.confirmed, planned=arms, provisional=runs.provisional)
-    for name, text in (("table1.tex", latex), ("table1.md", markdown), ("table1.csv", tables.to_csv(cells))):
+        markdown = layout.to_markdown(cells, confirmed=runs.confirmed, planned=arms, provisional=runs.provisional)
+    for name, text in (("table1.tex", latex), ("table1.md", markdown), ("table1.csv", layout.to_csv(cells))):
         written[name] = out / name
         written[name].write_text(text)
-    rep = tables.reproduction(cells, tables.paper_table1())
+    rep = reproduction.reproduction(cells, reproduction.paper_table1())
     written["reproduction.csv"] = out / "reproduction.csv"
     rep.to_csv(written["reproduction.csv"], index=False)
     written["reproduction.md"] = out / "reproduction.md"
-    written["reproduction.md"].write_text(tables.reproduction_markdown(rep))
+    written["reproduction.md"].write_text(reproduction.reproduction_markdown(rep))
     return markdown, rep
 
 
@@ -189,7 +186,7 @@ def write_figures(uri: str, cells: pd.DataFrame, runs: Runs, out: Path) -> None:
     """Per dataset and channel, a panel per cell (Fig. 2's curves, Fig. 3's samples); an axis plot per
     numeric cell axis."""
     client = MlflowClient(uri)
-    axes = tables.cell_columns(cells)
+    axes = entries.cell_columns(cells)
     by = [c for c in (R.CELL_PREFIX + "dataset", R.CELL_PREFIX + "channel") if c in axes] or ["dataset"]
     for key, dcells in cells.groupby(by):
         key = key if isinstance(key, tuple) else (key,)
@@ -206,11 +203,11 @@ def write_figures(uri: str, cells: pd.DataFrame, runs: Runs, out: Path) -> None:
         order = list(dict.fromkeys(panels.panel))
         hist = hist.sort_values("panel", key=lambda p: p.map(order.index), kind="stable")
         if hist.arm.nunique() > hist.method.nunique():   # variants of a method: every arm's curve
-            figures.save(figures.arm_curves(hist, tables.dataset_name(dataset), {a: tables.arm_label(a) for a in hist.arm.unique()}),
+            figures.save(figures.arm_curves(hist, entries.dataset_name(dataset), {a: entries.arm_label(a) for a in hist.arm.unique()}),
                          out, f"val_curves_arms_{name}")
         hist = hist[hist.arm == hist.method]      # Fig. 2 is the paper's NECST against its IABF
         if {"necst", "iabf"} & set(hist.method):
-            figures.save(figures.validation_curves(hist, tables.dataset_name(dataset)), out, f"fig2_val_curves_{name}")
+            figures.save(figures.validation_curves(hist, entries.dataset_name(dataset)), out, f"fig2_val_curves_{name}")
         first = panels[panels.panel == panels.panel.iloc[0]]
         grids = {}
         for row in first.itertuples():
@@ -222,25 +219,25 @@ def write_figures(uri: str, cells: pd.DataFrame, runs: Runs, out: Path) -> None:
                 except Exception as e:  # an artifact store that lost a file must not sink the report
                     warnings.warn(f"no Markov-chain samples for {dataset} {row.arm}: {e}", stacklevel=2)
                     continue
-                grids[tables.arm_label(row.arm)] = np.asarray(Image.open(path).convert("L"))
+                grids[entries.arm_label(row.arm)] = np.asarray(Image.open(path).convert("L"))
         if grids:
             fig = figures.sample_grids(grids, f"Markov-chain samples, {' '.join(map(str, key))}, {first.panel.iloc[0]} "
                                               "(rows: every 1/9 of the chain)")
             figures.save(fig, out, f"fig3_markov_chain_{name}")
     for column in axes:   # the ablation's own figure: test distortion against a numeric cell axis, per arm
-        if tables.axis_name(column) not in ("dataset", "channel") and cells[column].nunique() > 1 and \
+        if entries.axis_name(column) not in ("dataset", "channel") and cells[column].nunique() > 1 and \
                 pd.api.types.is_numeric_dtype(cells[column]):
             others = [c for c in axes if c != column and cells[c].nunique() > 1]
-            figures.save(figures.cell_axis_plot(cells, column, others, tables.arm_label), out,
-                         f"axis_cell_{tables.axis_name(column)}")
+            figures.save(figures.cell_axis_plot(cells, column, others, entries.arm_label), out,
+                         f"axis_cell_{entries.axis_name(column)}")
 
 
 def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: Runs, markdown: str, rep: pd.DataFrame,
                  notes: list[str], out: Path, written: dict, against: str | Path | None) -> list[str]:
     """report.md, line by line (writing the CSV of each of its statistics sections)."""
-    axes = tables.cell_columns(cells)
+    axes = entries.cell_columns(cells)
     trials, completed, confirmed = runs.trials, runs.completed, runs.confirmed
-    spent = tables.cost(runs.everything, runs.plan)
+    spent = entries.cost(runs.everything, runs.plan)
     failed = runs.everything[runs.everything[R.STOP_REASON] == R.FAILED]
     written["cost.csv"] = out / "cost.csv"
     spent.to_csv(written["cost.csv"], index=False)
@@ -252,36 +249,36 @@ def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: Runs, markdown
               f"{len(trials)} completed runs (search results: no confirmation phase)")
     budget = [f"- `{k}`: {v}" for k, v in sorted(runs.params.items()) if k.startswith(("fixed.", "by_dataset."))
               and not k.endswith(".data_dir")]
-    shape = ", ".join(f"{tables.axis_name(c)} ({cells[c].nunique()})" for c in axes)
+    shape = ", ".join(f"{entries.axis_name(c)} ({cells[c].nunique()})" for c in axes)
     report = [f"# Study {study}", "", f"{phases}; tracking: {display_uri(uri)}", "",
               f"{cells[axes].drop_duplicates().shape[0]} cells: {shape} values; an entry is a cell and an arm.", "",
               "## Budget and fixed values", "", "Every trial's, from the study's parent run (by_dataset: per dataset, "
               "over fixed; anything else is iabf/config.py's default).", "", *(budget or ["- the defaults"]), "",
               "## Table 1" if is_table1(cells) else "## Table", "", markdown,
               *(["## Per arm, across the ablation", "", "Test distortion, mean ± std over seeds; each entry is one "
-                 "cell of the table above.", "", grids] if (grids := tables.arm_grids(cells)) else []),
+                 "cell of the table above.", "", grids] if (grids := layout.arm_grids(cells)) else []),
               "## The chosen configurations", "",
               "| cell | arm | configuration | n | val | test | std |", "|---|---|---|---|---|---|---|"]
     report += [f"| {c.cell} | {c.arm} | {c.config} | {c.n} | "
                f"{c.val:.4g} | {c.test:.4g} | {c.std:.3g} |" for c in cells.itertuples()]
-    con = tables.contrasts(cells)
+    con = significance.contrasts(cells)
     if len(con):
         report += csv_section(written, out, "contrasts.csv", con, "Each arm against the baselines",
                               "Test distortion of each arm minus that of NECST, of its own method by the paper's "
                               "equations and of the methods before it in the same version (negative: the arm is "
                               "better), with the 95% confidence interval of the difference and Welch's t-test over "
                               "seeds; p (Holm): adjusted for every contrast in this table; * p < 0.05.",
-                              tables.contrasts_markdown(con))
-        counts = tables.tally(con)
+                              significance.contrasts_markdown(con))
+        counts = significance.tally(con)
         report += csv_section(written, out, "tally.csv", counts, "Across cells",
                               "Per arm and baseline: the cells where the arm's test distortion is significantly "
                               "lower (better) or higher (worse) after Holm's adjustment over every contrast of the "
                               "report (p < 0.05); the cells where its mean is lower at all; the same counts without "
                               "the adjustment; and the mean relative difference (arm over baseline, minus 1; "
-                              "negative: better).", tables.tally_markdown(counts))
-    for column in tables.contrasted_axes(cells):   # what one setting of an ablation does, all else equal
-        axis = tables.axis_name(column)
-        con = tables.axis_contrasts(cells, column)
+                              "negative: better).", significance.tally_markdown(counts))
+    for column in significance.contrasted_axes(cells):   # what one setting of an ablation does, all else equal
+        axis = entries.axis_name(column)
+        con = significance.axis_contrasts(cells, column)
         if len(con):
             report += csv_section(written, out, f"axis_{axis}_contrasts.csv", con, f"Across {axis}",
                                   f"Each arm at each {axis} against the same arm at {axis}="
@@ -289,8 +286,8 @@ def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: Runs, markdown
                                   f"other cell axis equal: test distortion difference (negative: lower), its 95% "
                                   f"confidence interval and Welch's t-test over seeds; p (Holm): adjusted over these "
                                   f"contrasts; * p < 0.05. A contrast that recurs unchanged in several blocks is "
-                                  f"one row (its other axis joined), counted once." + tables.inert_text(con, axis),
-                                  tables.axis_contrasts_markdown(con, axis))
+                                  f"one row (its other axis joined), counted once." + significance.inert_text(con, axis),
+                                  significance.axis_contrasts_markdown(con, axis))
     if against is not None:
         report += against_section(written, out, cells, against)
     report += ["", "## Notes on the search ranges", ""]
@@ -306,7 +303,7 @@ def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: Runs, markdown
                f"{'--' if math.isnan(c.full_grid_epochs) else f'{c.full_grid_epochs:.0f}'} | "
                f"{'--' if math.isnan(c.of_full_grid) else f'{c.of_full_grid:.0%}'} | {c.trial_hours:.3f} | {c.gpu_hours:.3f} |"
                for c in spent.itertuples()]
-    report += ["", tables.reproduction_markdown(rep).replace("# Reproduction", "## Reproduction", 1)]
+    report += ["", reproduction.reproduction_markdown(rep).replace("# Reproduction", "## Reproduction", 1)]
     pngs = sorted(p.name for p in out.glob("*.png"))
     report += ["", "## Figures", ""] + [f"![{name[:-4]}]({name})" for name in pngs]
     return report
@@ -334,9 +331,9 @@ def main(argv=None) -> int:
         check_out(Path(args.out))
         R.check_store(args.tracking_uri)
         if args.against is not None:
-            tables.read_table(args.against)      # a bad file fails before anything is written
+            significance.read_table(args.against)      # a bad file fails before anything is written
         written = write_report(args.tracking_uri, args.study, args.out, args.parent, against=args.against)
-    except (R.StoreError, tables.TableError) as e:
+    except (R.StoreError, entries.TableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NothingToReport as e:

@@ -1,5 +1,5 @@
 """A study's record: what it leaves in MLflow, and so everything that reads it back needs. studies/
-writes it (tracking.py), analysis/ reads it (fetch.py, tables.py); both import it from here and nowhere
+writes it (tracking.py), analysis/ reads it (fetch.py, entries.py); both import it from here and nowhere
 else. No torch, no Ray (MLflow only inside the store checks): a report rebuilds from the store alone.
 
 - every trial's run is tagged with LABELS: its phase (SEARCH or CONFIRM), its cell (cell_label), its

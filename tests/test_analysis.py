@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from scipy import stats
 
-from analysis import figures, tables
+from analysis import entries, figures, layout, reproduction, significance
 from analysis.fetch import FetchError, fetch_runs
 from analysis.report import main as report_main
 from iabf import metrics as M
@@ -39,7 +39,7 @@ def test_latex_against_the_expected_string():
                        trial("necst", 0.2, 22.5), trial("abf", 0.2, 22.0), trial("iabf", 0.2, 22.1)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a complete table warns about nothing
-        tex = tables.to_latex(tables.select_cells(df))
+        tex = layout.to_latex(entries.select_cells(df))
     expected = r"""\begin{table}[t]
 \centering
 \begin{tabular}{lcc}
@@ -51,7 +51,7 @@ MNIST & $\epsilon=0.1$ & $\epsilon=0.2$ \\
 100-bit IABF & \textbf{13.250} & 22.100 \\
 \bottomrule
 \end{tabular}
-\caption{""" + tables.caption(tables.select_cells(df)) + r"""}
+\caption{""" + layout.caption(entries.select_cells(df)) + r"""}
 \label{tab:table1}
 \end{table}
 """
@@ -63,16 +63,16 @@ def test_bold_and_significance_markers_on_a_known_case():
     rows = []
     for s, (n, a, i) in enumerate([(15.0, 13.1, 13.0), (15.1, 13.3, 13.1), (15.2, 13.0, 13.2)]):
         rows += [trial("necst", 0.1, n, seed=s), trial("abf", 0.1, a, seed=s), trial("iabf", 0.1, i, seed=s)]
-    cells = tables.select_cells(pd.DataFrame(rows)).set_index("method")
+    cells = entries.select_cells(pd.DataFrame(rows)).set_index("method")
     assert cells.loc["iabf", "best"] and not cells.loc["abf", "best"]
     assert cells.loc["abf", "tied"] and cells.loc["abf", "p_value"] > 0.5     # 13.13 vs 13.10: a tie
     assert not cells.loc["necst", "tied"] and cells.loc["necst", "p_value"] < 1e-3
     assert (cells.n == 3).all()
-    tex = tables.to_latex(cells.reset_index())
+    tex = layout.to_latex(cells.reset_index())
     assert r"\textbf{13.100 $\pm$ 0.100}" in tex
     assert r"13.133 $\pm$ 0.153$^\dagger$" in tex and r"15.100 $\pm$ 0.100 " in tex
     assert "(n = 3 per cell)" in tex
-    md = tables.to_markdown(cells.reset_index())
+    md = layout.to_markdown(cells.reset_index())
     assert "**13.100 ± 0.100**" in md and "13.133 ± 0.153 †" in md
 
 
@@ -80,32 +80,32 @@ def test_lambda_is_chosen_by_validation_not_by_test():
     df = pd.DataFrame([trial("iabf", 0.1, test=20.0, val=10.0, lam=0.1),   # best validation
                        trial("iabf", 0.1, test=5.0, val=11.0, lam=0.01),   # best test: must not win
                        trial("necst", 0.1, 30.0), trial("abf", 0.1, 30.0)])
-    cells = tables.select_cells(df).set_index("method")
+    cells = entries.select_cells(df).set_index("method")
     assert cells.loc["iabf", "lam"] == 0.1 and cells.loc["iabf", "test"] == 20.0
 
 
 def test_missing_cells_print_dashes_and_warn():
     df = pd.DataFrame([trial("necst", 0.1, 14.5), trial("iabf", 0.1, 13.25), trial("iabf", 0.2, 22.0)])
     with pytest.warns(UserWarning, match="missing cell: mnist 100-bit abf eps 0.1"):
-        tex = tables.to_latex(tables.select_cells(df))
+        tex = layout.to_latex(entries.select_cells(df))
     assert "100-bit ABF & -- & -- \\\\" in tex and "100-bit NECST & 14.500 & -- \\\\" in tex
-    assert "--" in tables.to_markdown(tables.select_cells(df))
-    assert tables.to_latex(tables.select_cells(df.iloc[:0])).count("tabular") == 2   # empty: no crash
+    assert "--" in layout.to_markdown(entries.select_cells(df))
+    assert layout.to_latex(entries.select_cells(df.iloc[:0])).count("tabular") == 2   # empty: no crash
 
 
 def test_reproduction_deltas_and_ordering_on_known_numbers():
     df = pd.DataFrame([trial("necst", 0.1, 15.439), trial("abf", 0.1, 13.369), trial("iabf", 0.1, 13.0)])
-    rep = tables.reproduction(tables.select_cells(df), tables.paper_table1()).set_index(["dataset", "method", "eps"])
+    rep = reproduction.reproduction(entries.select_cells(df), reproduction.paper_table1()).set_index(["dataset", "method", "eps"])
     assert rep.loc[("mnist", "necst", 0.1), "abs_diff"] == pytest.approx(1.0)
     assert rep.loc[("mnist", "necst", 0.1), "rel_diff"] == pytest.approx(1.0 / 14.439)
     assert rep.loc[("mnist", "abf", 0.1), "abs_diff"] == pytest.approx(0.0)
     assert rep.loc[("mnist", "iabf", 0.1), "paper"] == 13.251
-    assert len(tables.paper_table1()) == 48
-    md = tables.reproduction_markdown(rep.reset_index())
+    assert len(reproduction.paper_table1()) == 48
+    md = reproduction.reproduction_markdown(rep.reset_index())
     assert "| mnist | 100 | necst | necst | 0.1 | 15.439 | 1 | 14.439 | +1.000 | +6.9% | yes |" in md
     assert "| mnist | 100 | 0.1 | paper | yes | yes |" in md   # 13.0 <= 13.369 <= 15.439, and the paper's
     flipped = pd.DataFrame([trial("necst", 0.1, 12.0), trial("abf", 0.1, 13.0), trial("iabf", 0.1, 14.0)])
-    order = tables.ordering(tables.select_cells(flipped), "test")
+    order = reproduction.ordering(entries.select_cells(flipped), "test")
     assert order.test_ordered.tolist() == [False]
 
 
@@ -176,14 +176,14 @@ def test_arms_of_one_method_are_rows_of_their_own_and_versions_are_ordered_apart
                        ("abf reference", 13.4), ("iabf reference", 13.2)):
         t = trial(arm.split()[0], 0.1, tests)
         rows.append({**t, "arm": arm, "run_id": arm})
-    cells = tables.select_cells(pd.DataFrame(rows))
-    assert tables.arms(cells) == ["necst", "necst reference", "abf", "abf reference", "iabf", "iabf reference"]
-    tex = tables.to_latex(cells, confirmed=True)
+    cells = entries.select_cells(pd.DataFrame(rows))
+    assert entries.arms(cells) == ["necst", "necst reference", "abf", "abf reference", "iabf", "iabf reference"]
+    tex = layout.to_latex(cells, confirmed=True)
     assert "100-bit IABF reference & \\textbf{13.200}" in tex and "100-bit IABF & 14.300" in tex
     assert "of each arm (nothing searched), trained on every seed reported here" in tex
-    order = tables.ordering(cells, "test").set_index("version").test_ordered
+    order = reproduction.ordering(cells, "test").set_index("version").test_ordered
     assert order.to_dict() == {"paper": False, "reference": True}
-    rep = tables.reproduction(cells, tables.paper_table1())
+    rep = reproduction.reproduction(cells, reproduction.paper_table1())
     closest = rep[rep.closest].set_index("method").arm.to_dict()
     assert closest == {"necst": "necst reference", "abf": "abf reference", "iabf": "iabf reference"}
 
@@ -196,17 +196,17 @@ def test_tables_report_confirmation_runs_only_where_the_study_has_them():
     confirm = [{**trial("iabf", 0.1, 12.0 + s, lam=0.1, seed=s), "phase": "confirm", "arm": "iabf"} for s in range(3)]
     runs, confirmed = table_runs(pd.DataFrame(search + confirm))
     assert confirmed and len(runs) == 3 and set(runs.seed) == {0, 1, 2}
-    cells = tables.select_cells(runs, context=pd.DataFrame(search + confirm))
+    cells = entries.select_cells(runs, context=pd.DataFrame(search + confirm))
     assert cells.n.tolist() == [3] and cells.config.tolist() == ["lam=0.1"]
-    assert "in a search on other seeds, then trained on every seed reported here" in tables.caption(cells, True)
+    assert "in a search on other seeds, then trained on every seed reported here" in layout.caption(cells, True)
     confirm_only = pd.DataFrame(confirm)
-    fixed = tables.select_cells(confirm_only)                 # nothing searched: the caption says so
+    fixed = entries.select_cells(confirm_only)                 # nothing searched: the caption says so
     assert fixed.config.tolist() == ["(none searched)"]
-    assert "(nothing searched)" in tables.caption(fixed, confirmed=True) and "search" not in tables.caption(
+    assert "(nothing searched)" in layout.caption(fixed, confirmed=True) and "search" not in layout.caption(
         fixed, confirmed=True).replace("nothing searched", "")
     runs, confirmed = table_runs(pd.DataFrame(search))
     assert not confirmed and len(runs) == 2
-    assert "search results, no confirmation phase" in tables.caption(tables.select_cells(runs))
+    assert "search results, no confirmation phase" in layout.caption(entries.select_cells(runs))
 
 
 def test_each_arm_is_contrasted_with_necst_its_method_and_necst_of_its_version():
@@ -217,7 +217,7 @@ def test_each_arm_is_contrasted_with_necst_its_method_and_necst_of_its_version()
             "necst reference": [16.0, 16.2, 16.4], "iabf reference": [16.0, 16.2, 16.4]}
     rows = [{**trial(arm.split()[0], 0.1, t, seed=s), "arm": arm, "run_id": f"{arm}{s}"}
             for arm, tests in base.items() for s, t in enumerate(tests)]
-    con = tables.contrasts(tables.select_cells(pd.DataFrame(rows))).set_index(["arm", "against"])
+    con = significance.contrasts(entries.select_cells(pd.DataFrame(rows))).set_index(["arm", "against"])
     assert sorted(con.index) == sorted([("iabf", "necst"), ("iabf topk", "necst"), ("iabf topk", "iabf"),
                                         ("iabf topk", "abf topk"), ("abf topk", "necst"),
                                         ("necst reference", "necst"), ("iabf reference", "necst"),
@@ -226,7 +226,7 @@ def test_each_arm_is_contrasted_with_necst_its_method_and_necst_of_its_version()
     assert topk["diff"] == pytest.approx(-1.0) and topk.p_value < 1e-3 and topk.low < -1.0 < topk.high < 0
     same = con.loc[("iabf reference", "necst reference")]
     assert same["diff"] == pytest.approx(0.0) and same.p_value == pytest.approx(1.0) and same.low < 0 < same.high
-    md = tables.contrasts_markdown(con.reset_index())
+    md = significance.contrasts_markdown(con.reset_index())
     assert "| IABF topk | NECST | -1.000 (" in md and " * | 3 vs 3 |" in md
     # Holm: the smallest p times the number of contrasts, then never below an earlier one, at most 1
     ranked = con.sort_values("p_value")
@@ -239,24 +239,24 @@ def test_iabf_is_contrasted_with_abf_of_its_version_what_the_infomax_term_adds()
             "abf topk": [13.0, 13.1, 13.2], "iabf topk": [13.5, 13.6, 13.7]}
     rows = [{**trial(arm.split()[0], 0.1, t, seed=s), "arm": arm, "run_id": f"{arm}{s}"}
             for arm, tests in base.items() for s, t in enumerate(tests)]
-    con = tables.contrasts(tables.select_cells(pd.DataFrame(rows))).set_index(["arm", "against"])
+    con = significance.contrasts(entries.select_cells(pd.DataFrame(rows))).set_index(["arm", "against"])
     assert {("iabf", "abf"), ("iabf topk", "abf topk"), ("abf topk", "abf"), ("iabf topk", "iabf")} <= set(con.index)
     assert ("iabf topk", "abf") not in con.index                     # another version's ABF: not a baseline
     assert con.loc[("iabf", "abf"), "diff"] == pytest.approx(0.0, abs=1e-9)
     assert con.loc[("iabf topk", "abf topk"), "diff"] == pytest.approx(0.5)
     # across cells: one cell here, ABF topk significantly better than NECST, IABF level with ABF
-    t = tables.tally(con.reset_index()).set_index(["arm", "against"])
+    t = significance.tally(con.reset_index()).set_index(["arm", "against"])
     assert t.loc[("iabf", "abf"), ["better", "worse", "neither"]].tolist() == [0, 0, 1]
     assert t.loc[("abf topk", "necst"), "mean_rel_diff"] == pytest.approx(13.1 / 15.1 - 1)
-    md = tables.tally_markdown(t.reset_index())
+    md = significance.tally_markdown(t.reset_index())
     assert "| IABF | ABF | 1 | 0 | 0 | 1 | 0 | 0 / 0 | +0.0% | -- | -- |" in md
     assert t.loc[("abf topk", "necst"), ["lower", "better_raw", "worse_raw"]].tolist() == [1, 1, 0]
 
 
 def test_holm_adjustment_on_known_p_values():
     p = pd.Series([0.01, 0.04, float("nan"), 0.03, 0.2])
-    assert tables.holm(p).round(6).tolist()[:2] == [0.04, 0.09] and tables.holm(p).isna().tolist()[2]
-    assert tables.holm(p).round(6).tolist()[3:] == [0.09, 0.2]
+    assert significance.holm(p).round(6).tolist()[:2] == [0.04, 0.09] and significance.holm(p).isna().tolist()[2]
+    assert significance.holm(p).round(6).tolist()[3:] == [0.09, 0.2]
 
 
 def planned_store(tmp_path, arms, runs, confirm: bool | None = None):
@@ -359,7 +359,7 @@ def test_a_study_with_no_completed_trial_exits_non_zero_and_writes_nothing(tmp_p
 def test_welch_from_summary_statistics_is_welch_from_the_samples(a, b):
     if np.std(a) < 1e-3 or np.std(b) < 1e-3:
         return                                        # a constant sample: no t-test either way
-    low, high, p = tables.welch(np.mean(a), np.std(a, ddof=1), len(a), np.mean(b), np.std(b, ddof=1), len(b))
+    low, high, p = significance.welch(np.mean(a), np.std(a, ddof=1), len(a), np.mean(b), np.std(b, ddof=1), len(b))
     t = stats.ttest_ind(a, b, equal_var=False)
     assert p == pytest.approx(t.pvalue, rel=1e-6, abs=1e-9)
     assert (low, high) == pytest.approx(tuple(t.confidence_interval(0.95)), rel=1e-6, abs=1e-9)
@@ -384,7 +384,7 @@ def test_a_committed_table_is_set_beside_the_study_per_cell(store, tmp_path, cap
     rc, err = report_error(tmp_path, capsys, "--tracking-uri", store, "--study", "known", "--out",
                            str(tmp_path / "never"), "--against", str(bad))
     assert rc == 2 and len(err) == 1 and "no column(s) dataset" in err[0] and not (tmp_path / "never").exists()
-    assert tables.arm_label("separation bound") == "Separation bound (optimistic)"
+    assert entries.arm_label("separation bound") == "Separation bound (optimistic)"
 
 
 def test_an_ablation_axis_is_contrasted_against_its_default_with_every_other_axis_equal():
@@ -399,14 +399,14 @@ def test_an_ablation_axis_is_contrasted_against_its_default_with_every_other_axi
         rows += [{**trial(method, 0.1, t, seed=s, dataset=dataset), "arm": method, "run_id": f"{dataset}{method}{precision}{s}",
                   "config_hash": config_hash(cfg.to_dict()), "cell.dataset": dataset, "cell.bits": cfg.bits,
                   "cell.eps": 0.1, "cell.precision": precision} for s, t in enumerate(values)]
-    cells = tables.select_cells(pd.DataFrame(rows))
-    assert tables.contrasted_axes(cells) == ["cell.precision"]
-    con = tables.axis_contrasts(cells, "cell.precision").set_index("arm")
+    cells = entries.select_cells(pd.DataFrame(rows))
+    assert significance.contrasted_axes(cells) == ["cell.precision"]
+    con = significance.axis_contrasts(cells, "cell.precision").set_index("arm")
     assert sorted(con.index) == ["iabf", "necst"] and set(con.baseline) == {"fp32"} and set(con.precision) == {"bf16"}
     assert con.loc["necst", "diff"] == pytest.approx(0.5) and con.loc["necst", "low"] > 0
     assert con.loc["iabf", "diff"] == pytest.approx(0.0, abs=1e-9) and con.loc["iabf", "low"] < 0 < con.loc["iabf", "high"]
     assert (con.p_holm >= con.p_value).all()
-    md = tables.axis_contrasts_markdown(con.reset_index(), "precision")
+    md = significance.axis_contrasts_markdown(con.reset_index(), "precision")
     assert "| NECST | bf16 | fp32 | 29.7 | 29.2 | +0.5 (" in md
 
 
@@ -417,25 +417,25 @@ def test_a_table_says_the_cell_values_no_heading_shows():
     rows = [{**trial(m, 0.1, 10.0 + k + b + s, seed=s), "arm": m, "run_id": f"{m}{k}{b}{s}",
              "cell.dataset": "mnist", "cell.bits": 100, "cell.eps": 0.1, "cell.channel": "bec", "cell.K": k,
              "cell.flip_budget": b} for m in ("necst", "abf", "iabf") for k in (1, 2) for b in (0.05, 0.1) for s in (0, 1)]
-    cells = tables.select_cells(pd.DataFrame(rows))
-    assert tables.layout(cells)[1] == "cell.flip_budget"
-    tex, md = tables.to_latex(cells, confirmed=True), tables.to_markdown(cells, confirmed=True)
+    cells = entries.select_cells(pd.DataFrame(rows))
+    assert layout.layout(cells)[1] == "cell.flip_budget"
+    tex, md = layout.to_latex(cells, confirmed=True), layout.to_markdown(cells, confirmed=True)
     assert "Every entry at $\\epsilon = 0.1$. " in tex and "MNIST, channel=bec, K=1 & flip\\_budget=0.05" in tex
     assert "Every entry at eps = 0.1. " in md
-    paper = tables.select_cells(pd.DataFrame([trial("necst", e, 14.0) for e in (0.1, 0.2)]))
-    assert "Every entry" not in tables.to_latex(paper) and "Every entry" not in tables.to_markdown(paper)
+    paper = entries.select_cells(pd.DataFrame([trial("necst", e, 14.0) for e in (0.1, 0.2)]))
+    assert "Every entry" not in layout.to_latex(paper) and "Every entry" not in layout.to_markdown(paper)
     # eps fixed by the study, not a cell axis (a precision study): its entries still say where
     fixed = [{**trial(m, 0.1, 20.0 + s, seed=s), "arm": m, "run_id": f"{m}{p}{s}", "cell.dataset": "mnist",
               "cell.bits": 100, "cell.precision": p} for m in ("necst", "abf", "iabf") for p in ("fp32", "bf16") for s in (0, 1)]
-    assert "Every entry at $\\epsilon = 0.1$. " in tables.to_latex(tables.select_cells(pd.DataFrame(fixed)))
+    assert "Every entry at $\\epsilon = 0.1$. " in layout.to_latex(entries.select_cells(pd.DataFrame(fixed)))
     # a column of test noise says so: it is not the training noise the paper's columns are
     robust = [{**trial(m, 0.1, 20.0 + t + s, seed=s), "arm": m, "run_id": f"{m}{t}{s}", "cell.dataset": "mnist",
                "cell.bits": 100, "cell.eps": 0.1, "cell.test_eps": t} for m in ("necst", "abf", "iabf")
               for t in (0.1, 0.3) for s in (0, 1)]
-    robust = tables.select_cells(pd.DataFrame(robust))
-    assert tables.layout(robust)[1] == "cell.test_eps"
-    assert "test $\\epsilon=0.3$" in tables.to_latex(robust) and "| test eps 0.3 |" in tables.to_markdown(robust)
-    assert "Every entry at eps = 0.1. " in tables.to_markdown(robust)
+    robust = entries.select_cells(pd.DataFrame(robust))
+    assert layout.layout(robust)[1] == "cell.test_eps"
+    assert "test $\\epsilon=0.3$" in layout.to_latex(robust) and "| test eps 0.3 |" in layout.to_markdown(robust)
+    assert "Every entry at eps = 0.1. " in layout.to_markdown(robust)
 
 
 def test_an_axis_an_arm_does_not_use_gets_no_contrast_and_a_repeated_one_counts_once():
@@ -451,16 +451,16 @@ def test_an_axis_an_arm_does_not_use_gets_no_contrast_and_a_repeated_one_counts_
             for (m, k, b), values in [*(((("necst", k, b), necst[k]) for k in (1, 5) for b in (0.05, 0.1))),
                                       *((("abf", k, b), v) for (k, b), v in abf.items())]
             for s, t in enumerate(values)]
-    cells = tables.select_cells(pd.DataFrame(rows))
-    budget = tables.axis_contrasts(cells, "cell.flip_budget")
+    cells = entries.select_cells(pd.DataFrame(rows))
+    budget = significance.axis_contrasts(cells, "cell.flip_budget")
     assert set(budget.arm) == {"abf"} and budget.attrs["inert"] == ["necst"] and set(budget.baseline) == {"0.1"}
-    assert "NECST: the same numbers, seed for seed, at every flip_budget" in tables.inert_text(budget, "flip_budget")
-    k = tables.axis_contrasts(cells, "cell.K")
+    assert "NECST: the same numbers, seed for seed, at every flip_budget" in significance.inert_text(budget, "flip_budget")
+    k = significance.axis_contrasts(cells, "cell.K")
     assert len(k) == 3 and not k.attrs["inert"]                           # NECST once, ABF at each budget
     once = k[k.arm == "necst"].iloc[0]
     assert once["cell.flip_budget"] == "0.05, 0.1" and once["diff"] == pytest.approx(np.mean(necst[1]) - np.mean(necst[5]))
-    assert list(k.p_holm) == pytest.approx(list(tables.holm(k.p_value)))     # a family of 3, not 4
-    assert "| 0.05, 0.1 | NECST | 1 | 5 |" in tables.axis_contrasts_markdown(k, "K")
+    assert list(k.p_holm) == pytest.approx(list(significance.holm(k.p_value)))     # a family of 3, not 4
+    assert "| 0.05, 0.1 | NECST | 1 | 5 |" in significance.axis_contrasts_markdown(k, "K")
 
 
 def test_the_table_chooses_a_configuration_by_the_rule_the_study_chose_by():
@@ -473,13 +473,13 @@ def test_the_table_chooses_a_configuration_by_the_rule_the_study_chose_by():
             rows.append({**trial("iabf", 0.1, val + seed, val=val + seed, seed=seed, lam=lam), "arm": "iabf",
                          "epochs": 5.0, f"metric.{M.VAL_MI}": mi + 0.01 * seed})
     runs = pd.DataFrame(rows)
-    by_distortion = tables.select_cells(runs)
-    by_information = tables.select_cells(runs, metric=M.VAL_MI, mode="max")
+    by_distortion = entries.select_cells(runs)
+    by_information = entries.select_cells(runs, metric=M.VAL_MI, mode="max")
     assert by_distortion.config.tolist() == ["lam=0.1"] and by_information.config.tolist() == ["lam=0.01"]
     per_config = [{"uid": lam, "epoch": 5.0, "score": g[f"metric.{M.VAL_MI}"].mean()} for lam, g in runs.groupby("lam")]
     assert R.choose(per_config, "max")["uid"] == 0.01                   # the study's rule, on the same runs
-    with pytest.raises(tables.TableError, match="no 'val/marginal_entropy' metric"):
-        tables.select_cells(runs, metric=M.VAL_ENTROPY, mode="max")
+    with pytest.raises(entries.TableError, match="no 'val/marginal_entropy' metric"):
+        entries.select_cells(runs, metric=M.VAL_ENTROPY, mode="max")
 
 
 def test_an_edge_note_judges_a_continuous_search_by_its_declared_range():
