@@ -64,8 +64,50 @@ class ConfigError(ValueError):
         self.key = key
 
 
-def _f(default, help):  # a field with its documentation, shown by `--help`
-    return field(default=default, metadata={"help": help})
+@dataclass(frozen=True)
+class Allowed:
+    """A field's allowed values, declared beside it: Config.validate checks them, `--help` prints
+    them and search_spaces/schema.json holds them (so an editor flags `eps: 0.7` as the validator does)."""
+    choices: tuple = ()             # a setting's names
+    lo: float | None = None         # a number in [lo, hi], or (lo, hi] when `above`; no hi: unbounded
+    hi: float | None = None
+    above: bool = False
+    also: tuple = ()                # values outside the range that mean something (-1: "as eps")
+    note: str = ""                  # what they mean, as the message says it
+    noun: str = ""                  # what a value in range is called ("a probability")
+    source: str = ""                # where the range comes from, said after it
+
+    def admits(self, v) -> bool:
+        if self.choices:
+            return v in self.choices
+        low = self.lo is None or (v > self.lo if self.above else v >= self.lo)
+        return v in self.also or low and (self.hi is None or v <= self.hi)
+
+    def text(self, kind: str) -> str:
+        """The allowed values as an error message and `--help` say them."""
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        noun = self.noun or ("an integer" if kind == "int" else "a number")
+        span = f"{noun} in [{self.lo:.3g}, {self.hi:.3g}]" if self.hi is not None else \
+            f"{noun} {'>' if self.above else '>='} {self.lo:.3g}"
+        if kind == "int" and self.also and (self.lo, self.hi) == (1, None):
+            span = "a positive integer"   # beside 0's meaning: "0 (all) or a positive integer"
+        span += f" ({self.source})" if self.source else ""
+        also = " or ".join(f"{v:g}" for v in self.also)
+        return f"{also}{' ' + self.note if self.note else ''} or {span}" if also else span
+
+
+def _f(default, help, allowed: Allowed | None = None):  # a field with its documentation (`--help`) and allowed values
+    return field(default=default, metadata={"help": help, "allowed": allowed})
+
+
+def _one_of(names: tuple) -> Allowed:
+    return Allowed(choices=names)
+
+
+ANY = Allowed(lo=0)          # a weight or a count where 0 is a value like any other
+AT_LEAST_1 = Allowed(lo=1)
+WHOLE = Allowed(lo=1, also=(0,), note="(the whole validation split)")
 
 
 @dataclass
@@ -75,67 +117,80 @@ class Config:
                                "(its spec inferred from its arrays: python -m iabf.data info NAME)")
     likelihood: str = _f("auto", "the decoder's likelihood: auto (the dataset's: Bernoulli for Binary MNIST and for a "
                                  "dataset of one's own whose pixels are all 0 or 255, else squared error), bernoulli "
-                                 "(BCE against the intensities) or squared (squared error on [0, 1])")
+                                 "(BCE against the intensities) or squared (squared error on [0, 1])", _one_of(LIKELIHOODS))
     n_valid: int = _f(0, "validation images carved out of x_train; 0 = the dataset's (Binary MNIST/MNIST/CIFAR10 "
-                         "10,000, Omniglot 500, digits 300; a tenth of x_train for a dataset of one's own)")
+                         "10,000, Omniglot 500, digits 300; a tenth of x_train for a dataset of one's own)",
+                     Allowed(lo=1, also=(0,), note="(the dataset's)"))
     method: str = _f("iabf", "necst (eq. 16), abf (adversarial bit flip, eq. 30), iabf (abf + infomax, eq. 29), "
-                             "separation (a noiseless learned source code of k bits, then a channel code to M bits)")
+                             "separation (a noiseless learned source code of k bits, then a channel code to M bits)",
+                     _one_of(METHODS))
     n_bits: int = _f(0, "code length m; 0 = the paper's for the dataset (BinaryMNIST/MNIST 100, Omniglot 200, CIFAR10 500; "
-                        "100 for a dataset of one's own)")
+                        "100 for a dataset of one's own)", Allowed(lo=1, also=(0,), note="(the paper's)"))
     channel: str = _f("bsc", "bsc (binary symmetric, eq. 18), bec (binary erasure) or z (Z-channel: 1 -> 0 "
-                             "with probability eps, 0 stays 0)")
-    eps: float = _f(0.1, "training channel noise: flip (BSC) or erasure (BEC) probability, in [0, 0.5]")
-    test_eps: float = _f(-1.0, "channel noise at validation and test; -1 = same as eps")
-    lam: float = _f(0.01, "lambda, weight of the infomax term L_info (eq. 29); used by iabf only; paper: {0.1, 0.01, 0.001}")
-    K: int = _f(5, "VIMCO samples per image (eq. 31); the paper uses 5")
+                             "with probability eps, 0 stays 0)", _one_of(CHANNELS))
+    eps: float = _f(0.1, "training channel noise: flip (BSC), erasure (BEC) or 1 -> 0 (Z) probability",
+                    Allowed(lo=0, hi=0.5, noun="a probability"))
+    test_eps: float = _f(-1.0, "channel noise at validation and test; -1 = same as eps",
+                          Allowed(lo=0, hi=0.5, also=(-1,), noun="a probability"))
+    lam: float = _f(0.01, "lambda, weight of the infomax term L_info (eq. 29); used by iabf only; paper: {0.1, 0.01, 0.001}", ANY)
+    K: int = _f(5, "VIMCO samples per image (eq. 31); the paper uses 5", AT_LEAST_1)
     # --- adversarial bit flip (eq. 23-26, 30) ---
     flip: str = _f("budget", "budget: the paper's eps_i proportional to |dL/dy_i| with sum M*eps (default); "
-                             "topk: the reference code's hard Gumbel-top-k flips")
-    flip_budget: float = _f(-1.0, "adversary's noise per bit (budget M*flip_budget); -1 = eps, as in the paper")
+                             "topk: the reference code's hard Gumbel-top-k flips", _one_of(FLIPS))
+    flip_budget: float = _f(-1.0, "adversary's noise per bit (budget M*flip_budget); -1 = eps, as in the paper",
+                             Allowed(lo=0, hi=0.5, also=(-1,), note="(eps)", noun="a value"))
     flip_k: int = _f(10, "topk only: bits drawn for flipping per image (reference code: 10); 0 = round(M x eps), "
-                         "the channel's expected flips in the trial's own cell")
+                         "the channel's expected flips in the trial's own cell",
+                     Allowed(lo=1, also=(0,), note="(round(M x eps))"))
     # --- separation: source code, then channel code (iabf/separation.py) ---
     channel_code: str = _f("ldpc", "separation only: ldpc (a 5G NR LDPC code of rate k/M, Sionna's encoder with rate "
                                    "matching, belief-propagation decoding), capacity (the optimistic bound, not a "
                                    "scheme: k = floor(M C(eps)) bits delivered error-free) or none (uncoded: k = M bits "
-                                   "straight through the channel)")
+                                   "straight through the channel)", _one_of(CHANNEL_CODES))
     code_rate: float = _f(0.0, "separation with ldpc: the code's rate k/M in [0.2, 0.926] (k = round(rate x M), kept "
-                               "to the k 5G allows); 0 = the largest k below M C(eps), or rate 1/5 where C(eps) < 1/5")
-    bp_iters: int = _f(20, "separation with ldpc: belief-propagation iterations (Sionna's default)")
+                               "to the k 5G allows); 0 = the largest k below M C(eps), or rate 1/5 where C(eps) < 1/5",
+                       Allowed(lo=RATE_MIN, hi=RATE_MAX, also=(0,), note="(the default k)", noun="a rate",
+                               source="3GPP TS 38.212: 1/5 to 948/1024"))
+    bp_iters: int = _f(20, "separation with ldpc: belief-propagation iterations (Sionna's default)", AT_LEAST_1)
     # --- infomax (eq. 10-14, 27) ---
     tc_input: str = _f("bits", "what the TC discriminator sees: bits sampled as in Algorithm 1 (default, "
-                               "straight-through gradient to the encoder) or probs (the reference code)")
+                               "straight-through gradient to the encoder) or probs (the reference code)", _one_of(TC_INPUTS))
     # --- reference-code extras, off by default (not in eq. 29) ---
     clean_weight: float = _f(0.0, "weight of the decoder's reconstruction from the encoder's clean probabilities "
-                                  "(reference code `denoising_decoder_v2`, 0.1 there); 0 = the paper's objective")
+                                  "(reference code `denoising_decoder_v2`, 0.1 there); 0 = the paper's objective", ANY)
     vimco_signal: str = _f("loglik", "VIMCO's per-sample signal (eq. 31): loglik, the paper's log-likelihood, whose "
                                      "weights favour the best samples; loss, NECST's and the IABF authors' code, which "
-                                     "puts the positive loss in the log-sum-exp, so its weights favour the worst")
+                                     "puts the positive loss in the log-sum-exp, so its weights favour the worst",
+                         _one_of(VIMCO_SIGNALS))
     # --- optimisation (reference main.py defaults) ---
-    epochs: int = _f(200, "training epochs; the best epoch by validation distortion is kept")
-    batch_size: int = _f(100, "training batch size")
-    lr: float = _f(1e-3, "Adam learning rate for encoder, decoder and discriminator")
-    weight_decay: float = _f(1e-4, "L2 penalty on encoder weights (reference `reg_param`), as 0.5*wd*||W||^2")
-    max_train_examples: int = _f(0, "use only the first N training examples; 0 = all")
+    epochs: int = _f(200, "training epochs; the best epoch by validation distortion is kept", AT_LEAST_1)
+    batch_size: int = _f(100, "training batch size", AT_LEAST_1)
+    lr: float = _f(1e-3, "Adam learning rate for encoder, decoder and discriminator",
+                   Allowed(lo=0, above=True))
+    weight_decay: float = _f(1e-4, "L2 penalty on encoder weights (reference `reg_param`), as 0.5*wd*||W||^2", ANY)
+    max_train_examples: int = _f(0, "use only the first N training examples; 0 = all",
+                                 Allowed(lo=1, also=(0,), note="(all)"))
     # --- evaluation ---
-    eval_batch_size: int = _f(1000, "batch size for validation and test (no effect on the numbers)")
+    eval_batch_size: int = _f(1000, "batch size for validation and test (no effect on the numbers)", AT_LEAST_1)
     val_batch: int = _f(0, "validation images per epoch, which choose the best epoch: 0 = the whole validation split; "
-                           "N = one batch of N drawn afresh each epoch (NECST's and the IABF authors' code: 100)")
+                           "N = one batch of N drawn afresh each epoch (NECST's and the IABF authors' code: 100)", WHOLE)
     val_subset: int = _f(0, "validate on a fixed subset: the first N images of the validation split (a random draw "
                             "of the training set, CIFAR-10's last batch), the same every epoch; 0 = all of it. "
-                            "A reduced budget's choice; the test split is always whole")
+                            "A reduced budget's choice; the test split is always whole", WHOLE)
     # --- run ---
-    seed: int = _f(0, "seed for initialisation, batches and channel noise")
+    seed: int = _f(0, "seed for initialisation, batches and channel noise", ANY)
     stack: int = _f(1, "train seeds seed, seed+1, ..., seed+stack-1 together as one stacked (vmapped) model, "
-                       "reported as one result per seed; 1 = one seed per run. MLP datasets only")
+                       "reported as one result per seed; 1 = one seed per run. MLP datasets only",
+                     AT_LEAST_1)
     data_dir: str = _f("data", "folder holding <dataset>.npz (see `python -m iabf.data prepare`)")
     download: bool = _f(False, "download and prepare a missing dataset through torchvision")
-    device: str = _f("auto", "cpu, cuda, or auto (cuda when available)")
+    device: str = _f("auto", "cpu, cuda, or auto (cuda when available)", _one_of(DEVICES))
     precision: str = _f("fp32", "fp32 (float32, the default), bf16 (autocast to bfloat16 on CPU or CUDA; float32 weights, "
                                 "optimizer state and the terms iabf/precision.py lists) or tf32 (CUDA: float32 with TF32 "
-                                "matrix multiplies)")
+                                "matrix multiplies)", _one_of(PRECISIONS))
     compile: str = _f("off", "torch.compile the networks for training: off, default, reduce-overhead (CUDA graphs) "
-                             "or max-autotune; costs a compilation in the first epoch (benchmarks/compile.py)")
+                             "or max-autotune; costs a compilation in the first epoch (benchmarks/compile.py)",
+                  _one_of(COMPILE_MODES))
 
     def __post_init__(self):
         self.validate()
@@ -173,7 +228,7 @@ class Config:
             if not ok:
                 raise ConfigError(f"{key}={short(getattr(self, key))} is not allowed: {allowed}", key)
 
-        for f in fields(self):  # types first, so the range checks below can compare
+        for f in fields(self):  # its type first, so its range can compare
             v = getattr(self, f.name)
             want = {"int": int, "float": (int, float), "str": str, "bool": bool}[f.type]
             if isinstance(v, bool) and f.type != "bool" or not isinstance(v, want):
@@ -183,44 +238,16 @@ class Config:
                 need(math.isfinite(v), f.name, "a finite number")
             if f.type == "int":
                 need(abs(v) <= INT_MAX, f.name, f"an integer of at most {INT_MAX}")
+            allowed = f.metadata["allowed"]
+            if allowed is not None:
+                need(allowed.admits(v), f.name, allowed.text(f.type))
+        # the rules no one field's range says: a name, a pair of fields, a path
         need(self.dataset in DATASETS or is_name(self.dataset), "dataset",
              f"one of {', '.join(DATASETS)}, or the name of a <name>.npz in data_dir (letters, digits, _ . -)")
-        need(self.likelihood in LIKELIHOODS, "likelihood", f"one of {', '.join(LIKELIHOODS)}")
-        need(self.n_valid >= 0, "n_valid", "0 (the dataset's) or a positive integer")
-        need(self.method in METHODS, "method", f"one of {', '.join(METHODS)}")
-        need(self.channel in CHANNELS, "channel", f"one of {', '.join(CHANNELS)}")
-        need(self.flip in FLIPS, "flip", f"one of {', '.join(FLIPS)}")
-        need(self.channel_code in CHANNEL_CODES, "channel_code", f"one of {', '.join(CHANNEL_CODES)}")
-        need(self.code_rate == 0.0 or RATE_MIN <= self.code_rate <= RATE_MAX, "code_rate",
-             f"0 (the default k) or a rate in [{RATE_MIN:g}, {RATE_MAX:.3f}] (3GPP TS 38.212: 1/5 to 948/1024)")
-        need(self.bp_iters >= 1, "bp_iters", "an integer >= 1")
-        need(self.tc_input in TC_INPUTS, "tc_input", f"one of {', '.join(TC_INPUTS)}")
-        need(self.vimco_signal in VIMCO_SIGNALS, "vimco_signal", f"one of {', '.join(VIMCO_SIGNALS)}")
-        need(self.val_batch >= 0, "val_batch", "0 (the whole validation split) or a positive integer")
-        need(self.val_subset >= 0, "val_subset", "0 (the whole validation split) or a positive integer")
-        need(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
-        need(0.0 <= self.eps <= 0.5, "eps", "a probability in [0, 0.5]")
-        need(self.test_eps == -1.0 or 0.0 <= self.test_eps <= 0.5, "test_eps", "-1 or a probability in [0, 0.5]")
-        need(self.flip_budget == -1.0 or 0.0 <= self.flip_budget <= 0.5, "flip_budget", "-1 or a value in [0, 0.5]")
-        need(self.lam >= 0, "lam", "a number >= 0")
-        need(self.K >= 1, "K", "an integer >= 1")
-        need(self.n_bits >= 0, "n_bits", "0 (the paper's) or a positive integer")
-        need(self.flip_k >= 0, "flip_k", "0 (round(M x eps)) or an integer >= 1")
-        need(self.clean_weight >= 0, "clean_weight", "a number >= 0")
-        need(self.epochs >= 1, "epochs", "an integer >= 1")
-        need(self.batch_size >= 1, "batch_size", "an integer >= 1")
-        need(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1")
-        need(self.lr > 0, "lr", "a number > 0")
-        need(self.weight_decay >= 0, "weight_decay", "a number >= 0")
-        need(self.compile in COMPILE_MODES, "compile", f"one of {', '.join(COMPILE_MODES)}")
-        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
-        need(self.stack >= 1, "stack", "an integer >= 1")
         need(self.stack == 1 or self.compile == "off", "stack", "1 with compile (stacked seeds run under vmap, uncompiled)")
         # vmap cannot batch BatchNorm's in-place running statistics (the conv models of cifar10)
         need(self.stack == 1 or ARCH_KIND.get(self.dataset, "mlp") == "mlp", "stack",
              f"1 for {self.dataset} (stacked seeds need an MLP dataset: {', '.join(d for d, k in ARCH_KIND.items() if k == 'mlp')})")
-        need(self.max_train_examples >= 0, "max_train_examples", "0 (all) or a positive integer")
-        need(self.seed >= 0, "seed", "an integer >= 0")
         need(self.method != "separation" or self.channel_code != "ldpc" or bool(ldpc_k_range(self.bits)), "n_bits",
              f"at least {K_MIN + 1} for separation with a 5G LDPC code (k >= {K_MIN}, rate <= 948/1024)")
         need("\0" not in self.data_dir, "data_dir", "a path without NUL characters")
@@ -302,11 +329,15 @@ def config_parser(prog: str, description: str) -> Parser:
                         "options given with it override it (default: paper)")
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        helptext = f"{f.metadata['help']} (default: {f.default})"
+        allowed = f.metadata["allowed"]
+        # a setting's names as argparse shows choices; a range said in words (Config checks both)
+        metavar = "{" + ",".join(allowed.choices) + "}" if allowed and allowed.choices else None
+        bounds = f"allowed: {allowed.text(f.type)}; " if allowed and not allowed.choices else ""
+        helptext = f"{f.metadata['help']} ({bounds}default: {f.default})"
         if f.type == "bool":
             p.add_argument(flag, action="store_true", help=helptext)
         else:
-            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type], help=helptext)
+            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type], help=helptext, metavar=metavar)
     return p
 
 

@@ -24,7 +24,8 @@ from iabf.config import INT_MAX, ConfigError, Parser, short  # noqa: E402
 from iabf.record import COMPLETED, DEFAULT_CELL, FAILED, INTERRUPTED, STOP_REASONS  # noqa: E402
 from studies.plan import groups, plan  # noqa: E402
 from studies.signals import StopSignal  # noqa: E402
-from studies.space import SpaceError, check_gpu, check_stack, load_study, smoke, table_columns  # noqa: E402
+from studies.space import SpaceError, smoke, table_columns  # noqa: E402
+from studies.validation import check_gpu, check_stack, load_study  # noqa: E402
 from studies.storage import check_storage, local_dir, resolve_experiment, tune_filesystem  # noqa: E402
 
 DEFAULT_SPACE = ROOT / "search_spaces" / "quick.yaml"
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
         print(f"Ray's and MLflow's messages: {local / console.LOG_NAME}", flush=True)
     chain_steps = args.chain_steps or study.chain_steps
     # A result that ends a trial early (diverged, no room on the storage: iabf/tune.py) may lack the study's
-    # metric; the metric itself was checked against the reported ones (studies/space.py)
+    # metric; the metric itself was checked against the reported ones (studies/validation.py)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     state_root = f"{experiment_dir}/state"    # each trial's own resumable state (iabf/tune.py)
     fn = tune.with_resources(

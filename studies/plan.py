@@ -41,12 +41,16 @@ def cell_axes(study) -> dict[str, list]:
     return {k: next(iter(spec.values())) for k, spec in study.search.items() if is_cell_key(k, study)}
 
 
+def is_cell(key: str, cells: list | None, fixed: dict) -> bool:
+    """Does this parameter decide which cell a trial is in? The study's `cells`, else the paper's
+    (DEFAULT_CELL: dataset, channel, bits, test eps; a test eps of -1 means the training eps)."""
+    if cells is not None:
+        return key in cells
+    return key in ("dataset", "channel", "n_bits", "test_eps") or (key == "eps" and fixed.get("test_eps", -1.0) < 0)
+
+
 def is_cell_key(key: str, study) -> bool:
-    """Does this parameter decide which cell a trial is in? (A test eps of -1 means the training eps.)"""
-    if study.cells is not None:
-        return key in study.cells
-    return key in ("dataset", "channel", "n_bits", "test_eps") or \
-        (key == "eps" and study.fixed.get("test_eps", -1.0) < 0)
+    return is_cell(key, study.cells, study.fixed)
 
 
 @dataclass

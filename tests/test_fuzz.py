@@ -24,7 +24,8 @@ from iabf.config import FIELD_TYPES, INT_MAX, Config, ConfigError, one_line
 from iabf import train
 from studies import ablation
 from studies.plan import grid_points, groups, plan
-from studies.space import SpaceError, Study, load_study
+from studies.space import SpaceError, Study
+from studies.validation import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {p.stem: p.read_text() for p in sorted((ROOT / "search_spaces").glob("*.yaml"))}
@@ -342,7 +343,7 @@ def test_a_space_of_any_size_is_planned_or_refused_in_bounded_time_and_memory(co
     import tracemalloc
 
     from studies.protocol import StudySearcher
-    from studies.space import MAX_TRIALS
+    from studies.validation import MAX_TRIALS
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "space.yaml"

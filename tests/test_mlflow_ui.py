@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from procs import free_port, start_server, stop_server
 from studies import tracking
-from studies.space import validate
+from studies.validation import validate
 
 BROWSER = shutil.which("chromium-headless-shell")
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="needs chromium-headless-shell (apt-get install chromium-headless-shell)")

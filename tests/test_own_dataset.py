@@ -101,7 +101,8 @@ def test_it_runs_in_a_study_and_its_report_names_it(flipped, tmp_path):
 
 
 def test_a_study_refuses_a_display_name_it_cannot_use(flipped, tmp_path):
-    from studies.space import SpaceError, validate
+    from studies.space import SpaceError
+    from studies.validation import validate
 
     base = {"study": "own", "dataset": "mnist_flipped"}
     assert validate({**base, "display": {"mnist_flipped": "Flipped MNIST"}}, "own.yaml").display == {"mnist_flipped": "Flipped MNIST"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from studies.plan import plan
-from studies.space import load_study
+from studies.validation import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))

@@ -15,7 +15,7 @@ from iabf.losses import adversary, discriminator_loss, log_likelihood, objective
 from iabf.models import build
 from iabf.train import run
 from studies.plan import groups
-from studies.space import validate
+from studies.validation import validate
 
 CPU = torch.device("cpu")
 

@@ -22,7 +22,7 @@ from iabf.record import choose
 from iabf.train import load_models
 from studies.plan import groups, plan
 from studies.protocol import GroupASHA, StudySearcher
-from studies.space import validate
+from studies.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 

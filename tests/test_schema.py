@@ -2,15 +2,21 @@
 `python -m studies.schema` writes (so it follows Config and the validator), every shipped study
 declares and satisfies it, and bad studies the validator refuses are refused by it too (where JSON
 Schema can say so: keys, types, names, distributions)."""
+import dataclasses
 import json
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iabf.config import Config, ConfigError
 
 from studies.schema import markdown, schema
-from studies.space import TOP, SpaceError, Study, default, validate
+from studies.space import NOT_SEARCHABLE, TOP, SpaceError, Study, default
+from studies.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "search_spaces" / "schema.json").read_text())
@@ -70,3 +76,36 @@ def test_studies_the_validator_refuses_the_schema_refuses_too(raw):
         validate(raw, "s.yaml")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(raw, SCHEMA)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+RANGED = sorted(k for k, f in FIELDS.items() if f.metadata["allowed"] is not None)
+
+
+def near_bounds(f):
+    """Values around a field's declared bounds and its special values, and anything else of its type."""
+    allowed = f.metadata["allowed"]
+    marks = [v for v in (allowed.lo, allowed.hi, *allowed.also) if v is not None]
+    if f.type == "str":
+        return st.one_of(st.sampled_from(allowed.choices), st.text(max_size=12))
+    if f.type == "int":
+        return st.one_of(st.sampled_from([int(m) + d for m in marks for d in (-1, 0, 1)]), st.integers(-10**6, 10**6))
+    return st.one_of(st.sampled_from([m + d for m in marks for d in (-1e-9, 0.0, 1e-9)]),
+                     st.floats(-2, 2, allow_nan=False), st.integers(-3, 3))
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), name=st.sampled_from(RANGED))
+def test_the_schema_and_config_agree_on_every_fields_allowed_values(data, name):
+    """One declaration (Allowed, beside the field): whatever one value of one field is, the editor's
+    schema accepts it exactly when Config does, fixed or in a grid (eps: 0.7 is refused by both)."""
+    value = data.draw(near_bounds(FIELDS[name]), label=name)
+    try:
+        Config.from_dict({name: value})
+        config_ok = True
+    except ConfigError:
+        config_ok = False
+    checker = jsonschema.Draft202012Validator(SCHEMA)
+    assert checker.is_valid({"study": "s", "fixed": {name: value}}) == config_ok
+    if name not in NOT_SEARCHABLE:
+        assert checker.is_valid({"study": "s", "search": {name: {"grid": [value]}}}) == config_ok

@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from studies.plan import groups, plan
-from studies.space import SpaceError, load_study, smoke, table_columns, validate
+from studies.space import SpaceError, smoke, table_columns
+from studies.validation import load_study, validate
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
 GOOD = {"study": "t", "dataset": "digits", "fixed": {"epochs": 3}, "search": {"eps": {"grid": [0.1, 0.2]}}}
