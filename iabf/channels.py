@@ -5,8 +5,8 @@ or a per-bit tensor broadcastable to (B, M), which is how the adversary (eq. 30)
 Every random draw takes an explicit torch.Generator, so a run is reproducible from its seed.
 
 A channel is one row of CHANNELS (at the end): how it composes with the encoder's probabilities,
-how it corrupts a code, and which flips the adversary may make on it. Adding one is adding a row
-(and its name to iabf.config.CHANNELS, which validates names without importing torch).
+how it corrupts a code, which flips the adversary may make on it and what a received symbol says
+about the sent bit. Adding one: docs/extending.md.
 """
 from __future__ import annotations
 
@@ -171,21 +171,18 @@ class Channel:
     and mask(y, grad) which of a code's bits the adversary may attack (eq. 25): its per-bit noise
     eps* then goes through the same channel (eq. 30); llr(r, eps) the log-likelihood ratio of a
     sent 1 over a sent 0 given what arrived (positive for 1, Sionna's sign), for a channel decoder
-    (separation.py); its capacity is in iabf/capacity.py, torch-free."""
+    (separation.py). Its name and what it is in words: iabf.config.CHANNELS; its capacity:
+    iabf.capacity.CAPACITY (both torch-free)."""
     compose: Callable | None
     corrupt: Callable
     mask: Callable
     llr: Callable
-    doc: str
 
 
 CHANNELS = {
-    "bsc": Channel(compose, bsc, flip_mask, llr_bsc, "binary symmetric (eq. 17-18): every bit flipped with probability eps; "
-                                            "the adversary flips 0 -> 1 and 1 -> 0"),
+    "bsc": Channel(compose, bsc, flip_mask, llr_bsc),
     # erasing moves a bit to ERASED = 0.5, in the same direction as flipping it: the adversary erases
     # the bits whose flip would raise the loss (eq. 25's rule), with eq. 30's budget
-    "bec": Channel(None, bec, flip_mask, llr_bec, "binary erasure: every bit erased with probability eps; the adversary "
-                                         "erases the bits whose erasure raises the loss"),
-    "z": Channel(compose_z, z, ones_mask, llr_z, "Z-channel: every 1 becomes 0 with probability eps, a 0 stays 0; the "
-                                          "adversary flips only 1 -> 0"),
+    "bec": Channel(None, bec, flip_mask, llr_bec),
+    "z": Channel(compose_z, z, ones_mask, llr_z),
 }

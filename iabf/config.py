@@ -17,7 +17,16 @@ from .datasets import LIKELIHOODS, SPECS, default_bits, is_name
 DATASETS = tuple(SPECS)   # the known ones (iabf/datasets.py); any other <name>.npz in data_dir is one too
 METHODS = ("necst", "abf", "iabf", "separation")
 CHANNEL_CODES = ("ldpc", "capacity", "none")   # separation's channel code (iabf/separation.py)
-CHANNELS = ("bsc", "bec", "z")   # the rows of iabf.channels.CHANNELS (torch-free here; a test keeps them equal)
+# The channels by name, each said in one line (`--help`); a row of iabf.channels.CHANNELS each (its
+# tensors), one entry of iabf.capacity.CAPACITY each (torch-free here, so studies validate without
+# torch; a test keeps the three equal)
+CHANNELS = {
+    "bsc": "binary symmetric (eq. 17-18): every bit flipped with probability eps; the adversary flips 0 -> 1 "
+           "and 1 -> 0",
+    "bec": "binary erasure: every bit erased with probability eps; the adversary erases the bits whose erasure "
+           "raises the loss",
+    "z": "Z-channel: every 1 becomes 0 with probability eps, a 0 stays 0; the adversary flips only 1 -> 0",
+}
 FLIPS = ("budget", "topk")
 TC_INPUTS = ("bits", "probs")
 VIMCO_SIGNALS = ("loglik", "loss")
@@ -68,7 +77,7 @@ class ConfigError(ValueError):
 class Allowed:
     """A field's allowed values, declared beside it: Config.validate checks them, `--help` prints
     them and search_spaces/schema.json holds them (so an editor flags `eps: 0.7` as the validator does)."""
-    choices: tuple = ()             # a setting's names
+    choices: tuple | dict = ()      # a setting's names (a dict: name -> what it is, which --help says)
     lo: float | None = None         # a number in [lo, hi], or (lo, hi] when `above`; no hi: unbounded
     hi: float | None = None
     above: bool = False
@@ -126,9 +135,8 @@ class Config:
                      _one_of(METHODS))
     n_bits: int = _f(0, "code length m; 0 = the paper's for the dataset (BinaryMNIST/MNIST 100, Omniglot 200, CIFAR10 500; "
                         "100 for a dataset of one's own)", Allowed(lo=1, also=(0,), note="(the paper's)"))
-    channel: str = _f("bsc", "bsc (binary symmetric, eq. 18), bec (binary erasure) or z (Z-channel: 1 -> 0 "
-                             "with probability eps, 0 stays 0)", _one_of(CHANNELS))
-    eps: float = _f(0.1, "training channel noise: flip (BSC), erasure (BEC) or 1 -> 0 (Z) probability",
+    channel: str = _f("bsc", "the channel, one of", _one_of(CHANNELS))
+    eps: float = _f(0.1, "training channel noise: the probability of the channel's flip, erasure or drop (--channel)",
                     Allowed(lo=0, hi=0.5, noun="a probability"))
     test_eps: float = _f(-1.0, "channel noise at validation and test; -1 = same as eps",
                           Allowed(lo=0, hi=0.5, also=(-1,), noun="a probability"))
@@ -330,15 +338,23 @@ def config_parser(prog: str, description: str) -> Parser:
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         allowed = f.metadata["allowed"]
-        # a setting's names as argparse shows choices; a range said in words (Config checks both)
+        # a setting's names as argparse shows choices (Config checks them)
         metavar = "{" + ",".join(allowed.choices) + "}" if allowed and allowed.choices else None
-        bounds = f"allowed: {allowed.text(f.type)}; " if allowed and not allowed.choices else ""
-        helptext = f"{f.metadata['help']} ({bounds}default: {f.default})"
+        helptext = f"{help_text(f)} (default: {f.default})"
         if f.type == "bool":
             p.add_argument(flag, action="store_true", help=helptext)
         else:
             p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type], help=helptext, metavar=metavar)
     return p
+
+
+def help_text(f: dataclasses.Field) -> str:
+    """A field's documentation with its allowed values (`--help`, schema.json): each named choice
+    said in its line, or the range."""
+    allowed, text = f.metadata["allowed"], f.metadata["help"]
+    if allowed and isinstance(allowed.choices, dict):
+        return text + " " + "; ".join(f"{k}: {doc}" for k, doc in allowed.choices.items())
+    return f"{text} (allowed: {allowed.text(f.type)})" if allowed and not allowed.choices else text
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

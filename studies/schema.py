@@ -41,9 +41,9 @@ def allowed_schema(f) -> dict:
 
 def field_schema(f) -> dict:
     if f.name == "dataset":   # a known dataset, or any <name>.npz of one's own
-        return {"description": f.metadata["help"], "default": f.default,
+        return {"description": C.help_text(f), "default": f.default,
                 "anyOf": [{"enum": list(C.DATASETS)}, {"type": "string", "pattern": f"^{NAME.pattern}$"}]}
-    return {**allowed_schema(f), "description": f.metadata["help"], "default": f.default}
+    return {**allowed_schema(f), "description": C.help_text(f), "default": f.default}
 
 
 def distribution(f) -> dict:
