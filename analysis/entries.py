@@ -22,7 +22,7 @@ from iabf import record as R
 from iabf.datasets import SPECS
 
 
-METHODS = ("necst", "abf", "iabf")
+METHODS = ("necst", "abf", "iabf")   # the paper's, in its Table 1's order (of iabf.config.METHODS)
 
 
 METHOD_NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF", "separation": "Separation"}

@@ -10,10 +10,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.entries import METHOD_NAMES, METHODS  # noqa: E402
 from iabf.record import CELL_PREFIX, value_text  # noqa: E402
 
 COLORS = {"necst": "tab:red", "abf": "tab:blue", "iabf": "tab:green"}   # the paper's Fig. 2: red vs green
-NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF"}
 
 
 def save(fig, out_dir: str | Path, name: str) -> list[Path]:
@@ -57,7 +57,7 @@ def validation_curves(curves: pd.DataFrame, dataset: str, methods=("necst", "iab
                 ax.plot(run.step, run.value, color=COLORS[method], alpha=0.3, lw=0.8)
             if len(sel):
                 mean = sel.groupby("step").value.mean()
-                ax.plot(mean.index, mean.values, color=COLORS[method], lw=1.6, label=NAMES[method])
+                ax.plot(mean.index, mean.values, color=COLORS[method], lw=1.6, label=METHOD_NAMES[method])
         ax.set_title(f"{dataset}, {panel}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -69,7 +69,7 @@ def validation_curves(curves: pd.DataFrame, dataset: str, methods=("necst", "iab
 
 def order(method: str) -> int:
     """The paper's methods first, in its order; any other (separation) after them."""
-    return list(NAMES).index(method) if method in NAMES else len(NAMES)
+    return METHODS.index(method) if method in METHODS else len(METHODS)
 
 
 def arm_curves(curves: pd.DataFrame, dataset: str, labels: dict | None = None):
@@ -111,8 +111,8 @@ def cell_axis_plot(cells: pd.DataFrame, column: str, others: list[str], label=la
     styles = {"necst": "o-", "abf": "s--", "iabf": "^-."}
     for ax, (key, g) in zip(axes, groups):
         key = key if isinstance(key, tuple) else (key,)
-        for i, (arm, a) in enumerate(sorted(g.groupby("arm"), key=lambda p: (list(NAMES).index(p[1].method.iloc[0])
-                                                                           if p[1].method.iloc[0] in NAMES else 9, p[0]))):
+        for i, (arm, a) in enumerate(sorted(g.groupby("arm"), key=lambda p: (METHODS.index(p[1].method.iloc[0])
+                                                                           if p[1].method.iloc[0] in METHODS else 9, p[0]))):
             a = a.sort_values(column)
             half = [stats.t.ppf(0.5 + level / 2, len(t) - 1) * np.std(t, ddof=1) / np.sqrt(len(t)) if len(t) > 1 else 0.0
                     for t in a.tests]
@@ -164,7 +164,7 @@ def sample_grids(images: dict, title: str):
     fig, axes = plt.subplots(1, len(images), figsize=(4 * len(images), 4), squeeze=False)
     for ax, (method, img) in zip(axes[0], images.items()):
         ax.imshow(np.asarray(img), cmap="gray", interpolation="nearest")
-        ax.set_title(NAMES.get(method, method))
+        ax.set_title(METHOD_NAMES.get(method, method))
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()

@@ -25,6 +25,7 @@ from analysis import entries, figures, layout, reproduction, significance
 from analysis.fetch import (FetchError, chooser, display_uri, fetch_runs, metric_history, planned_arms, study_params,
                             study_plan, table_runs)
 from iabf import record as R
+from iabf.config import warnings_in_one_line
 from iabf.storage import folder_problem
 
 
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
                    help="another study's table1.csv (e.g. docs/table1_cpu/table1.csv, same budget and seeds): its "
                         "arms beside this study's, per cell, in a figure per dataset and contrasts (against.csv)")
     args = p.parse_args(argv)
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    warnings_in_one_line()
     try:
         check_out(Path(args.out))
         R.check_store(args.tracking_uri)

@@ -64,6 +64,12 @@ def one_line(text: str) -> str:
     return str(text).translate(_BREAKS)
 
 
+def warnings_in_one_line() -> None:
+    """A command's warnings print as `warning: message`, one line, as its errors do (no source line)."""
+    import warnings
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {one_line(message)}\n"
+
+
 class ConfigError(ValueError):
     """A configuration value that is not allowed; the message names the key and what is allowed.
     `key` is the Config field, so a command line can name its option."""

@@ -17,7 +17,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +25,7 @@ import torch
 from . import metrics as M
 from . import stacked
 from .channels import bernoulli
-from .config import Config, ConfigError, config_from_args, config_parser, seed_configs
+from .config import Config, ConfigError, config_from_args, config_parser, seed_configs, warnings_in_one_line
 from .data import IMAGE_SHAPE, DataError, Splits, load_for, to_float
 from .losses import binary_entropy, discriminator_loss, distortion, objective, tc_input
 from .models import build
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     p = config_parser("python -m iabf.train", __doc__)
     p.add_argument("--out", default="", help="folder for best.pt and metrics.json; default runs/<run name>")
     args = p.parse_args(argv)
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"   # one line, as every error
+    warnings_in_one_line()
     try:
         cfg = config_from_args(args)
         name = run_name(cfg) + (f"-stack{cfg.stack}" if cfg.stack > 1 else "")

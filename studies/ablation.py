@@ -13,14 +13,13 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from iabf.config import INT_MAX, ConfigError, Parser, short  # noqa: E402
+from iabf.config import INT_MAX, ConfigError, Parser, short, warnings_in_one_line  # noqa: E402
 from iabf.record import COMPLETED, DEFAULT_CELL, FAILED, INTERRUPTED, STOP_REASONS  # noqa: E402
 from studies.plan import groups, plan  # noqa: E402
 from studies.signals import StopSignal  # noqa: E402
@@ -82,123 +81,181 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class Refused(Exception):
+    """A study that cannot go on: its one line, and the exit code (2: bad input, nothing written; 1: no
+    room, or updates MLflow did not take; 130: stopped at once)."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-
+    warnings_in_one_line()
     if args.estimate and not args.plan:
         print("error: --estimate goes with --plan (see --help)", file=sys.stderr)
         return 2
     if args.plan:   # before torch, Ray and MLflow are imported: a plan takes a second
         return show_plan(args)
+    try:
+        return run(args)
+    except Refused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+
+
+def run(args: argparse.Namespace) -> int:
+    """A study, step by step: everything checked, Ray joined, its folder held and its record opened in
+    MLflow, the trials run by Tune, the record closed, the report, the verdict."""
     from iabf.record import limit_mlflow_retries
-    from iabf.data import DataError
-    from studies import cluster, lock, tracking
+    from studies import console, tracking
 
     limit_mlflow_retries()
+    study, uri, experiment_dir, guard = checked(args)            # nothing started or written before this
+    held = None if args.verbose else console.capture_logs()      # Ray's and MLflow's messages: the log file
+    join_ray(args, study)
+    stop = StopSignal()   # Ctrl-C, and SIGTERM as a scheduler, `kill`, `docker stop` or a spot reclaim send it
+    local = local_dir(experiment_dir)   # the log and the report: on this machine, whatever the storage
+    guard = guard or hold(local)        # a new study's folder is its own: held while `guard` lives (to the end)
+    if held is not None:
+        console.to_file(held, local)
+    exp_id, parent, planned = open_record(study, uri, experiment_dir, args.resume is not None)
+    if held is not None:
+        print(f"Ray's and MLflow's messages: {local / console.LOG_NAME}", flush=True)
+    tracker = None if args.resume else tracking.MLflowTracking(uri, exp_id, parent, study.name)
+    tuner = make_tuner(args, study, planned, experiment_dir, uri, tracker, quiet=held is not None)
+    fit(tuner, stop, uri, exp_id, parent, f"--space {args.space} --resume {experiment_dir}")
+    counts, left = close_record(tracker, stop, uri, exp_id, parent, experiment_dir, args.tracking_grace)
+    if not stop.reason:   # a study stopped for a full storage has no room for its report there
+        summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
+    return verdict(args, planned, counts, left, stop, uri, experiment_dir)
 
-    # --- validate everything before anything starts ---
+
+def checked(args: argparse.Namespace):
+    """`prepare`'s checks, and for --resume the study's folder held: (study, URI, folder, its lock or None)."""
+    from iabf.data import DataError
+    from studies import lock, tracking
+
     try:
         study, uri, experiment_dir = prepare(args)
         # one study, one driver: a second --resume of a study that a live driver runs is refused here
         guard = lock.hold(local_dir(experiment_dir)) if args.resume is not None else None
     except (SpaceError, ConfigError, DataError, tracking.TrackingError, ConnectionError, lock.StudyBusy,
             lock.NoRoom) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise Refused(str(e)) from None
+    return study, uri, experiment_dir, guard
 
-    from ray import tune
 
-    from iabf.tune import trainable
-    from studies import console
-    from studies.protocol import scheduler, searcher
+def join_ray(args: argparse.Namespace, study) -> None:
+    """Join the cluster (or start a local Ray) and say which; warn of trials no node can hold now."""
+    from studies import cluster
 
-    held = None if args.verbose else console.capture_logs()   # Ray's and MLflow's messages: the log file
     try:
         joined = cluster.connect(args.address, include_dashboard=False, log_to_driver=args.verbose)
         print(joined, flush=True)
         warning = cluster.check_fits(study.resources, local=joined.startswith("started a local Ray"))
     except (ConnectionError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise Refused(str(e)) from None
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    stop = StopSignal()   # Ctrl-C, and SIGTERM as a scheduler, `kill`, `docker stop` or a spot reclaim send it
-    local = local_dir(experiment_dir)   # the log and the report: on this machine, whatever the storage
+
+
+def hold(local: Path):
+    """A new study's folder, held by this driver; with no room for its lock, nothing of it stays."""
+    from studies import lock
+
     try:
-        guard = guard or lock.hold(local)   # a new study's folder is its own: held until this driver ends
+        return lock.hold(local)
     except lock.NoRoom as e:
-        shutil.rmtree(local, ignore_errors=True)   # made a moment ago, by this driver: nothing of it stays
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if held is not None:
-        console.to_file(held, local)
+        shutil.rmtree(local, ignore_errors=True)   # made a moment ago, by this driver
+        raise Refused(str(e), code=1) from None
+
+
+def open_record(study, uri: str, experiment_dir: str, resume: bool):
+    """The study's experiment and parent run in MLflow (the store made if new); says what will run."""
+    from studies import tracking
 
     tracking.create_store(uri)
-    exp_id, parent = tracking.start_study(uri, study, experiment_dir, resume=args.resume is not None)
+    exp_id, parent = tracking.start_study(uri, study, experiment_dir, resume=resume)
     planned = plan(study)
     print(f"study {study.name}: {len(groups(study))} groups (cell x arm), {planned['trials']} trials: "
           f"{planned['search_trials']} search, {planned['confirm_trials']} confirmation ({planned['runs']} MLflow runs, "
           f"one per trial and seed); tracked in {uri} "
           f"(experiment {study.name!r}, parent run {parent})", flush=True)
-    if held is not None:
-        print(f"Ray's and MLflow's messages: {local / console.LOG_NAME}", flush=True)
-    chain_steps = args.chain_steps or study.chain_steps
+    return exp_id, parent, planned
+
+
+def make_tuner(args: argparse.Namespace, study, planned: dict, experiment_dir: str, uri: str, tracker, quiet: bool):
+    """Tune's run of the study: a new one (the searcher and ASHA of studies/protocol.py), or the restored one."""
+    from ray import tune
+
+    from iabf.tune import trainable
+    from studies import console, tracking
+    from studies.protocol import scheduler, searcher
+
     # A result that ends a trial early (diverged, no room on the storage: iabf/tune.py) may lack the study's
     # metric; the metric itself was checked against the reported ones (studies/validation.py)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     state_root = f"{experiment_dir}/state"    # each trial's own resumable state (iabf/tune.py)
     fn = tune.with_resources(
-        tune.with_parameters(trainable, chain_steps=chain_steps, state_root=state_root),
+        tune.with_parameters(trainable, chain_steps=args.chain_steps or study.chain_steps, state_root=state_root),
         {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
-    tracker = tracking.MLflowTracking(uri, exp_id, parent, study.name)
     columns = table_columns(study)
     if args.resume:  # Tune restores the original run config, callbacks and reporter included
-        tracker = None
-        if held is not None:
+        if quiet:
             console.reporter(columns, study.metric)   # the classic output engine, as when the study began
         tracking.MLflowTracking.resumed_uri = uri   # the restored callback tracks here (see MLflowTracking)
-        tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=False,
-                                   storage_filesystem=tune_filesystem(experiment_dir))
-    else:
-        tuner = tune.Tuner(   # the searcher suggests what varies (both phases); the fixed values are the same for all
-            fn, param_space=dict(study.fixed),
-            tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, num_samples=planned["trials"],
-                                        search_alg=searcher(study), scheduler=scheduler(study, state_root),
-                                        max_concurrent_trials=study.max_concurrent or None,
-                                        reuse_actors=True),  # a trial's process is reused: no re-import of torch
-            run_config=tune.RunConfig(
-                name=experiment_dir.rsplit("/", 1)[1], storage_path=experiment_dir.rsplit("/", 1)[0],
-                storage_filesystem=tune_filesystem(experiment_dir),   # a full disk leaves no half-written file
-                callbacks=[tracker, console.StopLines(columns)],
-                progress_reporter=None if args.verbose else console.reporter(columns, study.metric),
-                # Tune checkpoints only a trial's end (iabf/tune.py): the trial keeps its own state every epoch
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                failure_config=tune.FailureConfig(max_failures=2), verbose=1))
+        return tune.Tuner.restore(experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=False,
+                                  storage_filesystem=tune_filesystem(experiment_dir))
+    return tune.Tuner(   # the searcher suggests what varies (both phases); the fixed values are the same for all
+        fn, param_space=dict(study.fixed),
+        tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, num_samples=planned["trials"],
+                                    search_alg=searcher(study), scheduler=scheduler(study, state_root),
+                                    max_concurrent_trials=study.max_concurrent or None,
+                                    reuse_actors=True),  # a trial's process is reused: no re-import of torch
+        run_config=tune.RunConfig(
+            name=experiment_dir.rsplit("/", 1)[1], storage_path=experiment_dir.rsplit("/", 1)[0],
+            storage_filesystem=tune_filesystem(experiment_dir),   # a full disk leaves no half-written file
+            callbacks=[tracker, console.StopLines(columns)],
+            progress_reporter=console.reporter(columns, study.metric) if quiet else None,
+            # Tune checkpoints only a trial's end (iabf/tune.py): the trial keeps its own state every epoch
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            failure_config=tune.FailureConfig(max_failures=2), verbose=1))
+
+
+def fit(tuner, stop: StopSignal, uri: str, exp_id: str, parent: str, resume_args: str) -> None:
+    """The trials. A stop signal: Tune saves its state and returns, and the study can be resumed; a second
+    one stops at once (exit 130); anything else marks the study FAILED in MLflow and goes on up."""
+    from studies import tracking
+
     try:
         with stop.during_fit():
-            tuner.fit()   # a stop signal: Tune saves its state and returns; the study can be resumed
-    except KeyboardInterrupt:   # a second stop signal: at once, without Tune's last save
+            tuner.fit()
+    except KeyboardInterrupt:
         tracking.end_study(uri, exp_id, parent, "KILLED")
-        print(f"error: stopped at once (a second stop signal, or one before Tune had begun); continue from what "
-              f"Tune saved last with:\n"
-              f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}", file=sys.stderr)
-        return 130
+        raise Refused(f"stopped at once (a second stop signal, or one before Tune had begun); continue from what "
+                      f"Tune saved last with:\n  python studies/ablation.py {resume_args}", code=130) from None
     except BaseException:
         tracking.end_study(uri, exp_id, parent, "FAILED")
         raise
-    try:  # a tracking server that went away gets a grace period to come back
-        left = tracker.flush(timeout=args.tracking_grace) if tracker else 0
-        counts = tracking.retrying(tracking.end_study, args.tracking_grace, uri, exp_id, parent,
+
+
+def close_record(tracker, stop: StopSignal, uri: str, exp_id: str, parent: str, experiment_dir: str,
+                 grace: float) -> tuple[dict, int]:
+    """The parent run ended (FINISHED, or KILLED when stopped) with the study's counts; a tracking server
+    that went away gets `grace` seconds to come back. Returns (counts, updates it never took)."""
+    from studies import tracking
+
+    try:
+        left = tracker.flush(timeout=grace) if tracker else 0
+        counts = tracking.retrying(tracking.end_study, grace, uri, exp_id, parent,
                                    "KILLED" if stop.received else "FINISHED", tracker.seconds if tracker else 0.0)
     except tracking.TRACKING_ERRORS as e:
-        print(f"error: the study ran (results: {experiment_dir}) but MLflow at {uri} is unreachable "
-              f"({type(e).__name__}); {tracker.unlogged() if tracker else 'some'} trial updates are not logged",
-              file=sys.stderr)
-        return 1
-    if not stop.reason:   # a study stopped for a full storage has no room for its report there
-        summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
-    return verdict(args, planned, counts, left, stop, uri, experiment_dir)
+        raise Refused(f"the study ran (results: {experiment_dir}) but MLflow at {uri} is unreachable "
+                      f"({type(e).__name__}); {tracker.unlogged() if tracker else 'some'} trial updates are not "
+                      f"logged", code=1) from None
+    return counts, left
 
 
 def verdict(args, planned: dict, counts: dict, left: int, stop: StopSignal, uri: str, experiment_dir: str) -> int:

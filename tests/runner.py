@@ -1,8 +1,10 @@
 """Running a study as a user would (studies/ablation.py in a subprocess: a real local Ray, a real
 MLflow store) and reading MLflow back: what the end-to-end study tests share."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,9 +15,27 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "studies" / "ablation.py"
 
 
-def study(tmp_path, *args, uri=None, wait=True, prefix=()):
+def template_store() -> Path:
+    """A sqlite store with MLflow's schema made, once per MLflow version and machine: making the schema
+    takes seconds, and the study tests would pay it ~40 times (test_study.py and test_study_errors.py
+    make new stores for real, two at once included)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    path = Path(tempfile.gettempdir()) / f"iabf-tests-store-mlflow{mlflow.__version__}.db"
+    if not path.exists():
+        part = path.with_suffix(f".{os.getpid()}.part")
+        MlflowClient(f"sqlite:///{part}").search_experiments()   # makes the schema and the default experiment
+        os.replace(part, path)                                    # whole, even with another worker at it
+    return path
+
+
+def study(tmp_path, *args, uri=None, wait=True, prefix=(), new_store=False):
     """studies/ablation.py with these arguments (storage and store in tmp_path), run through `prefix` (a command
-    that runs another, such as tests/procs.small_disk's)."""
+    that runs another, such as tests/procs.small_disk's). The default store starts as a copy of
+    template_store() unless `new_store` (a test that a refused study writes no store) or one is there."""
+    if uri is None and not new_store and not (tmp_path / "mlflow.db").exists():
+        shutil.copyfile(template_store(), tmp_path / "mlflow.db")
     cmd = [*prefix, sys.executable, str(SCRIPT), "--storage", str(tmp_path / "results"), "--chain-steps", "20",
            "--tracking-uri", uri or f"sqlite:///{tmp_path / 'mlflow.db'}", *args]
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}

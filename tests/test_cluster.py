@@ -228,36 +228,40 @@ def test_a_tracking_server_that_refuses_the_client_is_one_line_before_ray_starts
     server = lambda cmd: subprocess.run(["bash", str(ROOT / "cluster" / "mlflow_server.sh"), *cmd],   # noqa: E731
                                         env={**env, "HOME": str(head), "IABF_VENV": venv, "MLFLOW_START_TIMEOUT": "600"},
                                         capture_output=True, text=True, timeout=200)
-    started = server(["start", "127.0.0.1", str(port)])
-    assert started.returncode == 0, started.stdout + started.stderr
-    uri = f"http://127.0.0.1:{port}"
-    run = lambda *args, **extra: subprocess.run([sys.executable, *args], cwd=tmp_path,   # noqa: E731
-                                                env={**env, "HOME": str(tmp_path), **extra},
-                                                capture_output=True, text=True, timeout=120)
-    smoke = (str(ROOT / "studies" / "ablation.py"), "--smoke", "--storage", str(tmp_path / "r"), "--tracking-uri", uri)
-    try:
-        line = refused(run(*smoke))
-        assert line == (f"error: MLflow tracking server {uri} asks for credentials and none were given (401); set "
-                        f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or put them in ~/.mlflow/credentials "
-                        f"(on a cluster made by cluster.yaml or cluster/slurm.sbatch the head's ~/.mlflow/credentials has them)")
-        wrong = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "not-the-password"}
-        assert refused(run(*smoke, **wrong)).startswith(
-            f"error: MLflow tracking server {uri} refused the credentials of user 'admin' (401); set MLFLOW_TRACKING_USERNAME")
-        report = ("-m", "analysis.report", "--tracking-uri", uri, "--study", "nothing-here", "--out", str(tmp_path / "rep"))
-        assert refused(run(*report, **wrong)).startswith(f"error: MLflow tracking server {uri} refused the credentials")
-        # with the head's ~/.mlflow/credentials (what MLflow's client reads by itself) the server answers:
-        # the report gets as far as the study it cannot find
-        found = run(*report, HOME=str(head))
-        assert found.returncode == 2 and "nothing-here" in found.stderr and "401" not in found.stderr, found.stderr
-        assert not (tmp_path / "r").exists() and not (tmp_path / "rep").exists()   # nothing half-written
-    finally:
-        assert server(["stop"]).returncode == 0
-    # MLflow 3's host check answers 403 "Invalid Host header" to a Host it does not allow
-    port = free_port()
-    guarded = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                                "--backend-store-uri", f"sqlite:///{tmp_path / 'g.db'}", "--allowed-hosts", "example.org"],
+    # MLflow 3's host check answers 403 "Invalid Host header" to a Host it does not allow: a second server,
+    # started now so that its start overlaps the first's
+    guarded_port = free_port()
+    guarded = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+                                str(guarded_port), "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'g.db'}",
+                                "--allowed-hosts", "example.org"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(kill_tree, guarded.pid)   # whatever fails first
+        started = server(["start", "127.0.0.1", str(port)])
+        assert started.returncode == 0, started.stdout + started.stderr
+        uri = f"http://127.0.0.1:{port}"
+        run = lambda *args, **extra: subprocess.run([sys.executable, *args], cwd=tmp_path,   # noqa: E731
+                                                    env={**env, "HOME": str(tmp_path), **extra},
+                                                    capture_output=True, text=True, timeout=120)
+        smoke = (str(ROOT / "studies" / "ablation.py"), "--smoke", "--storage", str(tmp_path / "r"), "--tracking-uri", uri)
+        try:
+            line = refused(run(*smoke))
+            assert line == (f"error: MLflow tracking server {uri} asks for credentials and none were given (401); set "
+                            f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or put them in ~/.mlflow/credentials "
+                            f"(on a cluster made by cluster.yaml or cluster/slurm.sbatch the head's ~/.mlflow/credentials has them)")
+            wrong = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "not-the-password"}
+            assert refused(run(*smoke, **wrong)).startswith(
+                f"error: MLflow tracking server {uri} refused the credentials of user 'admin' (401); set MLFLOW_TRACKING_USERNAME")
+            report = ("-m", "analysis.report", "--tracking-uri", uri, "--study", "nothing-here", "--out", str(tmp_path / "rep"))
+            assert refused(run(*report, **wrong)).startswith(f"error: MLflow tracking server {uri} refused the credentials")
+            # with the head's ~/.mlflow/credentials (what MLflow's client reads by itself) the server answers:
+            # the report gets as far as the study it cannot find
+            found = run(*report, HOME=str(head))
+            assert found.returncode == 2 and "nothing-here" in found.stderr and "401" not in found.stderr, found.stderr
+            assert not (tmp_path / "r").exists() and not (tmp_path / "rep").exists()   # nothing half-written
+        finally:
+            assert server(["stop"]).returncode == 0
+        port = guarded_port
         uri = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
         while time.time() < deadline:   # up: it answers anything
@@ -269,5 +273,3 @@ def test_a_tracking_server_that_refuses_the_client_is_one_line_before_ray_starts
         assert refused(out).startswith(f"error: MLflow tracking server {uri} refused this client (403: "), out.stderr
         assert refused(out).endswith(f"its host check does not allow '127.0.0.1:{port}': start it with "
                                      f"--allowed-hosts 127.0.0.1:{port}")
-    finally:
-        kill_tree(guarded.pid)

@@ -236,7 +236,7 @@ def test_a_full_storage_stops_the_study_in_one_line_and_resume_finishes_it_once_
     is stopped the same way and damages nothing; once there is room, --resume finishes the study: one run
     per trial and seed, every epoch logged once."""
     results = tmp_path / "results"
-    p = space(tmp_path, study="full", fixed={"epochs": 6, "K": 2, "method": "iabf", "batch_size": 10},
+    p = space(tmp_path, study="full", fixed={"epochs": 6, "K": 2, "method": "iabf"},
               search={"lam": {"grid": [0.1, 0.01]}}, seeds=[0], stack=1, max_concurrent=1)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     line = re.compile(rf"error: trial \w+: no space left on device writing the trial's state to {re.escape(str(results))}"

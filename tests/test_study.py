@@ -159,7 +159,7 @@ def test_two_studies_started_at_once_on_a_new_store_both_finish(tmp_path):
 def test_a_trial_no_node_can_hold_is_refused_before_anything_starts(tmp_path):
     """A local Ray cannot grow: 64 GPUs per trial would wait forever (`1 PENDING`), so it is refused
     in one line that names what the nodes have, and nothing is written."""
-    out = study(tmp_path, "--smoke", "--gpus-per-trial", "64")
+    out = study(tmp_path, "--smoke", "--gpus-per-trial", "64", new_store=True)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and "64 GPUs per trial, but no node of this Ray has that (nodes: " in err[0]
