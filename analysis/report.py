@@ -53,7 +53,7 @@ def axis_figures(trials: pd.DataFrame, out: Path, params: dict | None = None) ->
         figures.save(fig, out, f"axis_{param.removeprefix('param.')}")
         for key, group in trials.groupby(cell):
             name = param.removeprefix("param.")
-            note = figures.edge_note(group[param], group.val, name, R.declared_search(params or {}, name))
+            note = figures.edge_note(group[param], group.val, name, R.declared_search(params or {}, name, key[1]))
             if note:
                 notes.append(f"{key[0]} {key[1]}: {note}")
     return notes

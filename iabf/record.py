@@ -35,6 +35,7 @@ NOT_CONFIG = ("seed", "stack", "data_dir", "device", "download", "compile")
 
 # --- the plan and the cells ------------------------------------------------------------------------
 PLAN_ARTIFACT = "plan.json"                     # on the study's parent run (studies/plan.py: record)
+VARIANT = "variant."                            # the parent run's keys of arm i: variant.<i>.<key>, variant.<i>.search.<key>
 DEFAULT_CELL = ("dataset", "channel", "bits", "eps")   # a cell when a study names none (eps: the test eps)
 CELL_PREFIX = "cell."                           # a frame's value of each cell axis: cell.K, cell.flip_budget
 
@@ -71,13 +72,16 @@ def cell_label(cell: dict) -> str:
     return "/".join(f"{k}={value_text(v)}" for k, v in cell.items())
 
 
-def declared_search(params: dict, name: str) -> tuple[str, list] | None:
-    """What a study declared for a searched parameter, from its parent run's parameters (`search.<name>`,
-    e.g. "{'loguniform': [0.001, 0.3]}"): (distribution, its arguments), or None where it is not recorded
-    (an arm's own search, a study from before the record kept it)."""
+def declared_search(params: dict, name: str, arm: str | None = None) -> tuple[str, list] | None:
+    """What a study declared for a searched parameter, from its parent run's parameters: the arm's own
+    search (`variant.<i>.search.<name>`, i its place in `arms`) or every arm's (`search.<name>`), e.g.
+    "{'loguniform': [0.001, 0.3]}": (distribution, its arguments), or None where it is not recorded (a
+    study from before the record kept it)."""
     try:
-        spec = ast.literal_eval(params.get(f"search.{name}", ""))
-    except (ValueError, SyntaxError):
+        arms = ast.literal_eval(params.get("arms", "[]"))
+        own = f"{VARIANT}{arms.index(arm)}.search.{name}" if arm in arms else None
+        spec = ast.literal_eval(params.get(own, "") or params.get(f"search.{name}", ""))
+    except (ValueError, SyntaxError, AttributeError):
         return None
     if isinstance(spec, dict) and len(spec) == 1:
         (kind, args), = spec.items()

@@ -36,6 +36,7 @@ from ray import tune
 
 from iabf import metrics as M
 from iabf import record as R
+from iabf.record import VARIANT
 from iabf.train import run_name
 from iabf.tune import (ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params,
                        parts)
@@ -80,7 +81,11 @@ def study_params(study) -> dict[str, str]:
               **{f"fixed.{k}": v for k, v in study.fixed.items()},
               **{f"by_dataset.{d}.{k}": v for d, values in study.by_dataset.items() for k, v in values.items()},
               "chain_steps": study.chain_steps,
-              **{f"search.{k}": v for k, v in study.search.items()}}
+              **{f"search.{k}": v for k, v in study.search.items()},
+              # each arm's own values and search (keys by position: an arm's name may hold = and +, which
+              # MLflow's keys cannot)
+              **{f"{VARIANT}{i}.{k}": v for i, a in enumerate(study.arms) for k, v in a.fixed.items()},
+              **{f"{VARIANT}{i}.search.{k}": v for i, a in enumerate(study.arms) for k, v in a.search.items()}}
     return {k: str(v)[:6000] for k, v in params.items()}
 
 
@@ -98,6 +103,8 @@ def changed_since(uri: str, study, experiment_dir: str) -> list[str]:
     if not parent:
         return []
     then, now = parent.data.params, study_params(study)
+    if not any(k.startswith(VARIANT) for k in then):   # begun before the record kept its arms: not compared
+        now = {k: v for k, v in now.items() if not k.startswith(VARIANT)}
     return [f"{k}: {then.get(k, '(none)')} -> {now.get(k, '(none)')}" for k in sorted(set(then) | set(now))
             if k not in RESUME_MAY_CHANGE and then.get(k) != now.get(k)]
 
@@ -124,7 +131,9 @@ def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str
         "study": study.name, "git_commit": git_commit(), "space": str(study.path), TAG_EXPERIMENT_DIR: experiment_dir,
         "mlflow.note.content": study.description or f"study {study.name} from {study.path}"})
     run_id = parent.info.run_id
-    client.log_batch(run_id, params=[Param(k, v) for k, v in study_params(study).items()])
+    params = [Param(k, v) for k, v in study_params(study).items()]
+    for i in range(0, len(params), 100):   # MLflow takes at most 100 parameters a batch
+        client.log_batch(run_id, params=params[i:i + 100])
     if study.path and Path(study.path).is_file():
         client.log_text(run_id, Path(study.path).read_text(errors="replace"), "space.yaml")
     client.log_dict(run_id, record(study), R.PLAN_ARTIFACT)

@@ -497,3 +497,23 @@ def test_an_edge_note_judges_a_continuous_search_by_its_declared_range():
     assert "at the edge of the searched range [2, 10]" in figures.edge_note(
         pd.Series([2, 5, 10]), y, "K", R.declared_search(params, "K"))
     assert figures.edge_note(pd.Series([5, 2, 10]), y, "K", R.declared_search(params, "K")) is None
+
+
+def test_an_arms_own_search_is_on_the_record_for_the_edge_note_and_for_resume():
+    """lambda searched by the IABF arm only (variants[].search, how the shipped studies search it): the parent
+    run records it under the arm's place, the edge note reads the arm's declared range, and a --resume whose
+    file changed that search sees the change."""
+    from studies.tracking import study_params
+    from studies.validation import validate
+
+    raw = {"study": "s", "dataset": "digits", "searcher": "optuna", "num_samples": 3,
+           "variants": [{"method": "necst"}, {"method": "iabf", "search": {"lam": {"loguniform": [0.001, 0.3]}}}]}
+    params = study_params(validate(raw, "s.yaml"))
+    assert params["variant.1.search.lam"] == "{'loguniform': [0.001, 0.3]}" and params["variant.1.method"] == "iabf"
+    assert R.declared_search(params, "lam", "iabf") == ("loguniform", [0.001, 0.3])
+    assert R.declared_search(params, "lam", "necst") is None and R.declared_search(params, "lam") is None
+    y = pd.Series([1.0, 2.0, 3.0])
+    assert figures.edge_note(pd.Series([0.0018, 0.005, 0.011]), y, "lam", R.declared_search(params, "lam", "iabf")) is None
+    raw["variants"][1]["search"]["lam"] = {"loguniform": [0.001, 0.1]}
+    edited = study_params(validate(raw, "s.yaml"))
+    assert {k for k in params if params[k] != edited.get(k)} == {"variant.1.search.lam"}

@@ -230,7 +230,7 @@ def test_a_tracking_server_that_refuses_the_client_is_one_line_before_ray_starts
                                         capture_output=True, text=True, timeout=200)
     # MLflow 3's host check answers 403 "Invalid Host header" to a Host it does not allow: a second server,
     # started now so that its start overlaps the first's
-    guarded_port = free_port()
+    guarded_port = next(p for p in iter(free_port, None) if p != port)   # neither server bound yet: ports apart
     guarded = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
                                 str(guarded_port), "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'g.db'}",
                                 "--allowed-hosts", "example.org"],

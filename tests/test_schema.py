@@ -87,7 +87,7 @@ def near_bounds(f):
     allowed = f.metadata["allowed"]
     marks = [v for v in (allowed.lo, allowed.hi, *allowed.also) if v is not None]
     if f.type == "str":
-        return st.one_of(st.sampled_from(allowed.choices), st.text(max_size=12))
+        return st.one_of(st.sampled_from(list(allowed.choices)), st.text(max_size=12))
     if f.type == "int":
         return st.one_of(st.sampled_from([int(m) + d for m in marks for d in (-1, 0, 1)]), st.integers(-10**6, 10**6))
     return st.one_of(st.sampled_from([m + d for m in marks for d in (-1e-9, 0.0, 1e-9)]),
