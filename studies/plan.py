@@ -1,6 +1,6 @@
-"""What a study is, without Ray: its cells, groups and two phases, what it counts, how it chooses,
-and the labels it writes to MLflow. studies/ (the runner, the Ray hooks in protocol.py) and
-analysis/ (the tables) both read it, so a cell means the same thing to both.
+"""A study's trials, without Ray: its cells, groups and two phases, and what it counts. The runner,
+the validator and the Ray hooks (protocol.py) read it; analysis/ reads only the record it leaves
+(iabf/record.py), so a cell means the same thing to both.
 
 A *cell* is one entry of a table: by default dataset, channel, code length and test eps; a space's
 `cells:` names other parameters (K, flip_budget, ...). A *group* is one arm in one cell: the
