@@ -6,9 +6,10 @@
 #   (random, never printed) into ~/.mlflow/credentials (mode 600), the file MLflow's clients read by
 #   themselves (as do the variables MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, which win).
 # - It listens on HOST (default: this node's first private address, never 0.0.0.0), port 5000.
-# - Started from `ray start`'s node (cluster.yaml's head_start_ray_commands), it ends when that node's
-#   Ray ends (`ray down`, `ray stop`): a watcher follows the node's GCS server. A start with no Ray
-#   running (SLURM, by hand) has no watcher: `stop` ends it.
+# - With MLFLOW_FOLLOW_RAY=1 (cluster.yaml's head_start_ray_commands, right after `ray start --head`), it
+#   ends when that node's Ray ends (`ray down`, `ray stop`): a watcher follows the GCS server Ray just
+#   started. Otherwise (SLURM, by hand) there is no watcher, whatever other Ray runs on the node (another
+#   job's, which would take the server down with it when it ends): `stop` ends it.
 # - The store: sqlite in $MLFLOW_DIR (default ~/mlflow), artifacts served by the server from there.
 # - One worker process (MLFLOW_WORKERS; a study's driver is its only heavy client): MLflow's default of 4
 #   uvicorn workers with a 5 s health check made a busy node kill and restart workers still importing, forever
@@ -64,7 +65,7 @@ MLFLOW_AUTH_CONFIG_PATH="$dir/basic_auth.ini" MLFLOW_FLASK_SERVER_SECRET_KEY=$(c
     --uvicorn-opts "--timeout-worker-healthcheck 120" > "$dir/server.log" 2>&1 < /dev/null &
 pid=$!
 watcher=
-if gcs=$(pgrep -u "$(id -u)" -x gcs_server | head -1); then
+if [ "${MLFLOW_FOLLOW_RAY:-0}" = 1 ] && gcs=$(pgrep -n -u "$(id -u)" -x gcs_server); then
     # the server lives as long as this node's Ray
     setsid nohup bash -c "while kill -0 $gcs 2>/dev/null; do sleep 2; done; kill -TERM -- -$pid 2>/dev/null" \
         > /dev/null 2>&1 < /dev/null &

@@ -237,8 +237,14 @@ def test_a_tracking_server_that_refuses_the_client_is_one_line_before_ray_starts
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(kill_tree, guarded.pid)   # whatever fails first
+        # another Ray's GCS on this machine (a process named gcs_server): a server started without
+        # MLFLOW_FOLLOW_RAY=1 must not follow it, or that Ray's end would take the server down mid-test
+        shutil.copy("/bin/sleep", tmp_path / "gcs_server")
+        other_ray = subprocess.Popen([str(tmp_path / "gcs_server"), "600"])
+        cleanup.callback(other_ray.kill)
         started = server(["start", "127.0.0.1", str(port)])
         assert started.returncode == 0, started.stdout + started.stderr
+        assert len((head / "mlflow" / "server.pid").read_text().split()) == 1   # the server's pid, no watcher
         uri = f"http://127.0.0.1:{port}"
         run = lambda *args, **extra: subprocess.run([sys.executable, *args], cwd=tmp_path,   # noqa: E731
                                                     env={**env, "HOME": str(tmp_path), **extra},
