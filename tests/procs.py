@@ -51,7 +51,8 @@ def start_server(tmp_path, port: int) -> subprocess.Popen:
 
 
 def stop_server(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
+    """Ended at once, as a crashed or lost server is (SIGKILL: no wait for uvicorn's graceful shutdown)."""
+    os.killpg(server.pid, signal.SIGKILL)
     server.wait(timeout=30)
 
 
