@@ -415,18 +415,20 @@ def check_resources(raw: dict) -> dict:
     check_keys(resources, RESOURCE_KEYS, "resources")
     number(resources["cpu"], "resources.cpu", 0, above=True, hi=10_000)
     number(resources["gpu"], "resources.gpu", 0, hi=10_000)
-    if resources["gpu"] > 1 and resources["gpu"] != int(resources["gpu"]):
-        fail("resources.gpu", GPU_WHOLE.format(resources["gpu"]))
+    if problem := gpu_problem(resources["gpu"]):
+        fail("resources.gpu", problem)
     return resources
 
 
-GPU_WHOLE = "{:g} is not allowed: a fraction below 1 or a whole number"
+def gpu_problem(gpu: float) -> str | None:
+    """GPUs per trial: a fraction below 1 packs trials on a GPU; above 1, whole GPUs only."""
+    return f"{gpu:g} is not allowed: a fraction below 1 or a whole number" if gpu > 1 and gpu != int(gpu) else None
 
 
 def check_gpu(gpu: float, where: str) -> float:
-    """GPUs per trial (--gpus-per-trial): a fraction below 1 packs trials on a GPU; above 1, whole GPUs only."""
-    if gpu > 1 and gpu != int(gpu):
-        raise SpaceError(f"{where}: {GPU_WHOLE.format(gpu)}")
+    """--gpus-per-trial, by the rule of resources.gpu."""
+    if problem := gpu_problem(gpu):
+        raise SpaceError(f"{where}: {problem}")
     return gpu
 
 
