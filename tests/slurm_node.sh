@@ -70,10 +70,26 @@ cd "$ROOT"
 export IABF_VENV=$VENV IABF_STUDIES=$W/studies HOME=$W/home
 mkdir -p "$HOME"
 
-t0=$SECONDS
-sbatch --wait --output="$W/bad.out" cluster/slurm.sbatch --space "$W/no-such-study.yaml" > /dev/null 2>&1
-echo $? > "$W/bad.rc"
-echo $((SECONDS - t0)) > "$W/bad.s"
+# gone JOB: wait until the job has left the queue (a half-second poll: `sbatch --wait` polls at 2, 8, then
+# every 32 s, which cost this test 20 s a job)
+gone() {
+    for _ in $(seq 1200); do
+        [ -z "$(squeue -h -j "$1" 2>/dev/null)" ] && return 0
+        sleep 0.5
+    done
+}
+# batch NAME ARGS...: sbatch ARGS, wait for the job's end; its output in $W/NAME.out, its exit code (the
+# one `sbatch --wait` gives: the batch script's) in $W/NAME.rc, its seconds in $W/NAME.s
+batch() {
+    local name=$1 t0=$SECONDS job
+    shift
+    job=$(sbatch --parsable --output="$W/$name.out" cluster/slurm.sbatch "$@")
+    gone "$job"
+    scontrol show job "$job" | tr ' ' '\n' | sed -n 's/^ExitCode=\([0-9]*\):.*/\1/p' > "$W/$name.rc"
+    echo $((SECONDS - t0)) > "$W/$name.s"
+}
+
+batch bad --space "$W/no-such-study.yaml"
 t0=$SECONDS
 
 job=$(sbatch --parsable --output="$W/run.out" cluster/slurm.sbatch --space "$STUDY" --chain-steps 5)
@@ -92,16 +108,10 @@ except Exception:
 done
 echo "${n:-0}" > "$W/before_cancel.txt"
 scancel "$job"
-for _ in $(seq 180); do
-    [ -z "$(squeue -h -j "$job" 2>/dev/null)" ] && break
-    sleep 1
-done
+gone "$job"
 scontrol show job "$job" > "$W/cancelled.txt" 2>&1
 echo $((SECONDS - t0)) > "$W/run.s"
-t0=$SECONDS
 
-sbatch --wait --output="$W/resume.out" cluster/slurm.sbatch --space "$STUDY" --chain-steps 5 --resume > /dev/null 2>&1
-echo $? > "$W/resume.rc"
-echo $((SECONDS - t0)) > "$W/resume.s"
+batch resume --space "$STUDY" --chain-steps 5 --resume
 ps -eo pid,args --no-headers > "$W/left.txt"
 exit 0

@@ -5,7 +5,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 from procs import free_port, start_server, stop_server
-from runner import runs_of, space, study, trial_workers
+from runner import kill_driver, runs_of, space, study, trial_workers
 
 from iabf import metrics as M
 
@@ -120,10 +120,8 @@ def test_a_driver_killed_the_moment_a_trial_saved_its_state_resumes_from_that_st
             if stamp != last:
                 writes, last = writes + 1, stamp
         time.sleep(0.002)
-    proc.kill()                                              # the state of epoch 3 is written: now
-    proc.communicate(timeout=60)
+    kill_driver(proc)                                        # the state of epoch 3 is written: now
     assert writes == 3
-    time.sleep(3)                                            # its local Ray goes down with it
     out = study(tmp_path, "--space", str(p), *storage, "--resume")   # found by listing the storage
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

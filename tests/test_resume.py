@@ -15,88 +15,82 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from procs import small_disk
-from runner import completed, runs_of, space, study, wait_for
+from runner import completed, kill_driver, runs_of, space, study, wait_for
 
 from iabf import metrics as M
+from iabf.tune import STATE_RESET
 from studies.signals import StopSignal
 from studies.space import SpaceError
 from studies.storage import resolve_experiment
 
 @pytest.mark.slow
-def test_interrupted_then_killed_in_the_confirmation_study_resumes_without_duplicate_runs(tmp_path):
-    """Ctrl-C during the search, --resume, SIGKILL of the driver during the confirmation phase,
-    --resume again: the study completes with one MLflow run per trial and seed, every epoch once,
-    none left RUNNING, and finished trials not rerun."""
-    p = space(tmp_path, study="resume", fixed={"epochs": 8, "K": 2, "method": "necst", "batch_size": 10},
+def test_a_study_stopped_every_way_a_study_stops_resumes_to_one_run_per_trial_and_seed(tmp_path):
+    """One study through the stops it meets, each followed by --resume: a second driver refused while the
+    first runs; SIGTERM while a trial trains (what a scheduler, `kill`, `docker stop` or a spot reclaim sends: a
+    clean stop with the --resume command, not Ray's native abort); the unfinished trial's state file
+    truncated; the study file edited (refused, naming what changed, nothing run); SIGKILL of the driver
+    during the confirmation phase. The study completes with one MLflow run per trial and seed, every
+    epoch once, none left RUNNING, finished trials not rerun, the damaged trial trained again from its
+    start in its own run. (Ctrl-C: test_a_search_interrupted_between_rungs_...)"""
+    p = space(tmp_path, study="resume", fixed={"epochs": 16, "K": 2, "method": "necst", "batch_size": 10},
               search={"lr": {"grid": [0.001, 0.002, 0.003]}}, seeds=[0, 1], stack=1, max_concurrent=1)
+    began = p.read_text()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     proc = study(tmp_path, "--space", str(p), wait=False)
-    wait_for(client, "resume", lambda runs: len(completed(runs)) >= 1 and len(runs) > 1)
-    proc.send_signal(signal.SIGINT)                                   # 1. a clean interrupt, mid-search
-    first, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "--resume" in first, first[-3000:]
-    _, before = runs_of(client, "resume")
-    assert all(r.info.status != "RUNNING" for r in before)          # nothing left RUNNING
-    done = {r.data.tags["uid"]: r.info.run_id for r in before if r.data.tags.get("stop_reason")}
+    wait_for(client, "resume", lambda runs: any(M.EPOCH in r.data.metrics for r in runs))
+    second = study(tmp_path, "--space", str(p), "--resume")            # 1. a second driver, the first alive
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert re.fullmatch(rf"error: study \S+/resume-\d+-\d+ is being run by pid {proc.pid} on host "
+                        rf"{re.escape(socket.gethostname())} since [\d-]+ [\d:]+ \w+; wait for it to end, or stop it "
+                        rf"\(Ctrl-C or kill -TERM on that host\), then --resume", second.stderr.strip()), second.stderr
 
-    proc = study(tmp_path, "--space", str(p), "--resume", wait=False)
-    # the confirmation phase: a confirmation run has logged an epoch
-    wait_for(client, "resume", lambda runs: any(r.data.tags["phase"] == "confirm" and M.EPOCH in r.data.metrics
-                                                for r in runs))
-    proc.kill()                                                       # 2. the driver dies: SIGKILL
-    proc.communicate(timeout=60)
-    time.sleep(3)                                                     # its local Ray goes down with it
-
-    out = study(tmp_path, "--space", str(p), "--resume")              # 3. finish the study
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (parent,), children = runs_of(client, "resume")
-    assert parent.info.status == "FINISHED"
-    keys = Counter((r.data.tags["uid"], r.data.tags["seed"]) for r in children)
-    assert len(keys) == 5 and set(keys.values()) == {1}                 # 3 search + 2 confirmation, no duplicate
-    assert Counter(r.data.tags["phase"] for r in children) == {"search": 3, "confirm": 2}
-    for r in children:
-        assert r.info.status == "FINISHED" and r.data.tags["stop_reason"] == "completed"
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)]
-        assert sorted(steps) == list(range(1, 9))                      # every epoch once: none doubled
-    for uid, run_id in done.items():                                   # finished trials kept their runs
-        assert next(r for r in children if r.data.tags["uid"] == uid).info.run_id == run_id
-    confirmed = {r.data.tags["confirms"] for r in children if r.data.tags["phase"] == "confirm"}
-    assert len(confirmed) == 1 and confirmed <= {r.data.tags["uid"] for r in children}
-
-
-@pytest.mark.slow
-def test_sigterm_stops_a_study_like_ctrl_c_and_resume_finishes_it_past_a_damaged_state_file(tmp_path):
-    """What a scheduler, `kill`, `docker stop` or a spot reclaim sends: a clean stop with the
-    --resume command (not Ray's native abort). The unfinished trial's state file is then truncated:
-    --resume names it, sets it aside and trains that trial again from its start, in the same MLflow
-    run, every epoch logged once."""
-    p = space(tmp_path, study="term", fixed={"epochs": 6, "K": 2, "method": "necst", "batch_size": 10},
-              search={"lr": {"grid": [0.001, 0.002]}}, seeds=[0], stack=1, max_concurrent=1)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    proc = study(tmp_path, "--space", str(p), wait=False)
-    wait_for(client, "term", lambda runs: len(completed(runs)) >= 1 and any(
+    # a trial finished and another under way, in the search or the confirmation (the search may be over)
+    wait_for(client, "resume", lambda runs: len(completed(runs)) >= 1 and any(
         not r.data.tags.get("stop_reason") and r.data.metrics.get(M.EPOCH, 0) >= 2 for r in runs))
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)                                  # 2. SIGTERM
     first, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "--resume" in first, first[-3000:]
     assert "Traceback" not in first and "Aborted" not in first and "SIGTERM received" not in first
-    _, before = runs_of(client, "term")
-    assert all(r.info.status != "RUNNING" for r in before)
+    _, before = runs_of(client, "resume")
+    assert all(r.info.status != "RUNNING" for r in before)          # nothing left RUNNING
+    done = {r.data.tags["uid"]: r.info.run_id for r in before if r.data.tags.get("stop_reason")}
     unfinished = next(r for r in before if not r.data.tags.get("stop_reason"))
-    state = next((tmp_path / "results").glob(f"term-*/state/{unfinished.data.tags['uid']}.pt"))
-    state.write_bytes(state.read_bytes()[:100])                       # damage from outside: truncated
+    state = next((tmp_path / "results").glob(f"resume-*/state/{unfinished.data.tags['uid']}.pt"))
+    state.write_bytes(state.read_bytes()[:100])                       # 3. damage from outside: truncated
+
+    edited = yaml.safe_load(began)                                    # 4. the study file edited
+    edited["seeds"], edited["search"]["lr"]["grid"] = [0, 1, 2], [0.001, 0.002, 0.005]
+    p.write_text(yaml.safe_dump(edited))
     out = study(tmp_path, "--space", str(p), "--resume")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    said = [line for line in (out.stdout + out.stderr).splitlines() if "could not be read" in line]
-    assert said and str(state) in said[0] and "trains again from its first epoch" in said[0], out.stderr[-2000:]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: --resume {tmp_path / 'results'}/resume-") and "seeds: [0, 1] -> [0, 1, 2]" in line, line
+    assert re.search(r"search\.lr: .*0\.003.* -> .*0\.005", line) and "resources" not in line, line
+    _, after = runs_of(client, "resume")
+    assert {(r.info.run_id, r.info.status) for r in after} == {(r.info.run_id, r.info.status) for r in before}
+    p.write_text(began)                                               # restored
+
+    proc = study(tmp_path, "--space", str(p), "--resume", wait=False)
+    # the damaged trial trains again (its run says so), and the confirmation phase is under way
+    wait_for(client, "resume", lambda runs: any(STATE_RESET in r.data.tags for r in runs) and any(
+        r.data.tags["phase"] == "confirm" and not r.data.tags.get("stop_reason") and M.EPOCH in r.data.metrics
+        for r in runs))
+    resumed = kill_driver(proc)                                       # 5. the driver dies: SIGKILL
+    said = [line for line in resumed.splitlines() if "could not be read" in line]
+    assert said and str(state) in said[0] and "trains again from its first epoch" in said[0], resumed[-3000:]
     assert state.with_name(state.name + ".damaged").exists()
-    (parent,), children = runs_of(client, "term")
-    assert parent.info.status == "FINISHED" and len(children) == 3     # 2 search + 1 confirmation
-    assert all(r.data.tags["stop_reason"] == "completed" for r in children)
-    again = next(r for r in children if r.info.run_id == unfinished.info.run_id)   # the same run continued
-    assert "could not be read" in again.data.tags["state_reset"]
-    assert sorted(m.step for m in client.get_metric_history(again.info.run_id, M.EPOCH)) == list(range(1, 7))
+
+    out = study(tmp_path, "--space", str(p), "--resume")              # 6. finish the study
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    children = finished_once(client, "resume", runs=5, epochs=16)     # 3 search + 2 confirmation
+    assert Counter(r.data.tags["phase"] for r in children) == {"search": 3, "confirm": 2}
+    for uid, run_id in done.items():                                   # finished trials kept their runs
+        assert next(r for r in children if r.data.tags["uid"] == uid).info.run_id == run_id
+    again = next(r for r in children if r.info.run_id == unfinished.info.run_id)   # the damaged one: same run
+    assert "could not be read" in again.data.tags[STATE_RESET]
+    confirmed = {r.data.tags["confirms"] for r in children if r.data.tags["phase"] == "confirm"}
+    assert len(confirmed) == 1 and confirmed <= {r.data.tags["uid"] for r in children}
 
 
 @pytest.mark.slow
@@ -186,46 +180,6 @@ def test_a_resumed_study_tracks_to_the_uri_it_is_resumed_with():
         MLflowTracking.resumed_uri = None
     assert (resumed.uri, resumed.experiment_id, resumed.parent_run_id) == ("http://10.0.0.1:30002", "7", "parent")
     assert began.uri == "http://10.0.0.1:30001" and pickle.loads(pickle.dumps(began)).uri == began.uri
-
-
-@pytest.mark.slow
-def test_one_study_one_driver_and_an_edited_study_file_is_refused_on_resume(tmp_path):
-    """A second --resume while the study's driver runs is refused in one line naming that driver; once the
-    driver dies (SIGKILL: nothing cleaned up), the study file edited (a seed added, a grid value replaced)
-    is refused on --resume naming what changed, with nothing run; restored, --resume finishes the study:
-    one run per trial and seed, none RUNNING, every epoch once."""
-    p = space(tmp_path, study="guard", fixed={"epochs": 12, "K": 2, "method": "necst", "batch_size": 10},
-              search={"lr": {"grid": [0.001, 0.002]}}, seeds=[0], stack=1, max_concurrent=1)
-    began = p.read_text()
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    proc = study(tmp_path, "--space", str(p), wait=False)
-    wait_for(client, "guard", lambda runs: any(M.EPOCH in r.data.metrics for r in runs))
-
-    second = study(tmp_path, "--space", str(p), "--resume")            # a second driver, the first alive
-    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
-    assert re.fullmatch(rf"error: study \S+/guard-\d+-\d+ is being run by pid {proc.pid} on host "
-                        rf"{re.escape(socket.gethostname())} since [\d-]+ [\d:]+ \w+; wait for it to end, or stop it "
-                        rf"\(Ctrl-C or kill -TERM on that host\), then --resume", second.stderr.strip()), second.stderr
-    proc.kill()                                                        # the driver dies, its lock with it
-    proc.communicate(timeout=60)
-    time.sleep(3)                                                      # its local Ray goes down with it
-
-    edited = yaml.safe_load(began)
-    edited["seeds"], edited["search"]["lr"]["grid"] = [0, 1], [0.001, 0.005]
-    p.write_text(yaml.safe_dump(edited))
-    _, before = runs_of(client, "guard")
-    out = study(tmp_path, "--space", str(p), "--resume")
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    (line,) = out.stderr.strip().splitlines()
-    assert line.startswith(f"error: --resume {tmp_path / 'results'}/guard-") and "seeds: [0] -> [0, 1]" in line, line
-    assert re.search(r"search\.lr: .*0\.002.* -> .*0\.005", line) and "resources" not in line, line
-    _, after = runs_of(client, "guard")
-    assert {(r.info.run_id, r.info.status) for r in after} == {(r.info.run_id, r.info.status) for r in before}
-
-    p.write_text(began)                                                # restored: the study finishes
-    out = study(tmp_path, "--space", str(p), "--resume")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    finished_once(client, "guard", runs=3, epochs=12)                  # 2 search + 1 confirmation
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ them (sqlite, and a real `mlflow server` on 127.0.0.1), and the test reads MLflo
 resuming and losing parts mid-study: tests/test_resume.py and tests/test_faults.py."""
 import re
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -11,22 +12,45 @@ from runner import runs_of, space, study
 
 from iabf import metrics as M
 from iabf.train import load_checkpoint
+from studies.tracking import TAG_EXPERIMENT_DIR
 
 pytestmark = pytest.mark.slow
 
 
-def test_smoke_study_tracks_parent_child_params_metrics_artifacts(tmp_path):
-    """quick.yaml --smoke: one cell, IABF's lambda searched (2 trials), then the choice confirmed."""
-    out = study(tmp_path, "--smoke")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert out.stdout.splitlines()[0].startswith("started a local Ray with")
-    assert "3 trials: 2 search, 1 confirmation" in out.stdout
-    assert "the configuration chosen per cell and arm by validation (confirmed on every seed)" in out.stdout
-    assert "mlflow ui --backend-store-uri" in out.stdout
+@pytest.fixture(scope="module")
+def smoke_pair(tmp_path_factory):
+    """quick.yaml --smoke (one cell, IABF's lambda searched in 2 trials, then the choice confirmed), twice
+    at once on a new sqlite store, as two users of one store might: ([a's output, b's], their folder, the
+    store's URI). Both would create MLflow's tables at once (alembic's 'online migration expected to
+    match one row' in one of them); the store's schema is made once, under its lock."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    procs = [study(tmp_path / name, "--smoke", uri=uri, wait=False) for name in ("a", "b")
+             if (tmp_path / name).mkdir() is None]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-2000:] for o in outs)
+    return SimpleNamespace(outs=outs, folder=tmp_path, uri=uri)
+
+
+def test_two_studies_started_at_once_on_a_new_store_both_finish(smoke_pair):
+    _, children = runs_of(MlflowClient(smoke_pair.uri), "quick-smoke")
+    assert len(children) == 6 and all(r.data.tags["stop_reason"] == "completed" for r in children)
+
+
+def test_smoke_study_tracks_parent_child_params_metrics_artifacts(smoke_pair):
+    """One of the pair, read back: its parent run, its three child runs, their params, metrics and
+    artifacts, and its console (stdout and stderr together)."""
+    stdout, tmp_path = smoke_pair.outs[0], smoke_pair.folder / "a"
+    assert stdout.splitlines()[0].startswith("started a local Ray with")
+    assert "3 trials: 2 search, 1 confirmation" in stdout
+    assert "the configuration chosen per cell and arm by validation (confirmed on every seed)" in stdout
+    assert "mlflow ui --backend-store-uri" in stdout
     # the link opens the study's runs (MLflow 3.17's UI otherwise opens its GenAI overview)
-    assert "http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning" in out.stdout
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (parent,), children = runs_of(client, "quick-smoke")
+    assert "http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning" in stdout
+    client = MlflowClient(smoke_pair.uri)
+    parents, children = runs_of(client, "quick-smoke")
+    (parent,) = [r for r in parents if r.data.tags[TAG_EXPERIMENT_DIR].startswith(str(tmp_path))]
+    children = [r for r in children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
     assert len(children) == 3 and parent.info.status == "FINISHED"
     # declared as model training, so MLflow's UI opens on the runs, not on its GenAI overview
     assert client.get_experiment_by_name("quick-smoke").tags["mlflow.experimentKind"] == "custom_model_development"
@@ -60,66 +84,83 @@ def test_smoke_study_tracks_parent_child_params_metrics_artifacts(tmp_path):
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"checkpoint.pt"}
         assert run.info.run_name.endswith("-s3-search")
     # the status table, its columns, and nothing of Ray's own chatter on the console
-    assert "lam" in out.stdout and "phase" in out.stdout and "Trial status" not in out.stdout
-    assert len(out.stdout.splitlines()) < 80
+    assert "lam" in stdout and "phase" in stdout and "Trial status" not in stdout
+    assert len(stdout.splitlines()) < 80
     assert (next((tmp_path / "results").glob("quick-smoke-*")) / "study.log").stat().st_size > 0
 
 
-def test_stacked_study_gives_every_seed_its_own_run(tmp_path):
-    """2 trials of 2 stacked seeds each: 4 child runs, one per seed, each like a separate trial's."""
-    p = space(tmp_path, study="stacked", fixed={"epochs": 2, "K": 2, "method": "iabf"}, seeds=[0, 1, 2, 3], stack=2)
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One study for the tests below: IABF's lr searched over three values one trial at a time (so the
+    order is fixed) under ASHA: 0.003 learns, 1e-5 barely moves in 4 epochs (stopped), 1e30 diverges
+    (fails); the winner confirmed on four seeds, stacked two to a trial. (stdout, client, parent, search
+    runs, confirmation runs, folder)"""
+    tmp_path = tmp_path_factory.mktemp("searched")
+    p = space(tmp_path, study="searched", fixed={"epochs": 4, "K": 2, "method": "iabf"},
+              search={"lr": {"grid": [0.003, 0.00001, 1.0e30]}}, seeds=[0, 1, 2, 3], stack=2, max_concurrent=1,
+              scheduler={"name": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2})
     out = study(tmp_path, "--space", str(p))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "2 trials: 0 search, 2 confirmation" in out.stdout       # nothing to search: confirmed at once
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (parent,), children = runs_of(client, "stacked")
+    (parent,), children = runs_of(client, "searched")
+    search = [r for r in children if r.data.tags["phase"] == "search"]
+    confirm = [r for r in children if r.data.tags["phase"] == "confirm"]
+    return SimpleNamespace(stdout=out.stdout, client=client, parent=parent, search=search, confirm=confirm,
+                           folder=tmp_path)
+
+
+def test_stacked_seeds_get_a_run_each(searched, tmp_path):
+    """The confirmation: 2 trials of 2 stacked seeds each, 4 child runs, one per seed, each like a
+    separate trial's."""
+    client, children = searched.client, searched.confirm
+    assert "5 trials: 3 search, 2 confirmation" in searched.stdout
     assert sorted(int(r.data.tags["seed"]) for r in children) == [0, 1, 2, 3]
     assert sorted(Counter(r.data.tags["trial_id"] for r in children).values()) == [2, 2]   # 2 trials, 2 seeds each
     assert len({r.data.tags["config_hash"] for r in children}) == 1        # one configuration, four seeds
-    assert parent.data.metrics["study/completed"] == 4
+    assert searched.parent.data.metrics["study/completed"] == 5            # the four, and the search's winner
     for run in children:
         seed = run.data.tags["seed"]
         assert run.data.params["seed"] == seed and run.data.params["stack"] == "2"
         assert run.info.run_name.endswith(f"-s{seed}") and run.info.status == "FINISHED"
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, M.VAL_DISTORTION)) == [1, 2]
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, M.VAL_DISTORTION)) == [1, 2, 3, 4]
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
             "checkpoint.pt", "config.json", "reconstructions.png", "markov_chain.png"}
         ckpt = load_checkpoint(client.download_artifacts(run.info.run_id, "checkpoint.pt", str(tmp_path)))
         assert ckpt["config"]["seed"] == int(seed)
     assert len({r.data.metrics[M.TEST_DISTORTION] for r in children}) == 4
-    table = (next((tmp_path / "results").glob("stacked-*/report")) / "table1.csv").read_text()
+    table = (next((searched.folder / "results").glob("searched-*/report")) / "table1.csv").read_text()
     assert ",4," in table                                                   # n = 4 seeds in the cell
 
 
-def test_asha_stops_weak_trials_early_and_tracking_says_so(tmp_path):
-    """ASHA inside the search: lr 1e-5 barely moves in 4 epochs and is stopped (one trial at a time,
-    so the order is fixed); the confirmation trains the winner on both seeds, never stopped."""
-    p = space(tmp_path, study="asha", fixed={"epochs": 4, "K": 2, "method": "necst"},
-              search={"lr": {"grid": [0.003, 0.00001]}}, seeds=[0, 1], max_concurrent=1,
-              scheduler={"name": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2})
-    out = study(tmp_path, "--space", str(p))
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert re.search(r"trial \w+ \(.*lr=1e-05.*phase=search.*\): stopped by ASHA after epoch \d", out.stdout), out.stdout
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (parent,), children = runs_of(client, "asha")
-    search = [r for r in children if r.data.tags["phase"] == "search"]
-    confirm = [r for r in children if r.data.tags["phase"] == "confirm"]
+def test_asha_stops_weak_trials_early_and_tracking_says_so(searched):
+    """ASHA inside the search stops lr 1e-5; the confirmation trains the winner on every seed, never stopped."""
+    client, search, confirm = searched.client, searched.search, searched.confirm
+    assert re.search(r"trial \w+ \(.*lr=1e-05.*phase=search.*\): stopped by ASHA after epoch \d", searched.stdout)
     reasons = Counter(r.data.tags["stop_reason"] for r in search)
-    assert len(search) == 2 and reasons == {"early_stopped": 1, "completed": 1}
+    assert len(search) == 3 and reasons == {"early_stopped": 1, "completed": 1, "failed": 1}
     for r in search:
         epochs = len(client.get_metric_history(r.info.run_id, M.EPOCH))
         if r.data.tags["stop_reason"] == "early_stopped":
             assert r.data.params["lr"] == "1e-05"
             assert r.info.status == "KILLED" and epochs < 4 and M.TEST_DISTORTION not in r.data.metrics
             assert not client.list_artifacts(r.info.run_id)
-        else:
+        elif r.data.tags["stop_reason"] == "completed":
             assert r.info.status == "FINISHED" and epochs == 4
             winner = r
-    assert sorted(r.data.tags["seed"] for r in confirm) == ["0", "1"]   # both seeds, one stacked trial
     for r in confirm:
         assert r.data.tags["stop_reason"] == "completed" and r.data.params["lr"] == "0.003"
         assert r.data.tags["confirms"] == winner.data.tags["uid"]
-    assert parent.data.metrics["study/early_stopped"] == 1
+    assert searched.parent.data.metrics["study/early_stopped"] == 1
+
+
+def test_a_diverging_trial_fails_alone_and_the_study_goes_on(searched):
+    assert "5 completed, 1 early_stopped, 1 failed" in searched.stdout
+    failed = [r for r in searched.search if r.data.tags["stop_reason"] == "failed"]
+    assert len(failed) == 1 and failed[0].info.status == "FAILED" and failed[0].data.params["lr"] == "1e+30"
+    assert failed[0].data.tags["failure"].startswith("training diverged at epoch 1")
+    assert searched.parent.data.metrics["study/failed"] == 1 and searched.parent.info.status == "FINISHED"
+    report = next((searched.folder / "results").glob("searched-*/report/report.md")).read_text()
+    assert "## Failed trials" in report and "training diverged at epoch 1" in report
 
 
 @pytest.fixture
@@ -144,18 +185,6 @@ def test_remote_tracking_against_a_real_mlflow_server(tmp_path, mlflow_server):
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_two_studies_started_at_once_on_a_new_store_both_finish(tmp_path):
-    """Both would create MLflow's tables in a new sqlite store at once (alembic's 'online migration
-    expected to match one row' in one of them); the store's schema is made once, under its lock."""
-    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
-    procs = [study(tmp_path / name, "--smoke", uri=uri, wait=False) for name in ("a", "b")
-             if (tmp_path / name).mkdir() is None]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-2000:] for o in outs)
-    _, children = runs_of(MlflowClient(uri), "quick-smoke")
-    assert len(children) == 6 and all(r.data.tags["stop_reason"] == "completed" for r in children)
-
-
 def test_a_trial_no_node_can_hold_is_refused_before_anything_starts(tmp_path):
     """A local Ray cannot grow: 64 GPUs per trial would wait forever (`1 PENDING`), so it is refused
     in one line that names what the nodes have, and nothing is written."""
@@ -171,20 +200,3 @@ def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: MLflow tracking server http://127.0.0.1:")
     assert "Traceback" not in out.stderr and not (tmp_path / "results").exists()
-
-
-def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path):
-    p = space(tmp_path, study="nan", fixed={"epochs": 2, "K": 2, "method": "necst"},
-              search={"lr": {"grid": [0.001, 1.0e30]}}, max_concurrent=1, confirm=False)
-    out = study(tmp_path, "--space", str(p))
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "1 completed, 0 early_stopped, 1 failed" in out.stdout
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (parent,), children = runs_of(client, "nan")
-    failed = [r for r in children if r.data.tags["stop_reason"] == "failed"]
-    assert len(failed) == 1 and failed[0].info.status == "FAILED" and failed[0].data.params["lr"] == "1e+30"
-    assert failed[0].data.tags["failure"].startswith("training diverged at epoch 1")
-    assert parent.data.metrics["study/failed"] == 1 and parent.info.status == "FINISHED"
-    report = next((tmp_path / "results").glob("nan-*/report/report.md")).read_text()
-    assert "## Failed trials" in report and "training diverged at epoch 1" in report
-
