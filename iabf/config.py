@@ -366,3 +366,15 @@ def help_text(f: dataclasses.Field) -> str:
 def config_from_args(args: argparse.Namespace) -> Config:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
     return Config.from_dict({"preset": args.preset, **given})
+
+
+def run_name(cfg: Config) -> str:
+    """What the run is, e.g. mnist-iabf-eps0.1-lam0.01-K5-s0; a channel other than the paper's BSC
+    is named too (mnist-iabf-z-eps0.1-...), a precision other than fp32 (...-s0-bf16) and a spec
+    override (mnist-bernoulli-nv500-iabf-...), so runs that differ in them never share a folder."""
+    lam = f"-lam{cfg.lam:g}" if cfg.method == "iabf" else ""
+    code = f"-{cfg.channel_code}-k{cfg.latent_bits}" if cfg.method == "separation" else ""
+    channel = "" if cfg.channel == "bsc" else f"-{cfg.channel}"
+    arithmetic = "" if cfg.precision == "fp32" else f"-{cfg.precision}"
+    spec = ("" if cfg.likelihood == "auto" else f"-{cfg.likelihood}") + (f"-nv{cfg.n_valid}" if cfg.n_valid else "")
+    return f"{cfg.dataset}{spec}-{cfg.method}{code}{channel}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}{arithmetic}"

@@ -15,9 +15,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from .datasets import LIKELIHOODS, OWN_VALID_FRACTION, SPECS, DatasetSpec, infer, override
 
@@ -288,6 +291,8 @@ def load(name: str, data_dir: str | os.PathLike, device: torch.device | str = "c
     train, val, test = split(name, arrays, spec)
     if max_train_examples:
         train = train[:max_train_examples]
+
+    import torch   # here, not at the top: a study's driver checks the files with numpy alone, never importing torch
 
     def dev(a):
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)

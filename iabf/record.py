@@ -5,6 +5,9 @@ else. No torch, no Ray (MLflow only inside the store checks): a report rebuilds 
 - every trial's run is tagged with LABELS: its phase (SEARCH or CONFIRM), its cell (cell_label), its
   arm, its uid (fixed by what the trial is) and, on a confirmation, the uid of the search trial it
   confirms; and, once it ends, STOP_REASON (one of STOP_REASONS) with a FAILURE or an INTERRUPTION;
+- a trial (iabf/tune.py) reports, besides its metrics, where it ran (NODE_ID, HOSTNAME), a reset state
+  (STATE_RESET), a full storage (STORAGE_FULL) and replayed epochs (REPLAYED); a stacked trial is one
+  run per seed (`parts`);
 - the study's parent run keeps PLAN_ARTIFACT (studies/plan.py's `record`): whether it confirms, its
   cell axes, per cell its values and planned counts;
 - a cell is DEFAULT_CELL (dataset, channel, bits, test eps) unless the study names its own axes; a
@@ -16,9 +19,11 @@ from __future__ import annotations
 import ast
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import metrics as M
+from .config import Config, seed_configs
 
 # --- the tags on every trial's run -----------------------------------------------------------------
 PHASE, CELL, ARM, UID, CONFIRMS = "phase", "cell", "arm", "uid", "confirms"
@@ -32,6 +37,37 @@ STATUS = {COMPLETED: "FINISHED", EARLY_STOPPED: "KILLED", FAILED: "FAILED"}   # 
 # Config fields that are not a trial's configuration: its seed (the seeds are repeats), how seeds are
 # stacked, and where and how it runs. Two runs that differ only in these ran the same configuration.
 NOT_CONFIG = ("seed", "stack", "data_dir", "device", "download", "compile")
+
+# --- what a trial reports besides its metrics (iabf/tune.py), read by the driver (studies/) ----------
+REPLAYED = "replayed"          # a result reported again on resume, not a new epoch
+NODE_ID, HOSTNAME = "node_id", "hostname"   # in every result: the Ray node and host that trained it; tags
+STATE_RESET = "state_reset"    # in every result of a trial whose state file could not be read; a tag
+STORAGE_FULL = "storage_full"  # a trial's last result when the study's storage has no room for its state
+STATE = M.STATE                # inside every Tune checkpoint; the final one also holds the artifacts below
+ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")   # on a confirmation's run
+
+
+def config_from_params(params: dict) -> Config:
+    """A trial's Config from its parameters: without the study's LABELS; None is a parameter the trial
+    leaves at its default (a study names every varying parameter in every trial)."""
+    return Config.from_dict({k: v for k, v in params.items() if k not in LABELS and v is not None})
+
+
+@dataclass
+class Part:
+    """One seed of a trial, and so one MLflow run: its config, the prefix of its metrics in the trial's
+    results and the folder of its checkpoint and artifacts inside each Tune checkpoint. A plain trial
+    has one part ("", ""); a stacked one (Config.stack) has one per seed (seed3/..., seed3/)."""
+    cfg: Config
+    prefix: str
+    folder: str
+
+
+def parts(cfg: Config) -> list[Part]:
+    if cfg.stack == 1:
+        return [Part(cfg, "", "")]
+    return [Part(c, M.seed_key(c.seed, ""), f"seed{c.seed}") for c in seed_configs(cfg)]
+
 
 # --- the plan and the cells ------------------------------------------------------------------------
 PLAN_ARTIFACT = "plan.json"                     # on the study's parent run (studies/plan.py: record)

@@ -25,7 +25,7 @@ import torch
 from . import metrics as M
 from . import stacked
 from .channels import bernoulli
-from .config import Config, ConfigError, config_from_args, config_parser, seed_configs, warnings_in_one_line
+from .config import Config, ConfigError, config_from_args, config_parser, run_name, seed_configs, warnings_in_one_line
 from .data import IMAGE_SHAPE, DataError, Splits, load_for, to_float
 from .losses import binary_entropy, discriminator_loss, distortion, objective, tc_input
 from .models import build
@@ -322,18 +322,6 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
 
 
 # --- command line ---------------------------------------------------------------------------
-
-def run_name(cfg: Config) -> str:
-    """What the run is, e.g. mnist-iabf-eps0.1-lam0.01-K5-s0; a channel other than the paper's BSC
-    is named too (mnist-iabf-z-eps0.1-...), a precision other than fp32 (...-s0-bf16) and a spec
-    override (mnist-bernoulli-nv500-iabf-...), so runs that differ in them never share a folder."""
-    lam = f"-lam{cfg.lam:g}" if cfg.method == "iabf" else ""
-    code = f"-{cfg.channel_code}-k{cfg.latent_bits}" if cfg.method == "separation" else ""
-    channel = "" if cfg.channel == "bsc" else f"-{cfg.channel}"
-    arithmetic = "" if cfg.precision == "fp32" else f"-{cfg.precision}"
-    spec = ("" if cfg.likelihood == "auto" else f"-{cfg.likelihood}") + (f"-nv{cfg.n_valid}" if cfg.n_valid else "")
-    return f"{cfg.dataset}{spec}-{cfg.method}{code}{channel}-eps{cfg.eps:g}{lam}-K{cfg.K}-s{cfg.seed}{arithmetic}"
-
 
 def main(argv: list[str] | None = None) -> int:
     p = config_parser("python -m iabf.train", __doc__)

@@ -20,7 +20,6 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs
@@ -30,32 +29,18 @@ from ray import tune
 
 from . import metrics as M
 from . import record as R
-from .config import Config, seed_configs
+from .record import HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params, parts
+from .config import Config
 from .data import load_for, to_float
 from .sampling import markov_chain, reconstructions, save_grid
 from .separation import link
 from .storage import StorageFull, filesystem, no_room
 from .train import Diverged, load_checkpoint, models_from_state, run, save_checkpoint
 
-REPLAYED = "replayed"     # a result reported again on resume (see `trainable`), not a new epoch
-NODE_ID, HOSTNAME = "node_id", "hostname"   # in every result: the Ray node and host that trained it
-STATE_RESET = "state_reset"   # in every result of a trial whose state file could not be read (TrialState.load)
-STORAGE_FULL = "storage_full"  # a trial's last result when the study's storage has no room for its state (StorageFull)
+# What a trial reports besides its metrics is part of the study's record (iabf/record.py: REPLAYED on
+# resume, NODE_ID and HOSTNAME, STATE_RESET when its state file could not be read, STORAGE_FULL when
+# the storage has no room for it, STATE and ARTIFACTS in its checkpoint), so the driver reads it without torch
 STORAGE_FULL_WAIT_S = 300      # how long a trial that reported STORAGE_FULL waits for the driver to stop the study
-STATE = M.STATE           # inside every Tune checkpoint; the final one also holds the artifacts below
-ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")
-
-
-# A study's labels of a trial (its record: iabf/record.py), not Config fields: its phase, cell, arm, its
-# identity (uid: the same for the same trial suggested again after a resume) and, for a
-# confirmation, the uid of the search trial it confirms.
-STUDY_KEYS = R.LABELS
-
-
-def config_from_params(params: dict) -> Config:
-    """A trial's Config: its parameters without the study's labels; None is a parameter the trial
-    leaves at its default (a study names every varying parameter in every trial)."""
-    return Config.from_dict({k: v for k, v in params.items() if k not in STUDY_KEYS and v is not None})
 
 
 class GPUUnusable(RuntimeError):
@@ -97,22 +82,6 @@ def write_artifacts(folder: Path, cfg: Config, enc, dec, test_images: torch.Tens
     every = max(1, chain_steps // 9)
     frames = markov_chain(enc, dec, x, cfg.eval_eps, cfg.channel, chain_steps, every, gen=gen, send=send)
     save_grid(frames, folder / "markov_chain.png")
-
-
-@dataclass
-class Part:
-    """One seed of a trial: its config, the prefix of its metrics in the trial's results and the
-    folder of its checkpoint and artifacts inside each Tune checkpoint. A plain trial has one part
-    ("", ""); a stacked one (Config.stack) has one per seed (seed3/..., seed3/)."""
-    cfg: Config
-    prefix: str
-    folder: str
-
-
-def parts(cfg: Config) -> list[Part]:
-    if cfg.stack == 1:
-        return [Part(cfg, "", "")]
-    return [Part(c, M.seed_key(c.seed, ""), f"seed{c.seed}") for c in seed_configs(cfg)]
 
 
 class TrialState:

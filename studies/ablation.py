@@ -190,13 +190,15 @@ def make_tuner(args: argparse.Namespace, study, planned: dict, experiment_dir: s
     """Tune's run of the study: a new one (the searcher and ASHA of studies/protocol.py), or the restored one."""
     from ray import tune
 
-    from iabf.tune import trainable
     from studies import console, tracking
-    from studies.protocol import scheduler, searcher
+    from studies.protocol import scheduler, searcher, trainable
 
     # A result that ends a trial early (diverged, no room on the storage: iabf/tune.py) may lack the study's
     # metric; the metric itself was checked against the reported ones (studies/validation.py)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune's own logs of every trial: its JSON and CSV, named in the callbacks below; not TensorBoard's, whose
+    # tensorboardX imports torch into the driver (MLflow is the study's record, and the driver never needs torch)
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     state_root = f"{experiment_dir}/state"    # each trial's own resumable state (iabf/tune.py)
     fn = tune.with_resources(
         tune.with_parameters(trainable, chain_steps=args.chain_steps or study.chain_steps, state_root=state_root),
@@ -217,7 +219,8 @@ def make_tuner(args: argparse.Namespace, study, planned: dict, experiment_dir: s
         run_config=tune.RunConfig(
             name=experiment_dir.rsplit("/", 1)[1], storage_path=experiment_dir.rsplit("/", 1)[0],
             storage_filesystem=tune_filesystem(experiment_dir),   # a full disk leaves no half-written file
-            callbacks=[tracker, console.StopLines(columns)],
+            callbacks=[tracker, console.StopLines(columns), tune.logger.JsonLoggerCallback(),
+                       tune.logger.CSVLoggerCallback()],
             progress_reporter=console.reporter(columns, study.metric) if quiet else None,
             # Tune checkpoints only a trial's end (iabf/tune.py): the trial keeps its own state every epoch
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),

@@ -17,9 +17,8 @@ from pathlib import Path
 from ray import tune
 
 from iabf import metrics as M
-from iabf.record import EARLY_STOPPED, FAILED
+from iabf.record import EARLY_STOPPED, FAILED, STORAGE_FULL
 from iabf.storage import NO_ROOM
-from iabf.tune import STORAGE_FULL
 from studies.signals import request_stop
 from studies.tracking import end_of
 

@@ -37,9 +37,9 @@ from ray import tune
 from iabf import metrics as M
 from iabf import record as R
 from iabf.record import VARIANT
-from iabf.train import run_name
-from iabf.tune import (ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params,
-                       parts)
+from iabf.config import run_name
+from iabf.record import (ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params,
+                         parts)
 from studies.plan import record
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises

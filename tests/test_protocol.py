@@ -172,7 +172,8 @@ def test_asha_records_are_rebuilt_on_resume_so_it_stops_the_same_trials(tmp_path
     and every trial added again, as Tune does on a resume: rebuilt from the finished trials' state
     files and the resumed one's replayed epochs, it stops exactly the same trials; without the
     state files (the old behaviour) it does not."""
-    from iabf.tune import REPLAYED, TrialState
+    from iabf.record import REPLAYED
+    from iabf.tune import TrialState
 
     curves = {f"t{i}": [10 - i % 3 + 0.5 * i - 0.3 * e * (i % 2) for e in range(1, 7)] for i in range(6)}
     asha = dict(max_t=6, grace_period=1, reduction_factor=2)

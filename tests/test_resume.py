@@ -18,7 +18,7 @@ from procs import small_disk
 from runner import completed, kill_driver, runs_of, space, study, wait_for
 
 from iabf import metrics as M
-from iabf.tune import STATE_RESET
+from iabf.record import STATE_RESET
 from studies.signals import StopSignal
 from studies.space import SpaceError
 from studies.storage import resolve_experiment

@@ -2,13 +2,15 @@
 them (sqlite, and a real `mlflow server` on 127.0.0.1), and the test reads MLflow back. Stopping,
 resuming and losing parts mid-study: tests/test_resume.py and tests/test_faults.py."""
 import re
+import time
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 from procs import free_port, start_server, stop_server
-from runner import runs_of, space, study
+from runner import runs_of, space, study, trial_workers
 
 from iabf import metrics as M
 from iabf.train import load_checkpoint
@@ -27,9 +29,19 @@ def smoke_pair(tmp_path_factory):
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     procs = [study(tmp_path / name, "--smoke", uri=uri, wait=False) for name in ("a", "b")
              if (tmp_path / name).mkdir() is None]
+    deadline = time.time() + 300     # a's trials under way, torch in their workers: what has a's driver loaded?
+    while not trial_workers(procs[0].pid) and procs[0].poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    driver_libraries = Path(f"/proc/{procs[0].pid}/maps").read_text()
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-2000:] for o in outs)
-    return SimpleNamespace(outs=outs, folder=tmp_path, uri=uri)
+    return SimpleNamespace(outs=outs, folder=tmp_path, uri=uri, driver_libraries=driver_libraries)
+
+
+def test_the_driver_leaves_torch_to_the_trials(smoke_pair):
+    """The study's driver (on a cluster: the head node's process) never imports torch: its trials do,
+    in their workers."""
+    assert smoke_pair.driver_libraries and "libtorch" not in smoke_pair.driver_libraries
 
 
 def test_two_studies_started_at_once_on_a_new_store_both_finish(smoke_pair):
