@@ -29,9 +29,9 @@ from ray import tune
 
 from . import metrics as M
 from . import record as R
-from .record import HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params, parts
 from .config import Config
 from .data import load_for, to_float
+from .record import HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params, parts
 from .sampling import markov_chain, reconstructions, save_grid
 from .separation import link
 from .storage import StorageFull, filesystem, no_room
