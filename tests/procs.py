@@ -19,6 +19,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def alive_nodes(env: dict, address: str) -> list[dict]:
+    """A Ray cluster's live nodes, from a driver that joins it at `address` with `env` (its token):
+    [{"NodeID": ..., "Resources": ...}]."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address='auto', log_to_driver=False); "
+                          "print(json.dumps([{'NodeID': n['NodeID'], 'Resources': n['Resources']} "
+                          "for n in ray.nodes() if n['Alive']]))"],
+                         env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads([line for line in out.stdout.splitlines() if line.startswith("[")][-1])   # not Ray's log lines
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and everything it started (a Ray node: GCS, raylet, workers), by pid."""
     try:

@@ -5,7 +5,6 @@ A study whose trials ask for half a GPU makes the autoscaler launch gpu nodes; t
 MLflow node tags say so); a gpu node lost mid-trial has its trial finish on another node from its state;
 idle nodes are removed. The GPUs are declared, not real: the trials train with device: cpu."""
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -19,7 +18,7 @@ import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from procs import free_port, kill_tree
+from procs import alive_nodes, free_port, kill_tree
 
 from iabf import metrics as M
 
@@ -54,15 +53,6 @@ def fake_cluster_config(port: int) -> dict:
         "rsync_filter": [], "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
         "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
     }
-
-
-def alive_nodes(env: dict, address: str) -> list[dict]:
-    out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address='auto', log_to_driver=False); "
-                          "print(json.dumps([{'NodeID': n['NodeID'], 'Resources': n['Resources']} "
-                          "for n in ray.nodes() if n['Alive']]))"],
-                         env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads([line for line in out.stdout.splitlines() if line.startswith("[")][-1])   # not Ray's log lines
 
 
 def raylet_of(node_id: str, tmp: Path) -> psutil.Process | None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import free_port, kill_tree
+from procs import alive_nodes, free_port, kill_tree
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -53,13 +53,8 @@ class Cluster:
         return proc
 
     def nodes(self) -> list[dict]:
-        """The live nodes, from a driver that joins with the token: [{"NodeID": ..., "Resources": ...}]."""
-        out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address='auto', log_to_driver=False); "
-                              "print(json.dumps([{'NodeID': n['NodeID'], 'Resources': n['Resources']} "
-                              "for n in ray.nodes() if n['Alive']]))"],
-                             env={**self.env, "RAY_ADDRESS": self.address}, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        """The live nodes, from a driver that joins with the token."""
+        return alive_nodes(self.env, self.address)
 
     def wait_for_nodes(self, n: int, timeout: float = 60) -> list[dict]:
         deadline = time.time() + timeout
