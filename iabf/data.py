@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
-
 from .datasets import LIKELIHOODS, OWN_VALID_FRACTION, SPECS, DatasetSpec, infer, override
+
+if TYPE_CHECKING:
+    import torch   # annotations only: torch is imported where arrays go to the device (load)
 
 SPLIT_SEED = 0        # fixed forever: changing it changes every reported number
 BINARIZE_SEED = 0     # BinaryMNIST: one fixed Bernoulli draw of the MNIST intensities

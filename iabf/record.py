@@ -43,8 +43,7 @@ REPLAYED = "replayed"          # a result reported again on resume, not a new ep
 NODE_ID, HOSTNAME = "node_id", "hostname"   # in every result: the Ray node and host that trained it; tags
 STATE_RESET = "state_reset"    # in every result of a trial whose state file could not be read; a tag
 STORAGE_FULL = "storage_full"  # a trial's last result when the study's storage has no room for its state
-STATE = M.STATE                # inside every Tune checkpoint; the final one also holds the artifacts below
-ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")   # on a confirmation's run
+ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")   # with M.STATE in a confirmation's last checkpoint, and on its run
 
 
 def config_from_params(params: dict) -> Config:

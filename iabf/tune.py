@@ -31,7 +31,7 @@ from . import metrics as M
 from . import record as R
 from .config import Config
 from .data import load_for, to_float
-from .record import HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params, parts
+from .record import HOSTNAME, NODE_ID, REPLAYED, STATE_RESET, STORAGE_FULL, config_from_params, parts
 from .sampling import markov_chain, reconstructions, save_grid
 from .separation import link
 from .storage import StorageFull, filesystem, no_room
@@ -39,7 +39,7 @@ from .train import Diverged, load_checkpoint, models_from_state, run, save_check
 
 # What a trial reports besides its metrics is part of the study's record (iabf/record.py: REPLAYED on
 # resume, NODE_ID and HOSTNAME, STATE_RESET when its state file could not be read, STORAGE_FULL when
-# the storage has no room for it, STATE and ARTIFACTS in its checkpoint), so the driver reads it without torch
+# the storage has no room for it, ARTIFACTS beside M.STATE in its checkpoint), so the driver reads it without torch
 STORAGE_FULL_WAIT_S = 300      # how long a trial that reported STORAGE_FULL waits for the driver to stop the study
 
 
@@ -142,7 +142,7 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
     resume, history = saved["states"], saved["history"]
     if (ckpt := tune.get_checkpoint()) is not None:   # Tune restored the trial's final checkpoint
         with ckpt.as_directory() as d:
-            final = [load_checkpoint(Path(d) / s.folder / STATE, map_location=cfg.device) for s in seeds]
+            final = [load_checkpoint(Path(d) / s.folder / M.STATE, map_location=cfg.device) for s in seeds]
         if resume is None or final[0]["epoch"] > resume[0]["epoch"]:
             resume = final
     # The trial's state can be ahead of what the driver recorded: a driver that dies takes the results
@@ -165,7 +165,7 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
         with tempfile.TemporaryDirectory() as d:
             for s, state in zip(seeds, states):
                 if final:                     # Tune's one checkpoint: the final states
-                    save_checkpoint(state, Path(d) / s.folder / STATE)
+                    save_checkpoint(state, Path(d) / s.folder / M.STATE)
             share = (time.perf_counter() - t0) / len(seeds)
             for s, state in zip(seeds, states):
                 metrics[s.prefix + M.CHECKPOINT_SECONDS] = share

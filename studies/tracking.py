@@ -36,9 +36,8 @@ from ray import tune
 
 from iabf import metrics as M
 from iabf import record as R
-from iabf.record import VARIANT
 from iabf.config import run_name
-from iabf.record import (ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE, STATE_RESET, STORAGE_FULL, config_from_params,
+from iabf.record import (ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE_RESET, STORAGE_FULL, VARIANT, config_from_params,
                          parts)
 from studies.plan import record
 
@@ -305,7 +304,7 @@ class MLflowTracking(tune.Callback):
             reason, failure, checkpoint = log.end
             if checkpoint is not None:
                 with checkpoint.as_directory() as d:
-                    for name in (STATE, *ARTIFACTS):
+                    for name in (M.STATE, *ARTIFACTS):
                         if (Path(d) / log.folder / name).exists():
                             self.client.log_artifact(log.run_id, str(Path(d) / log.folder / name))
             if failure:

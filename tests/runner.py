@@ -78,32 +78,9 @@ def completed(runs, phase=None):
     return [r for r in runs if r.data.tags.get("stop_reason") == "completed" and phase in (None, r.data.tags["phase"])]
 
 
-def kill_driver(proc: subprocess.Popen) -> str:
-    """SIGKILL a study's driver (as a crash or the OOM killer does: nothing cleaned up) and wait until its
-    local Ray, which the driver started and which ends with it, is gone: its GCS, raylet and trial
-    workers. (Ray's dashboard and runtime-env agents notice later, up to a minute or so, and end too.)
-    Returns the driver's output."""
-    import psutil
-
-    def core(p) -> bool:
-        try:
-            return any(part in " ".join(p.cmdline()) for part in ("gcs_server", "raylet", "ray::ImplicitFunc"))
-        except psutil.NoSuchProcess:
-            return False
-
-    try:
-        family = [p for p in psutil.Process(proc.pid).children(recursive=True) if core(p)]
-    except psutil.NoSuchProcess:
-        family = []
-    proc.kill()
-    out, _ = proc.communicate(timeout=60)
-    _, alive = psutil.wait_procs(family, timeout=60)
-    assert not alive, f"the killed driver's local Ray is still running: {alive}"
-    return out
-
-
-def trial_workers(driver_pid: int) -> list:
-    """The Ray worker processes running trials under this driver (its local Ray's raylet starts them)."""
+def driver_processes(driver_pid: int, *names: str) -> list:
+    """The processes under a study's driver (its local Ray: the GCS, the raylet and the workers it starts)
+    whose command line holds one of `names`."""
     import psutil
 
     try:
@@ -113,9 +90,28 @@ def trial_workers(driver_pid: int) -> list:
     found = []
     for p in family:
         try:
-            if "ray::ImplicitFunc" in " ".join(p.cmdline()):
+            if any(name in " ".join(p.cmdline()) for name in names):
                 found.append(p)
         except psutil.NoSuchProcess:
             continue
     return found
 
+
+def trial_workers(driver_pid: int) -> list:
+    """The Ray worker processes running trials under this driver."""
+    return driver_processes(driver_pid, "ray::ImplicitFunc")
+
+
+def kill_driver(proc: subprocess.Popen) -> str:
+    """SIGKILL a study's driver (as a crash or the OOM killer does: nothing cleaned up) and wait until its
+    local Ray, which the driver started and which ends with it, is gone: its GCS, raylet and trial
+    workers. (Ray's dashboard and runtime-env agents notice later, up to a minute or so, and end too.)
+    Returns the driver's output."""
+    import psutil
+
+    family = driver_processes(proc.pid, "gcs_server", "raylet", "ray::ImplicitFunc")
+    proc.kill()
+    out, _ = proc.communicate(timeout=60)
+    _, alive = psutil.wait_procs(family, timeout=60)
+    assert not alive, f"the killed driver's local Ray is still running: {alive}"
+    return out
