@@ -265,3 +265,33 @@ def finished_once(client, name: str, runs: int, epochs: int) -> list:
         assert r.info.status == "FINISHED" and r.data.tags["stop_reason"] == "completed"
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == list(range(1, epochs + 1))
     return children
+
+
+def test_a_study_begun_before_its_arms_were_recorded_resumes_and_a_new_one_is_compared_arm_by_arm(tmp_path):
+    """A parent run without the arms' `variant.` keys (a study begun before the record kept them) is not
+    refused for lacking them; one with them is refused when an arm's search changed."""
+    import shutil
+
+    from iabf.record import VARIANT
+    from runner import template_store
+    from studies.tracking import TAG_EXPERIMENT_DIR, changed_since, study_params
+    from studies.validation import validate
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shutil.copyfile(template_store(), tmp_path / "mlflow.db")
+    raw = {"study": "s", "dataset": "digits", "searcher": "optuna", "num_samples": 3,
+           "variants": [{"method": "necst"}, {"method": "iabf", "search": {"lam": {"loguniform": [0.001, 0.3]}}}]}
+    study = validate(raw, "s.yaml")
+    client = MlflowClient(uri)
+    exp = client.create_experiment("s")
+    for folder, keep in (("old", lambda k: not k.startswith(VARIANT)), ("new", lambda k: True)):
+        run = client.create_run(exp, tags={TAG_EXPERIMENT_DIR: folder})
+        for k, v in study_params(study).items():
+            if keep(k):
+                client.log_param(run.info.run_id, k, v)
+    assert changed_since(uri, study, "old") == [] and changed_since(uri, study, "new") == []
+    raw["variants"][1]["search"]["lam"] = {"loguniform": [0.001, 0.1]}
+    edited = validate(raw, "s.yaml")
+    assert changed_since(uri, edited, "old") == []                     # nothing recorded to compare with
+    (line,) = changed_since(uri, edited, "new")
+    assert line.startswith(f"{VARIANT}1.search.lam: ") and "0.3" in line and "0.1]" in line
