@@ -30,14 +30,23 @@ def template_store() -> Path:
     return path
 
 
+def store(folder: Path) -> str:
+    """The URI of folder/mlflow.db, a copy of template_store() unless it is there: a test that polls the store
+    while its study's driver starts must not make the schema at the same moment as the driver (alembic's
+    'Online migration expected to match one row' in one of them)."""
+    if not (folder / "mlflow.db").exists():
+        shutil.copyfile(template_store(), folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
 def study(tmp_path, *args, uri=None, wait=True, prefix=(), new_store=False):
     """studies/ablation.py with these arguments (storage and store in tmp_path), run through `prefix` (a command
     that runs another, such as tests/procs.small_disk's). The default store starts as a copy of
     template_store() unless `new_store` (a test that a refused study writes no store) or one is there."""
-    if uri is None and not new_store and not (tmp_path / "mlflow.db").exists():
-        shutil.copyfile(template_store(), tmp_path / "mlflow.db")
+    if uri is None:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if new_store else store(tmp_path)
     cmd = [*prefix, sys.executable, str(SCRIPT), "--storage", str(tmp_path / "results"), "--chain-steps", "20",
-           "--tracking-uri", uri or f"sqlite:///{tmp_path / 'mlflow.db'}", *args]
+           "--tracking-uri", uri, *args]
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

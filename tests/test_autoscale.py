@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from procs import alive_nodes, free_port, kill_tree
+from runner import store
 
 from iabf import metrics as M
 
@@ -107,11 +108,12 @@ def test_gpu_nodes_are_launched_for_the_trials_replaced_when_lost_and_removed_wh
         "resources": {"cpu": 1, "gpu": 0.5}}))
     t0 = time.time()
     driver_env = {k: v for k, v in env.items() if k not in ("RAY_FAKE_CLUSTER", "RAY_AUTH_MODE")}
+    uri = store(tmp_path)   # polled while the driver starts: a store with its schema made
     proc = subprocess.Popen([sys.executable, str(ROOT / "studies" / "ablation.py"), "--space", str(space),
                              "--address", address, "--storage", str(tmp_path / "results"), "--chain-steps", "5",
-                             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                             "--tracking-uri", uri],
                             cwd=tmp_path, env=driver_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
     launched, lost, deadline = {}, None, time.time() + 400
     while lost is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)

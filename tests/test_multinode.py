@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from procs import alive_nodes, free_port, kill_tree
+from runner import store
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -108,8 +109,8 @@ def test_a_study_runs_on_both_nodes_and_a_trial_moves_when_its_node_is_lost(clus
         "study": "twonodes", "dataset": "mnist", "confirm": False, "seeds": [0],
         "fixed": {"epochs": 8, "K": 2, "method": "necst", "max_train_examples": 3000},
         "search": {"lr": {"grid": [0.001, 0.002]}}, "resources": {"cpu": 1}}))
+    client = MlflowClient(store(tmp_path))   # polled while the driver starts: a store with its schema made
     proc = study(tmp_path, cluster, "--space", str(space), "--data-dir", str(data_dir), wait=False)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     worker_node, killed, deadline = cluster.ids["worker"], False, time.time() + 300
     while not killed and time.time() < deadline:   # the worker's trial has logged 2 epochs: lose the node
         time.sleep(0.3)
