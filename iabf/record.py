@@ -17,6 +17,7 @@ else. No torch, no Ray (MLflow only inside the store checks): a report rebuilds 
 from __future__ import annotations
 
 import ast
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -156,6 +157,10 @@ CREDENTIALS_HELP = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, 
                     "(on a cluster made by cluster.yaml or cluster/slurm.sbatch the head's ~/.mlflow/credentials has them)")
 
 
+STORE_DAMAGE_HELP = ("restore it from a copy (a study on s3:// storage keeps one: <storage>/mlflow/mlflow.db), "
+                     "or recover what SQLite can: sqlite3 FILE .recover | sqlite3 NEW.db")
+
+
 class StoreError(LookupError):
     """A tracking store that cannot be read: said in one line before anything is opened."""
 
@@ -181,6 +186,21 @@ def is_sqlite(path: Path) -> bool:
         return f.read(16) == SQLITE_MAGIC
 
 
+def sqlite_damage(path: Path) -> str | None:
+    """Why an SQLite file is not a whole database (a copy cut short, a disk error), or None. Its header
+    alone says nothing of the rest: SQLite's own quick_check reads every page (a second per GB), read-only."""
+    import sqlite3
+
+    if not is_sqlite(path):
+        return "is not an SQLite database"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            found = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as e:
+        return f"is damaged ({e})"
+    return None if found == ["ok"] else f"is damaged ({'; '.join(found)[:200]})"
+
+
 def check_store(uri: str) -> None:
     """A store to read from: a sqlite file that exists and is a database (MLflow's client would create
     an empty one), or a server that answers within seconds (MLflow's client retries for minutes).
@@ -190,8 +210,8 @@ def check_store(uri: str) -> None:
         path = sqlite_file(uri)
         if not path.is_file():
             raise StoreError(f"no tracking store at {path} (tracking URI {uri!r})")
-        if not is_sqlite(path):
-            raise StoreError(f"{path} is not an SQLite database (tracking URI {uri!r})")
+        if damage := sqlite_damage(path):
+            raise StoreError(f"{path} {damage} (tracking URI {uri!r}); {STORE_DAMAGE_HELP}")
     elif scheme(uri) in ("http", "https"):
         import requests
 

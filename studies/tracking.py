@@ -450,9 +450,9 @@ def sqlite_path(uri: str) -> Path:
                             f"({type(e).__name__}: {e.strerror or e})") from None
     if path.is_dir():
         raise TrackingError(f"tracking URI {uri!r}: {path} is a folder, not a database file")
-    if path.exists() and path.stat().st_size and not R.is_sqlite(path):
-        raise TrackingError(f"tracking URI {uri!r}: {path} is not an SQLite database; "
-                            f"name a new file or an MLflow store")
+    if path.exists() and path.stat().st_size and (damage := R.sqlite_damage(path)):
+        raise TrackingError(f"tracking URI {uri!r}: {path} {damage}; name a new file, or "
+                            f"{R.STORE_DAMAGE_HELP}")
     return path
 
 

@@ -18,6 +18,7 @@ from scipy import stats
 from analysis import entries, figures, layout, reproduction, significance
 from analysis.fetch import FetchError, fetch_runs
 from analysis.report import main as report_main
+from runner import template_store
 from iabf import metrics as M
 from iabf import record as R
 from iabf.config import Config
@@ -336,7 +337,9 @@ def test_the_report_refuses_a_store_or_folder_it_cannot_use_in_one_line_and_crea
 
     (tmp_path / "file").write_text("x")
     (tmp_path / "junk.db").write_text("not a database")
-    cases = [(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"], "no tracking store at"),
+    whole = template_store().read_bytes()              # a store cut to half its size, as an interrupted copy leaves it
+    (tmp_path / "half.db").write_bytes(whole[:len(whole) // 2])
+    cases = [(["--tracking-uri", f"sqlite:///{tmp_path / 'half.db'}"], "half.db is damaged (database disk image is malformed)"),(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"], "no tracking store at"),
              (["--tracking-uri", f"sqlite:///{tmp_path / 'junk.db'}"], "is not an SQLite database"),
              (["--tracking-uri", f"http://127.0.0.1:{free_port()}"], "is unreachable"),
              (["--tracking-uri", "sqlite:///x.db", "--out", str(tmp_path / "file" / "report")], "is a file, not a folder")]

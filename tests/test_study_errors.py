@@ -3,6 +3,7 @@ and nothing half-written (no MLflow store or runs, no results folder). In-proces
 import pytest
 import yaml
 
+from runner import template_store
 from studies.ablation import main
 
 
@@ -33,6 +34,11 @@ def small_npz(t, name, shape):
 def touch(path, data=b"x"):
     path.write_bytes(data)
     return path
+
+
+def half_store(t):
+    whole = template_store().read_bytes()
+    return touch(t / "half.db", whole[:len(whole) // 2])
 
 
 def mkdir(path):
@@ -73,6 +79,8 @@ CASES = [
      "cannot make its folder"),
     ("sqlite file that is no database", lambda t: ["--smoke", "--tracking-uri", f"sqlite:///{touch(t / 'x.db', b'hello')}"],
      "is not an SQLite database"),
+    ("sqlite store cut to half its size", lambda t: ["--smoke", "--tracking-uri", f"sqlite:///{half_store(t)}"],
+     "half.db is damaged (database disk image is malformed)"),
     ("sqlite store that is a folder", lambda t: ["--smoke", "--tracking-uri", f"sqlite:///{mkdir(t / 'd.db')}"],
      "is a folder, not a database file"),
     ("file store, read-only in MLflow 3", lambda t: ["--smoke", "--tracking-uri", f"file://{t / 'mlruns'}"],
