@@ -258,6 +258,40 @@ def check_available(name: str, data_dir: str | os.PathLike, n_valid: int = 0) ->
     raise _missing(name, data_dir)
 
 
+def source_file(name: str, data_dir: str | os.PathLike) -> Path | None:
+    """The file a dataset is read from in data_dir (binary_mnist: its own, else MNIST's), None for one
+    that needs none (digits) or is not there."""
+    if name == "digits":
+        return None
+    return next((npz_path(s, data_dir) for s in (name, "mnist")[:1 + (name == "binary_mnist")]
+                 if npz_path(s, data_dir).exists()), None)
+
+
+def on_this_node(name: str, data_dir: str | os.PathLike, published: dict[str, str] | None) -> str:
+    """The data folder a trial reads `name` from on the node it runs on: data_dir when the file is there;
+    else the copy its study put on the storage (`published`: file name -> URI or path, studies/reach.py),
+    fetched into data_dir, or ~/.cache/iabf/datasets where data_dir cannot be written: a worker that joined
+    before the dataset was prepared on the head gets it all the same. Raises DataError, one line."""
+    from .storage import copy, folder_problem
+
+    try:
+        check_available(name, data_dir)
+        return str(data_dir)
+    except DataError as missing:
+        files = [f for f in (f"{name}.npz", "mnist.npz")[:1 + (name == "binary_mnist")] if f in (published or {})]
+        if not files:
+            host = os.uname().nodename
+            raise DataError(f"on node {host}: {missing}; its study put no copy on its storage") from None
+    here = Path(data_dir) if not folder_problem(data_dir) else Path("~/.cache/iabf/datasets").expanduser()
+    if not (here / files[0]).exists():
+        try:
+            copy(published[files[0]], str(here / files[0]))
+        except OSError as e:
+            raise DataError(f"on node {os.uname().nodename}: dataset {name} is not in {data_dir}, and its copy "
+                            f"{published[files[0]]} could not be fetched ({' '.join(str(e).split())[:200]})") from None
+    return str(here)
+
+
 def _missing(name: str, data_dir) -> DataError:
     if name not in SPECS:
         return DataError(f"dataset {name!r}: no file {npz_path(name, data_dir)}; a dataset of one's own is a <name>.npz "

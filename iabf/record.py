@@ -6,7 +6,8 @@ else. No torch, no Ray (MLflow only inside the store checks): a report rebuilds 
   arm, its uid (fixed by what the trial is) and, on a confirmation, the uid of the search trial it
   confirms; and, once it ends, STOP_REASON (one of STOP_REASONS) with a FAILURE or an INTERRUPTION;
 - a trial (iabf/tune.py) reports, besides its metrics, where it ran (NODE_ID, HOSTNAME), a reset state
-  (STATE_RESET), a full storage (STORAGE_FULL) and replayed epochs (REPLAYED); a stacked trial is one
+  (STATE_RESET), a full storage (STORAGE_FULL), a
+  storage its node does not see (STORAGE_UNREACHED) and replayed epochs (REPLAYED); a stacked trial is one
   run per seed (`parts`);
 - the study's parent run keeps PLAN_ARTIFACT (studies/plan.py's `record`): whether it confirms, its
   cell axes, per cell its values and planned counts;
@@ -44,6 +45,9 @@ REPLAYED = "replayed"          # a result reported again on resume, not a new ep
 NODE_ID, HOSTNAME = "node_id", "hostname"   # in every result: the Ray node and host that trained it; tags
 STATE_RESET = "state_reset"    # in every result of a trial whose state file could not be read; a tag
 STORAGE_FULL = "storage_full"  # a trial's last result when the study's storage has no room for its state
+STORAGE_UNREACHED = "storage_unreached"   # ... when its node does not see the study's folder (studies/reach.py)
+STOPS = {STORAGE_FULL: "make room on the storage",   # what a trial reports to stop the study, and the fix
+         STORAGE_UNREACHED: "give every node the study's storage (mount it where the head has it)"}
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")   # with M.STATE in a confirmation's last checkpoint, and on its run
 
 

@@ -3,6 +3,7 @@ s3://bucket/prefix, through pyarrow.fs; whether a folder can take a study; and w
 has no room. No torch, no Ray: the driver checks its storage before it imports either."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -64,3 +65,54 @@ def no_room(e: OSError, what: str, where: str, size: int | None = None) -> Stora
         return None
     need = f"{size_text(size)} to write; " if size else ""
     return StorageFull(f"{os.strerror(e.errno).lower()} writing {what} to {where} ({need}{room(where)})")
+
+
+# --- what every node of a cluster must reach: the study's folder, its datasets ---------------------
+
+MARK = ".iabf-storage"   # in a study's folder: its driver writes a random token, and each node looks for it
+
+
+def write_mark(experiment_dir: str, token: str) -> None:
+    fs, path = filesystem(experiment_dir)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{MARK}") as f:
+        f.write(token.encode())
+
+
+def mark_problem(experiment_dir: str, token: str) -> str | None:
+    """Why this node does not see the study's folder as its driver wrote it (a folder on the driver's own
+    disk seen from another node), or None when it does."""
+    fs, path = filesystem(experiment_dir)
+    try:
+        with fs.open_input_stream(f"{path}/{MARK}") as f:
+            seen = f.readall().decode(errors="replace")
+    except FileNotFoundError:
+        return f"the study's folder {experiment_dir} is not there"
+    except OSError as e:
+        return f"the study's folder {experiment_dir} cannot be read ({' '.join(str(e).split())[:200]})"
+    return None if seen == token else f"{experiment_dir} is another folder of the same name (not the driver's)"
+
+
+def copy(src: str, dst: str) -> None:
+    """One file from a folder or URI to another, whole or not at all (written as <dst>.<pid>.part, then moved)."""
+    import pyarrow.fs
+
+    (src_fs, src_path), (dst_fs, dst_path) = filesystem(src), filesystem(dst)
+    dst_fs.create_dir(dst_path.rsplit("/", 1)[0], recursive=True)
+    part = f"{dst_path}.{os.getpid()}.part"
+    try:
+        pyarrow.fs.copy_files(src_path, part, source_filesystem=src_fs, destination_filesystem=dst_fs)
+        dst_fs.move(part, dst_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            dst_fs.delete_file(part)
+        raise
+
+
+def size_of(where: str) -> int | None:
+    """A file's size in bytes (a folder's or a URI's), None where there is none."""
+    import pyarrow.fs
+
+    fs, path = filesystem(where)
+    info = fs.get_file_info(path)
+    return info.size if info.type == pyarrow.fs.FileType.File else None

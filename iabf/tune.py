@@ -30,17 +30,19 @@ from ray import tune
 from . import metrics as M
 from . import record as R
 from .config import Config
-from .data import load_for, to_float
-from .record import HOSTNAME, NODE_ID, REPLAYED, STATE_RESET, STORAGE_FULL, config_from_params, parts
+from .data import load_for, on_this_node, to_float
+from .record import (HOSTNAME, NODE_ID, REPLAYED, STATE_RESET, STORAGE_FULL, STORAGE_UNREACHED, config_from_params,
+                     parts)
 from .sampling import markov_chain, reconstructions, save_grid
 from .separation import link
-from .storage import StorageFull, filesystem, no_room
+from .storage import StorageFull, filesystem, mark_problem, no_room
 from .train import Diverged, load_checkpoint, models_from_state, run, save_checkpoint
 
 # What a trial reports besides its metrics is part of the study's record (iabf/record.py: REPLAYED on
 # resume, NODE_ID and HOSTNAME, STATE_RESET when its state file could not be read, STORAGE_FULL when
-# the storage has no room for it, ARTIFACTS beside M.STATE in its checkpoint), so the driver reads it without torch
-STORAGE_FULL_WAIT_S = 300      # how long a trial that reported STORAGE_FULL waits for the driver to stop the study
+# the storage has no room for it, STORAGE_UNREACHED when its node does not see the study's folder,
+# ARTIFACTS beside M.STATE in its checkpoint), so the driver reads it without torch
+STOP_WAIT_S = 300      # how long a trial that reported one of R.STOPS waits for the driver to stop the study
 
 
 class GPUUnusable(RuntimeError):
@@ -130,13 +132,28 @@ class TrialState:
             return None
 
 
-def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = None) -> None:
+def stop_study(key: str, reason: str, where: dict) -> None:
+    """Report what stops the whole study (R.STOPS: retrying the trial cannot help), then wait to be stopped."""
+    tune.report({key: reason, **where})
+    time.sleep(STOP_WAIT_S)   # stopped before this ends; a driver that does not stop it gets the trial's error
+
+
+def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = None, mark: str | None = None,
+              datasets: dict | None = None) -> None:
+    """mark: the token the driver wrote in the study's folder (studies/reach.py), checked on this node first;
+    datasets: the study's dataset files on its storage, for a node that lacks one."""
     cfg = config_from_params(params)
     artifacts = params.get("phase") != "search"   # a search trial is a means to a choice: no samples drawn
+    context = tune.get_context()
+    where = {NODE_ID: ray.get_runtime_context().get_node_id(), HOSTNAME: socket.gethostname()}   # who ran it
+    if mark and state_root and (problem := mark_problem(state_root.rsplit("/", 1)[0], mark)):
+        stop_study(STORAGE_UNREACHED, f"trial {context.get_trial_id()} on node {socket.gethostname()}: {problem}", where)
+        raise RuntimeError(problem)
     cfg.device = trial_device(cfg)
+    if datasets:
+        cfg.data_dir = on_this_node(cfg.dataset, cfg.data_dir, datasets)
     data = load_for(cfg, cfg.device)
     seeds = parts(cfg)
-    context = tune.get_context()
     own = TrialState(state_root, params.get("uid") or context.get_trial_id()) if state_root else None
     saved = (own and own.load(cfg.device)) or {"states": None, "history": []}
     resume, history = saved["states"], saved["history"]
@@ -152,8 +169,8 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
         tune.report({**past, REPLAYED: True})
 
     gpu = context.get_trial_resources().required_resources.get("GPU", 0.0)
-    where = {NODE_ID: ray.get_runtime_context().get_node_id(), HOSTNAME: socket.gethostname(),   # who ran it
-             **({STATE_RESET: own.damaged} if own is not None and own.damaged else {})}
+    if own is not None and own.damaged:
+        where[STATE_RESET] = own.damaged
 
     def report(metrics: dict, checkpoint) -> None:
         t0 = time.perf_counter()
@@ -188,6 +205,5 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
     except Diverged as e:  # end the trial here: Ray's retry from the checkpoint would diverge again
         tune.report({M.EPOCH: e.epoch, M.VAL_DISTORTION: float("nan"), M.TRAIN_LOSS: float("nan"), R.FAILURE: str(e)})
     except StorageFull as e:   # not Tune's retry (the storage is as full for it): the driver stops the study
-        tune.report({STORAGE_FULL: f"trial {context.get_trial_id()}: {e}", **where})
-        time.sleep(STORAGE_FULL_WAIT_S)   # stopped before this ends; a driver that does not stop it gets the error
+        stop_study(STORAGE_FULL, f"trial {context.get_trial_id()}: {e}", where)
         raise

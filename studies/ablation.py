@@ -8,6 +8,7 @@ cell with ASHA, Optuna where continuous, then a confirmation on every seed) -> M
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
@@ -109,26 +110,32 @@ def run(args: argparse.Namespace) -> int:
     """A study, step by step: everything checked, Ray joined, its folder held and its record opened in
     MLflow, the trials run by Tune, the record closed, the report, the verdict."""
     from iabf.record import limit_mlflow_retries
-    from studies import console, tracking
+    from studies import archive, console, tracking
 
     limit_mlflow_retries()
     study, uri, experiment_dir, guard = checked(args)            # nothing started or written before this
     held = None if args.verbose else console.capture_logs()      # Ray's and MLflow's messages: the log file
-    join_ray(args, study)
+    on_cluster = join_ray(args, study)
     stop = StopSignal()   # Ctrl-C, and SIGTERM as a scheduler, `kill`, `docker stop` or a spot reclaim send it
     local = local_dir(experiment_dir)   # the log and the report: on this machine, whatever the storage
     guard = guard or hold(local)        # a new study's folder is its own: held while `guard` lives (to the end)
+    mark, datasets = reach(args, study, experiment_dir, local) if on_cluster else (None, None)
     if held is not None:
         console.to_file(held, local)
     exp_id, parent, planned = open_record(study, uri, experiment_dir, args.resume is not None)
     if held is not None:
         print(f"Ray's and MLflow's messages: {local / console.LOG_NAME}", flush=True)
     tracker = None if args.resume else tracking.MLflowTracking(uri, exp_id, parent, study.name)
-    tuner = make_tuner(args, study, planned, experiment_dir, uri, tracker, quiet=held is not None)
-    fit(tuner, stop, uri, exp_id, parent, f"--space {args.space} --resume {experiment_dir}")
-    counts, left = close_record(tracker, stop, uri, exp_id, parent, experiment_dir, args.tracking_grace)
-    if not stop.reason:   # a study stopped for a full storage has no room for its report there
-        summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
+    tuner = make_tuner(args, study, planned, experiment_dir, uri, tracker, quiet=held is not None,
+                       mark=mark, datasets=datasets)
+    try:
+        fit(tuner, stop, uri, exp_id, parent, f"--space {args.space} --resume {experiment_dir}")
+        counts, left = close_record(tracker, stop, uri, exp_id, parent, experiment_dir, args.tracking_grace)
+        if not stop.reason:   # a study stopped for a full storage has no room for its report there
+            summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
+    finally:   # however the study ends: its record, where it outlives the cluster (a storage such as s3://)
+        if archive.durable(storage := experiment_dir.rsplit("/", 1)[0]):
+            print(archive.keep(uri, storage), flush=True)
     return verdict(args, planned, counts, left, stop, uri, experiment_dir)
 
 
@@ -147,18 +154,43 @@ def checked(args: argparse.Namespace):
     return study, uri, experiment_dir, guard
 
 
-def join_ray(args: argparse.Namespace, study) -> None:
-    """Join the cluster (or start a local Ray) and say which; warn of trials no node can hold now."""
+def join_ray(args: argparse.Namespace, study) -> bool:
+    """Join the cluster (or start a local Ray) and say which; warn of trials no node can hold now.
+    True when it joined a cluster (nodes other than this machine's may run the trials)."""
     from studies import cluster
 
     try:
         joined = cluster.connect(args.address, include_dashboard=False, log_to_driver=args.verbose)
         print(joined, flush=True)
-        warning = cluster.check_fits(study.resources, local=joined.startswith("started a local Ray"))
+        local = joined.startswith("started a local Ray")
+        warning = cluster.check_fits(study.resources, local=local)
     except (ConnectionError, ValueError) as e:
         raise Refused(str(e)) from None
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    return not local
+
+
+def reach(args: argparse.Namespace, study, experiment_dir: str, local: Path) -> tuple[str, dict]:
+    """On a cluster: every live node sees the study's folder (else one line, and a new study's folder is
+    removed), and the datasets are on the storage for nodes that lack them (studies/reach.py).
+    Returns (the folder's mark, {dataset file: its copy on the storage})."""
+    from iabf.storage import filesystem
+    from studies.reach import Unreached, check_nodes, publish_datasets
+
+    try:
+        return check_nodes(experiment_dir), publish_datasets(study.datasets(), study.fixed["data_dir"],
+                                                             experiment_dir.rsplit("/", 1)[0])
+    except Unreached as e:
+        if args.resume is None:   # made a moment ago, by this driver
+            shutil.rmtree(local, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                fs, path = filesystem(experiment_dir)
+                fs.delete_dir(path)
+        raise Refused(str(e)) from None
+    except OSError as e:
+        raise Refused(f"--storage {args.storage}: the study's datasets could not be copied there for the cluster's "
+                      f"nodes ({' '.join(str(e).split())[:300]})", code=1) from None
 
 
 def hold(local: Path):
@@ -186,8 +218,10 @@ def open_record(study, uri: str, experiment_dir: str, resume: bool):
     return exp_id, parent, planned
 
 
-def make_tuner(args: argparse.Namespace, study, planned: dict, experiment_dir: str, uri: str, tracker, quiet: bool):
-    """Tune's run of the study: a new one (the searcher and ASHA of studies/protocol.py), or the restored one."""
+def make_tuner(args: argparse.Namespace, study, planned: dict, experiment_dir: str, uri: str, tracker, quiet: bool,
+               mark: str | None = None, datasets: dict | None = None):
+    """Tune's run of the study: a new one (the searcher and ASHA of studies/protocol.py), or the restored one.
+    mark, datasets: what a trial checks and fetches on its node (studies/reach.py), on a cluster."""
     from ray import tune
 
     from studies import console, tracking
@@ -201,7 +235,8 @@ def make_tuner(args: argparse.Namespace, study, planned: dict, experiment_dir: s
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     state_root = f"{experiment_dir}/state"    # each trial's own resumable state (iabf/tune.py)
     fn = tune.with_resources(
-        tune.with_parameters(trainable, chain_steps=args.chain_steps or study.chain_steps, state_root=state_root),
+        tune.with_parameters(trainable, chain_steps=args.chain_steps or study.chain_steps, state_root=state_root,
+                             mark=mark, datasets=datasets),
         {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
     columns = table_columns(study)
     if args.resume:  # Tune restores the original run config, callbacks and reporter included
@@ -266,9 +301,9 @@ def verdict(args, planned: dict, counts: dict, left: int, stop: StopSignal, uri:
     updates MLflow did not take, every trial failed); 130 stopped, to be resumed."""
     resume = f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}"
     ended = sum(counts.get(k, 0) for k in STOP_REASONS)
-    if stop.reason:   # the study stopped itself: a trial found no room on the storage for what it writes
+    if stop.reason:   # the study stopped itself: a trial found no room on the storage, or no study folder on its node
         print(f"error: {stop.reason}; the study stopped: {ended} of its {planned['runs']} runs (a trial per seed) "
-              f"ended, {counts[INTERRUPTED]} unfinished; make room on the storage, then continue with:\n{resume}",
+              f"ended, {counts[INTERRUPTED]} unfinished; {stop.fix}, then continue with:\n{resume}",
               file=sys.stderr)
         return 1
     if left:

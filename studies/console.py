@@ -17,7 +17,7 @@ from pathlib import Path
 from ray import tune
 
 from iabf import metrics as M
-from iabf.record import EARLY_STOPPED, FAILED, STORAGE_FULL
+from iabf.record import EARLY_STOPPED, FAILED, STOPS
 from iabf.storage import NO_ROOM
 from studies.signals import request_stop
 from studies.tracking import end_of
@@ -77,7 +77,8 @@ def reporter(columns: dict[str, str], metric: str) -> tune.CLIReporter:
 
 class StopLines(tune.Callback):
     """One console line for each trial that ASHA stops early or that fails; a trial that found no room
-    on the storage stops the study (studies/signals.py), which says so once, at its end."""
+    on the storage, or no study folder on its node, stops the study (studies/signals.py), which says so
+    once, at its end."""
 
     def __init__(self, columns: dict[str, str]):
         self.columns = columns
@@ -88,8 +89,9 @@ class StopLines(tune.Callback):
         return f"trial {trial.trial_id} ({shown})"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if STORAGE_FULL in result:
-            request_stop(result[STORAGE_FULL])
+        for key, fix in STOPS.items():   # a storage full, or not on the trial's node
+            if key in result:
+                request_stop(result[key], fix)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason, failure = end_of(trial)

@@ -26,14 +26,15 @@ from studies.plan import grid_points, groups, n_configs, seed_groups
 META = R.LABELS   # trial parameters that are labels, not Config fields
 
 
-def trainable(config: dict, chain_steps: int = 9000, state_root: str | None = None) -> None:
+def trainable(config: dict, chain_steps: int = 9000, state_root: str | None = None, mark: str | None = None,
+              datasets: dict | None = None) -> None:
     """A trial: iabf/tune.py's trainable, imported in the trial's worker, so that the study's driver
     never imports torch (nor Tune's TensorBoard logger, which would: studies/ablation.py). On 2 CPUs a
     one-trial study then started Ray 3 s sooner and ended 4-5 s sooner (12 s against 16-18 in all),
     and the head node's driver holds none of torch's memory."""
     from iabf.tune import trainable as train
 
-    return train(config, chain_steps=chain_steps, state_root=state_root)
+    return train(config, chain_steps=chain_steps, state_root=state_root, mark=mark, datasets=datasets)
 
 
 def searcher(study) -> "StudySearcher":

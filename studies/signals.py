@@ -1,5 +1,5 @@
 """How a study is stopped cleanly: Ctrl-C, SIGTERM (a scheduler, `kill`, `docker stop`, a spot
-reclaim) or the study itself (a storage that filled up: iabf/tune.py's STORAGE_FULL) ends the fit
+reclaim) or the study itself (a storage that filled up, or that a node does not see: iabf/record.STOPS) ends the fit
 with Tune's last save, so --resume finishes the study; a second signal stops it at once."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class StopSignal:
     current: StopSignal | None = None
 
     def __init__(self):
-        self.received, self.fitting, self.reason = None, False, None
+        self.received, self.fitting, self.reason, self.fix = None, False, None, None
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.handle)
@@ -31,9 +31,10 @@ class StopSignal:
         if not self.stop_fit(signal.Signals(sig).name, sig=sig, frame=frame):
             raise KeyboardInterrupt
 
-    def request(self, reason: str) -> None:
-        """Stop the fit as a signal would, for `reason` (said by the driver at the end)."""
-        self.stop_fit("the study", reason)
+    def request(self, reason: str, fix: str) -> None:
+        """Stop the fit as a signal would, for `reason` (said by the driver at the end, with `fix`)."""
+        if self.stop_fit("the study", reason):
+            self.fix = fix
 
     def stop_fit(self, by: str, reason: str | None = None, sig=signal.SIGUSR1, frame=None) -> bool:
         """Hand the stop to Tune (the SIGUSR1 handler it keeps while it fits), once; False when there is
@@ -55,7 +56,7 @@ class StopSignal:
             self.fitting = False
 
 
-def request_stop(reason: str) -> None:
-    """Stop the study being fitted in this process, if any, for `reason`."""
+def request_stop(reason: str, fix: str) -> None:
+    """Stop the study being fitted in this process, if any, for `reason`; `fix` says what to do before --resume."""
     if StopSignal.current is not None:
-        StopSignal.current.request(reason)
+        StopSignal.current.request(reason, fix)

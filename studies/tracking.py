@@ -37,8 +37,8 @@ from ray import tune
 from iabf import metrics as M
 from iabf import record as R
 from iabf.config import run_name
-from iabf.record import (ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE_RESET, STORAGE_FULL, VARIANT, config_from_params,
-                         parts)
+from iabf.record import ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE_RESET, VARIANT, config_from_params, parts
+from studies.archive import artifact_location
 from studies.plan import record
 
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)   # what a lost server raises
@@ -119,7 +119,13 @@ def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str
     Returns (experiment_id, parent_run_id)."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study.name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(study.name)
+    storage = experiment_dir.rsplit("/", 1)[0]
+    keep = artifact_location(storage, study.name)   # on a durable storage, the artifacts outlive the cluster
+    exp_id = exp.experiment_id if exp else client.create_experiment(study.name, artifact_location=keep)
+    if keep and exp and not exp.artifact_location.startswith(storage):
+        print(f"warning: experiment {study.name!r} (made by an earlier study) keeps its artifacts in "
+              f"{exp.artifact_location}, not on this study's storage {storage}; a new name for the study keeps "
+              f"them there", file=sys.stderr, flush=True)
     # MLflow 3's UI opens an experiment of no declared kind on its GenAI overview (traces, "No
     # data"); declared as model training, it opens on the study's runs
     client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
@@ -346,8 +352,9 @@ class MLflowTracking(tune.Callback):
         for log in self._log(trial):   # a replayed result (iabf/tune.py) fills epochs this run lacks
             if reset:   # its run continues; the epochs it had are not logged again
                 log.tags[STATE_RESET] = str(result[STATE_RESET])[:5000]
-            if STORAGE_FULL in result:   # the study stops for it (console.StopLines); the run says why
-                log.tags[R.INTERRUPTION] = str(result[STORAGE_FULL])[:5000]
+            for key in R.STOPS:   # the study stops for it (console.StopLines); the run says why
+                if key in result:
+                    log.tags[R.INTERRUPTION] = str(result[key])[:5000]
             if node and not result.get(REPLAYED) and (not log.nodes or log.nodes[-1] != node):
                 log.nodes.append(node)
                 log.tags.update({NODE_ID: node, HOSTNAME: str(result.get(HOSTNAME, "")), "node_ids": ",".join(log.nodes)})

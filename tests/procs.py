@@ -1,5 +1,5 @@
 """Process helpers the tests share: a free loopback port, ending a process tree by pid, a real
-`mlflow server` on loopback."""
+`mlflow server` on loopback, an S3 stand-in (moto) on loopback."""
 import contextlib
 import os
 import shutil
@@ -109,3 +109,51 @@ def keep_or_remove(folder, variable: str) -> None:
 
     if not os.environ.get(variable):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class S3:
+    """An S3 stand-in: moto's server on loopback, with one bucket. `env` is what a process needs to use it
+    as AWS (boto3, pyarrow and MLflow read AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL); `url` its address."""
+
+    def __init__(self, bucket: str = "studies", host: str = "127.0.0.1"):
+        import requests
+
+        self.port, self.bucket = free_port(), bucket
+        self.url = f"http://{host}:{self.port}"
+        self.proc = subprocess.Popen([str(shutil.which("moto_server", path=os.path.dirname(sys.executable))),
+                                      "-H", host, "-p", str(self.port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_ENDPOINT_URL": self.url, "MLFLOW_S3_ENDPOINT_URL": self.url}
+        for _ in range(120):
+            with contextlib.suppress(requests.RequestException):
+                if requests.put(f"{self.url}/{bucket}", timeout=1).ok:   # the bucket, made
+                    return
+            time.sleep(0.25)
+        self.stop()
+        pytest.fail("moto's S3 server did not start")
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id="testing", aws_secret_access_key="testing",
+                            region_name="us-east-1")
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """moto's S3 server for one test; this process (and what it starts) uses it as AWS."""
+    server = S3()
+    for k, v in server.env.items():
+        monkeypatch.setenv(k, v)
+    yield server
+    server.stop()
