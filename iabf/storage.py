@@ -87,7 +87,7 @@ def mark_problem(experiment_dir: str, token: str) -> str | None:
         with fs.open_input_stream(f"{path}/{MARK}") as f:
             seen = f.readall().decode(errors="replace")
     except FileNotFoundError:
-        return f"the study's folder {experiment_dir} is not there"
+        return f"the study's folder {experiment_dir} is not on this node (its disk is not the driver's)"
     except OSError as e:
         return f"the study's folder {experiment_dir} cannot be read ({' '.join(str(e).split())[:200]})"
     return None if seen == token else f"{experiment_dir} is another folder of the same name (not the driver's)"

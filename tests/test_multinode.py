@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import alive_nodes, free_port, kill_tree
+from procs import alive_nodes, free_port, kill_tree, s3  # noqa: F401  (s3: a fixture)
 from runner import store
 import yaml
 from mlflow.tracking import MlflowClient
@@ -45,8 +45,12 @@ class Cluster:
         self.env.pop("RAY_ADDRESS", None)
         self.procs = {}
 
-    def start(self, name: str, *args, env=None) -> subprocess.Popen:
-        proc = subprocess.Popen([RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+    def start(self, name: str, *args, env=None, own_disk: Path | None = None) -> subprocess.Popen:
+        """own_disk: a folder this node does not share with the others (a mount namespace of its own, an
+        empty tmpfs over it), as a worker whose disk is its own does not have the head's files."""
+        hide = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                f'mount -t tmpfs iabf-own-disk "{own_disk}" && exec "$@"', "sh"] if own_disk else []
+        proc = subprocess.Popen([*hide, RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
                                  "--disable-usage-stats", *args],
                                 env={**(env or self.env), "RAY_TMPDIR": str(self.tmp / name)},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -72,17 +76,23 @@ class Cluster:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-@pytest.fixture
-def cluster():
+def two_nodes(env: dict | None = None, own_disk: Path | None = None) -> Cluster:
     c = Cluster()
+    c.env.update(env or {})
     c.start("head", "--head", "--port", str(c.port), "--include-dashboard=false", "--resources", '{"head_node": 1}')
     deadline = time.time() + 60
     while time.time() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", c.port), timeout=1):
             break
         time.sleep(0.5)
-    c.start("worker", "--address", c.address, "--resources", '{"worker_node": 1}')
+    c.start("worker", "--address", c.address, "--resources", '{"worker_node": 1}', own_disk=own_disk)
     c.ids = {("worker" if "worker_node" in n["Resources"] else "head"): n["NodeID"] for n in c.wait_for_nodes(2)}
+    return c
+
+
+@pytest.fixture
+def cluster():
+    c = two_nodes()
     yield c
     c.stop()
 
@@ -163,3 +173,78 @@ def test_nodes_and_drivers_without_the_token_are_refused_and_told_why(cluster, t
                            "authentication"), out.stderr[-2000:]
     assert "~/.ray/auth_token" in last and "RAY_AUTH_TOKEN" in last
     assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (a mount namespace)")
+def test_a_storage_the_worker_does_not_see_is_refused_before_any_trial_and_s3_runs_on_both(tmp_path, data_dir, s3):  # noqa: F811
+    """The worker's disk is its own: the test's folder (the head's storage, store and data) is an empty
+    tmpfs there. The default storage, a folder on the head, is refused in seconds, naming the worker,
+    with nothing left of the study; on S3 the study runs on both nodes, and the worker, which joined before
+    the study's data folder was filled, fetches the dataset from the copy the study put on S3."""
+    cluster = two_nodes(env=s3.env, own_disk=tmp_path)
+    try:
+        space = tmp_path / "space.yaml"
+        space.write_text(yaml.safe_dump({
+            "study": "owndisk", "dataset": "mnist", "confirm": False, "seeds": [0],
+            "fixed": {"epochs": 2, "K": 2, "method": "necst", "max_train_examples": 1000},
+            "search": {"lr": {"grid": [0.001, 0.002]}}, "resources": {"cpu": 1}}))
+        (tmp_path / "data").mkdir()   # prepared after the worker joined, on the head only
+        shutil.copy(data_dir / "mnist.npz", tmp_path / "data")
+        env = {**{k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}, **s3.env}
+        t0 = time.time()
+        out = study(tmp_path, cluster, "--space", str(space), "--data-dir", str(tmp_path / "data"), env=env)
+        took = time.time() - t0
+        assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: --storage: 1 of the cluster's 2 nodes do not see the study's folder (node "), last
+        assert f"{tmp_path / 'results'}/owndisk-" in last and "is not on this node" in last
+        assert "s3://BUCKET/PREFIX" in last
+        assert not list((tmp_path / "results").glob("owndisk-*")) and "trial" not in out.stdout.lower()
+        assert not [e for e in MlflowClient(store(tmp_path)).search_experiments() if e.name == "owndisk"]
+        print(f"refused in {took:.0f} s")
+
+        out = study(tmp_path, cluster, "--space", str(space), "--data-dir", str(tmp_path / "data"), "--storage",
+                    f"s3://{s3.bucket}/iabf", env=env)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        client = MlflowClient(store(tmp_path))
+        exp = client.get_experiment_by_name("owndisk")
+        runs = [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags]
+        assert len(runs) == 2 and all(r.data.tags["stop_reason"] == "completed" for r in runs)
+        assert {r.data.tags["node_id"] for r in runs} == set(cluster.ids.values())      # a trial on each node
+        assert [k for k in s3.keys("iabf/datasets/") if k.endswith("/mnist.npz")]
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (a mount namespace)")
+def test_a_node_that_joins_later_without_the_storage_stops_the_study_before_its_trial_trains(tmp_path, data_dir):
+    """A head with no CPUs for trials (an autoscaler's cluster), and a worker, whose disk is its own, that joins
+    after the study's check: its first trial finds no study folder and stops the study in one line, with the
+    fix and the --resume command, before training."""
+    c = Cluster()
+    try:
+        c.start("head", "--head", "--port", str(c.port), "--include-dashboard=false", "--num-cpus", "0")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", c.port), timeout=1):
+                break
+            time.sleep(0.5)
+        c.wait_for_nodes(1)
+        proc = study(tmp_path, c, "--smoke", "--data-dir", str(data_dir), wait=False)
+        deadline = time.time() + 120
+        while not list((tmp_path / "results").glob("quick-smoke-*/.iabf-storage")) and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(1)
+        c.start("worker", "--address", c.address, own_disk=tmp_path)    # joins after the check
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 1, out[-4000:]
+        last = [line for line in out.splitlines() if line.startswith("error: ")][-1]
+        assert re.match(r"error: trial \w+ on node \S+: the study's folder \S+/quick-smoke-[\d-]+ is not on this node "
+                        r"\(its disk is not the driver.s\); the study stopped: .*; give every node the study's storage",
+                        last), out[-3000:]
+        assert "--resume" in out.splitlines()[-1]
+        exp = MlflowClient(store(tmp_path)).get_experiment_by_name("quick-smoke")
+        runs = [r for r in MlflowClient(store(tmp_path)).search_runs([exp.experiment_id]) if "trial_id" in r.data.tags]
+        assert runs and not [r for r in runs if r.data.metrics.get(M.EPOCH)]   # no trial trained an epoch
+    finally:
+        c.stop()
