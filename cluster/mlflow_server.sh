@@ -10,7 +10,11 @@
 #   ends when that node's Ray ends (`ray down`, `ray stop`): a watcher follows the GCS server Ray just
 #   started. Otherwise (SLURM, by hand) there is no watcher, whatever other Ray runs on the node (another
 #   job's, which would take the server down with it when it ends): `stop` ends it.
-# - The store: sqlite in $MLFLOW_DIR (default ~/mlflow), artifacts served by the server from there.
+# - The store: sqlite in $MLFLOW_DIR (default ~/mlflow), artifacts served by the server from there; a study
+#   whose storage is s3://... keeps its artifacts and a copy of the store there instead (studies/archive.py:
+#   server.json, written here, says which file serves which URL).
+# - Host check: MLflow 3 allows only localhost and private addresses in a request's Host header; the node's
+#   own address (public on many clusters) and loopback on any port are allowed here, MLFLOW_ALLOWED_HOSTS more.
 # - One worker process (MLFLOW_WORKERS; a study's driver is its only heavy client): MLflow's default of 4
 #   uvicorn workers with a 5 s health check made a busy node kill and restart workers still importing, forever
 #   (where more are asked for, each gets 120 s).
@@ -25,7 +29,7 @@ stop() {
     read -r pid watcher < "$pidfile" || true
     for p in $pid ${watcher:-}; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    rm -f "$pidfile"
+    rm -f "$pidfile" "$dir/server.json"
 }
 
 case $cmd in
@@ -59,8 +63,12 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
 
 stop   # a server this script started before (a second `ray up`): one server, on the current settings
+# MLflow 3 answers 403 to a Host header it does not allow (by default localhost and private addresses only),
+# and many clusters' nodes have public addresses: the node's own address is allowed by name, and loopback on
+# any port (an SSH tunnel's); MLFLOW_ALLOWED_HOSTS adds more (a proxy's name)
+allowed="$host,$host:$port,localhost,localhost:*,127.0.0.1,127.0.0.1:*${MLFLOW_ALLOWED_HOSTS:+,$MLFLOW_ALLOWED_HOSTS}"
 MLFLOW_AUTH_CONFIG_PATH="$dir/basic_auth.ini" MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$dir/secret_key") setsid nohup "$venv/bin/mlflow" server --app-name basic-auth \
-    --host "$host" --port "$port" --backend-store-uri "sqlite:///$dir/mlflow.db" \
+    --host "$host" --port "$port" --allowed-hosts "$allowed" --backend-store-uri "sqlite:///$dir/mlflow.db" \
     --artifacts-destination "$dir/artifacts" --serve-artifacts --workers "${MLFLOW_WORKERS:-1}" \
     --uvicorn-opts "--timeout-worker-healthcheck 120" > "$dir/server.log" 2>&1 < /dev/null &
 pid=$!
@@ -92,6 +100,8 @@ PY
 deadline=$((SECONDS + ${MLFLOW_START_TIMEOUT:-300}))
 while [ $SECONDS -lt $deadline ]; do
     if answers "http://$host:$port"; then
+        # which store serves this URL: a study on s3:// storage copies it there when it ends (studies/archive.py)
+        printf '{"url": "http://%s:%s", "store": "%s"}\n' "$host" "$port" "$dir/mlflow.db" > "$dir/server.json"
         echo "MLflow tracking server: http://$host:$port (basic auth; credentials in ~/.mlflow/credentials); log: $dir/server.log"
         exit 0
     fi

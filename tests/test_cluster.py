@@ -279,3 +279,39 @@ def test_a_tracking_server_that_refuses_the_client_is_one_line_before_ray_starts
         assert refused(out).startswith(f"error: MLflow tracking server {uri} refused this client (403: "), out.stderr
         assert refused(out).endswith(f"its host check does not allow '127.0.0.1:{port}': start it with "
                                      f"--allowed-hosts 127.0.0.1:{port}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"),
+                    reason="needs root, unshare and ip (a network namespace)")
+def test_the_tracking_server_answers_on_a_node_whose_address_is_public(tmp_path):
+    """A node whose only address is not private (203.0.113.7, a documentation range, in a network namespace
+    of its own): the start script's server answers on the node's own address and through a tunnel, with its credentials,
+    within seconds (MLflow's default host check answered 403 to everything but /health, and the script waited
+    its 300 s); the store file it serves is recorded for the study's copy (server.json)."""
+    venv = str(Path(sys.executable).parent.parent)
+    inside = f'''
+set -e; ip link set lo up; ip link add n0 type veth peer name n1; ip addr add 203.0.113.7/24 dev n0
+ip link set n1 up; ip link set n0 up; set +e   # the node's one address (a veth pair, as tests/ray_up_node.sh)
+export HOME={tmp_path} IABF_VENV={venv} MLFLOW_START_TIMEOUT=120
+t0=$SECONDS; bash {ROOT}/cluster/mlflow_server.sh start || exit 3
+echo "started in $((SECONDS - t0)) s"
+{sys.executable} -c "from iabf.record import server_refusal; print('refusal:', server_refusal('http://203.0.113.7:5000'))"
+# what an SSH tunnel delivers (ssh -L 5000:203.0.113.7:5000): the Host header the user's browser sends
+{sys.executable} -c "import requests; from mlflow.utils.credentials import read_mlflow_creds; c = read_mlflow_creds(); \
+print('tunnel:', requests.get('http://203.0.113.7:5000/api/2.0/mlflow/experiments/search?max_results=1', \
+headers={{'Host': 'localhost:5000'}}, auth=(c.username, c.password), timeout=10).status_code)"
+cat {tmp_path}/mlflow/server.json
+bash {ROOT}/cluster/mlflow_server.sh stop
+'''
+    out = subprocess.run(["unshare", "--net", "--", "bash", "-c", inside], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "MLflow tracking server: http://203.0.113.7:5000" in out.stdout
+    assert "refusal: None" in out.stdout and "tunnel: 200" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert json.loads(out.stdout.split("\n{", 1)[1].split("}", 1)[0].join("{}")) == {
+        "url": "http://203.0.113.7:5000", "store": f"{tmp_path}/mlflow/mlflow.db"}
+    assert not (tmp_path / "mlflow" / "server.json").exists()   # gone with the server
+    seconds = int(re.search(r"started in (\d+) s", out.stdout).group(1))
+    assert seconds < 120
+    print(f"started in {seconds} s")
