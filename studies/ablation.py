@@ -128,15 +128,18 @@ def run(args: argparse.Namespace) -> int:
     tracker = None if args.resume else tracking.MLflowTracking(uri, exp_id, parent, study.name)
     tuner = make_tuner(args, study, planned, experiment_dir, uri, tracker, quiet=held is not None,
                        mark=mark, datasets=datasets)
+    resume_args = f"--space {args.space} --resume {experiment_dir}"
     try:
-        fit(tuner, stop, uri, exp_id, parent, f"--space {args.space} --resume {experiment_dir}")
-        counts, left = close_record(tracker, stop, uri, exp_id, parent, experiment_dir, args.tracking_grace)
+        results = fit(tuner, stop, uri, exp_id, parent, resume_args)
+        if args.resume and not stop.received:   # the runs of trials that ended while the store took no writes
+            restore_runs(uri, exp_id, parent, study.name, results, resume_args)
+        counts, left = close_record(tracker, stop, uri, exp_id, parent, experiment_dir, args.tracking_grace, resume_args)
         if not stop.reason:   # a study stopped for a full storage has no room for its report there
             summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
     finally:   # however the study ends: its record, where it outlives the cluster (a storage such as s3://)
         if archive.durable(storage := experiment_dir.rsplit("/", 1)[0]):
             print(archive.keep(uri, storage), flush=True)
-    return verdict(args, planned, counts, left, stop, uri, experiment_dir)
+    return verdict(args, planned, counts, left, stop, uri, experiment_dir, tracker and tracker.problem())
 
 
 def checked(args: argparse.Namespace):
@@ -262,14 +265,14 @@ def make_tuner(args: argparse.Namespace, study, planned: dict, experiment_dir: s
             failure_config=tune.FailureConfig(max_failures=2), verbose=1))
 
 
-def fit(tuner, stop: StopSignal, uri: str, exp_id: str, parent: str, resume_args: str) -> None:
+def fit(tuner, stop: StopSignal, uri: str, exp_id: str, parent: str, resume_args: str):
     """The trials. A stop signal: Tune saves its state and returns, and the study can be resumed; a second
     one stops at once (exit 130); anything else marks the study FAILED in MLflow and goes on up."""
     from studies import tracking
 
     try:
         with stop.during_fit():
-            tuner.fit()
+            return tuner.fit()
     except KeyboardInterrupt:
         tracking.end_study(uri, exp_id, parent, "KILLED")
         raise Refused(f"stopped at once (a second stop signal, or one before Tune had begun); continue from what "
@@ -279,8 +282,23 @@ def fit(tuner, stop: StopSignal, uri: str, exp_id: str, parent: str, resume_args
         raise
 
 
+def restore_runs(uri: str, exp_id: str, parent: str, name: str, results, resume_args: str) -> None:
+    """On --resume: what the store did not take of the trials that ended (studies/repair.py), said in a line."""
+    from studies import tracking
+    from studies.repair import repair
+
+    try:
+        if written := repair(uri, exp_id, parent, name, results):
+            print(f"{written} runs of trials that had ended without their record (the store took no writes then) "
+                  f"written from Tune's record of them", flush=True)
+    except (*tracking.TRACKING_ERRORS, OSError) as e:
+        raise Refused(f"MLflow at {uri} {tracking.store_problem(e, uri)}; the runs of ended trials are still not "
+                      f"written; once it takes writes, {tracking.RESUME_WRITES}:\n  python studies/ablation.py "
+                      f"{resume_args}", code=1) from None
+
+
 def close_record(tracker, stop: StopSignal, uri: str, exp_id: str, parent: str, experiment_dir: str,
-                 grace: float) -> tuple[dict, int]:
+                 grace: float, resume_args: str) -> tuple[dict, int]:
     """The parent run ended (FINISHED, or KILLED when stopped) with the study's counts; a tracking server
     that went away gets `grace` seconds to come back. Returns (counts, updates it never took)."""
     from studies import tracking
@@ -290,13 +308,14 @@ def close_record(tracker, stop: StopSignal, uri: str, exp_id: str, parent: str, 
         counts = tracking.retrying(tracking.end_study, grace, uri, exp_id, parent,
                                    "KILLED" if stop.received else "FINISHED", tracker.seconds if tracker else 0.0)
     except tracking.TRACKING_ERRORS as e:
-        raise Refused(f"the study ran (results: {experiment_dir}) but MLflow at {uri} is unreachable "
-                      f"({type(e).__name__}); {tracker.unlogged() if tracker else 'some'} trial updates are not "
-                      f"logged", code=1) from None
+        raise Refused(f"the study ran (results: {experiment_dir}) but MLflow at {uri} {tracking.store_problem(e, uri)}; "
+                      f"{tracker.unlogged() if tracker else 'some'} trial updates are not logged; once it takes writes, "
+                      f"{tracking.RESUME_WRITES}:\n  python studies/ablation.py {resume_args}", code=1) from None
     return counts, left
 
 
-def verdict(args, planned: dict, counts: dict, left: int, stop: StopSignal, uri: str, experiment_dir: str) -> int:
+def verdict(args, planned: dict, counts: dict, left: int, stop: StopSignal, uri: str, experiment_dir: str,
+            problem: str | None = None) -> int:
     """How the study ended, as its last lines and exit code: 0 done; 1 what needs a hand (a full storage,
     updates MLflow did not take, every trial failed); 130 stopped, to be resumed."""
     resume = f"  python studies/ablation.py --space {args.space} --resume {experiment_dir}"
@@ -307,7 +326,10 @@ def verdict(args, planned: dict, counts: dict, left: int, stop: StopSignal, uri:
               file=sys.stderr)
         return 1
     if left:
-        print(f"error: {left} trial updates could not be written to MLflow at {uri}", file=sys.stderr)
+        from studies.tracking import RESUME_WRITES
+
+        print(f"error: {left} trial updates could not be written to MLflow at {uri}, which {problem or 'took none'}; "
+              f"once it takes writes, {RESUME_WRITES}:\n{resume}", file=sys.stderr)
         return 1
     if not counts.get(COMPLETED) and counts.get(FAILED):
         print(f"error: every trial of the study failed ({counts[FAILED]}); their reasons are on the `trial ... "

@@ -13,6 +13,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from studies.plan import cell_plan, grid_points, groups, n_configs, seed_groups
 
@@ -43,10 +44,46 @@ def describe(study) -> list[str]:
              f"{total['full_grid_epochs']:,} ({spent / max(total['full_grid_epochs'], 1):.0%} of it)",
              f"resources: {res['cpu']:g} CPU and {res['gpu']:g} GPU per trial"
              + (f", at most {study.max_concurrent} at once" if study.max_concurrent else "")]
+    lines += node_fit(res, CLUSTER_YAML)
     if len(cells) <= 24:
         lines.append("per cell (search + confirmation trials, trial-epochs):")
         lines += [f"  {c['cell']}: {c['search_trials']} + {c['confirm_trials']} trials, "
                   f"{c['search_epochs'] + c['confirm_epochs']:,} epochs" for c in cells]
+    return lines
+
+
+CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+
+
+def node_fit(res: dict, cluster_yaml: Path) -> list[str]:
+    """How a study's trials fill each node type of a Ray cluster launcher file (its declared `resources`):
+    trials at once per node and per GPU, what a GPU leaves idle, and a study that no node type can run."""
+    import yaml
+
+    try:
+        types = yaml.safe_load(cluster_yaml.read_text())["available_node_types"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return []
+    cpu, gpu = float(res["cpu"]), float(res["gpu"])
+    said, fits = [], False
+    for name, node in types.items():
+        have = node.get("resources") or {}
+        n_cpu, n_gpu = float(have.get("CPU", 0)), float(have.get("GPU", 0))
+        kind = node.get("node_config", {}).get("InstanceType", "?")
+        n = int(min(n_cpu // cpu if cpu else math.inf, n_gpu // gpu if gpu else math.inf))
+        what = f"{name} ({kind}: {n_cpu:g} CPUs, {n_gpu:g} GPUs): "
+        if n < 1 or n == math.inf:
+            said.append(what + "no trial")
+            continue
+        fits = True
+        line = what + f"{n} trials per node" + (f", {n / n_gpu:g} per GPU" if n_gpu and gpu else "")
+        if gpu and n * gpu < n_gpu:
+            line += f" (leaves {1 - n * gpu / n_gpu:.0%} of its GPUs idle: {cpu:g} CPUs a trial is the limit)"
+        said.append(line)
+    lines = [f"on {cluster_yaml.name}'s node types: " + "; ".join(said)]
+    if not fits:
+        lines.append(f"warning: no node type of {cluster_yaml.name} can run a trial of {cpu:g} CPUs and {gpu:g} GPUs: "
+                     f"on that cluster the study would wait forever")
     return lines
 
 

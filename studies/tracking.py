@@ -37,6 +37,7 @@ from ray import tune
 from iabf import metrics as M
 from iabf import record as R
 from iabf.config import run_name
+from iabf.storage import room
 from iabf.record import ARTIFACTS, HOSTNAME, NODE_ID, REPLAYED, STATE_RESET, VARIANT, config_from_params, parts
 from studies.archive import artifact_location
 from studies.plan import record
@@ -250,6 +251,10 @@ class MLflowTracking(tune.Callback):
             self._client = MlflowClient(self.uri)
         return self._client
 
+    def problem(self) -> str | None:
+        """What the store said last, in words (store_problem), while it takes no writes; None when it does."""
+        return self._down
+
     def unlogged(self) -> int:
         """Updates (metrics and trial ends) not yet written to MLflow."""
         return sum(len(r.metrics) + bool(r.tags) + (r.end is not None) + (r.run_id is None) for r in self._all())
@@ -328,10 +333,10 @@ class MLflowTracking(tune.Callback):
                     self._write(log)
                 except TRACKING_ERRORS as e:
                     if self._down is None:
-                        print(f"warning: MLflow at {self.uri} is unreachable ({type(e).__name__}); trials go on "
+                        print(f"warning: MLflow at {self.uri} {store_problem(e, self.uri)}; trials go on "
                               f"training, their updates are queued and retried every {self.RETRY_S:g} s",
                               file=sys.stderr, flush=True)
-                    self._down, self._retry_at = str(e), time.monotonic() + self.RETRY_S
+                    self._down, self._retry_at = store_problem(e, self.uri), time.monotonic() + self.RETRY_S
                     return
         if self._down is not None:
             print(f"MLflow at {self.uri} is reachable again: queued updates written", file=sys.stderr, flush=True)
@@ -393,6 +398,20 @@ class MLflowTracking(tune.Callback):
             time.sleep(min(self.RETRY_S, max(0.0, deadline - time.monotonic())))
             self._sync(force=True)
         return self.unlogged()
+
+
+RESUME_WRITES = ("--resume writes what the store did not take: the runs of the trials that ended meanwhile from "
+                 "Tune's record of them, the others' epochs as they go on, every epoch once")
+
+
+def store_problem(e: BaseException, uri: str) -> str:
+    """What a failed write to the store says, in words: a full disk under a sqlite store named as such, with
+    the room its folder has; anything else as the store being unreachable."""
+    text = f"{type(e).__name__}: {e}"
+    if R.scheme(uri) == "sqlite" and any(s in text for s in ("disk is full", "No space left", "quota exceeded")):
+        folder = R.sqlite_file(uri).parent
+        return f"cannot write: the disk of its store is full ({folder}: {room(str(folder))})"
+    return f"is unreachable ({type(e).__name__})"
 
 
 def retrying(fn, timeout: float, *args, **kwargs):

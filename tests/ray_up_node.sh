@@ -8,11 +8,15 @@
 #     $W/node, reached by SSH on 127.0.0.1 with a key made here; /tmp/ray is $W/tmp/ray (Ray's temp dir);
 #   - the user's machine: HOME=$W/client, the project's own `ray` CLI;
 #   - the package registries: PyPI through tests/registry_proxy.py (its Unix socket $W/proxy.sock, made
-#     by the test outside the namespace), the one way out; the node's ~/.profile names it, as a site's would.
-# Every step writes $W/<step>.log and $W/<step>.rc; the test reads them. Usage: ray_up_node.sh W RAY_BIN_DIR
+#     by the test outside the namespace); the node's ~/.profile names it, as a site's would. With a
+#     wheelhouse (WHEELS: this machine's downloaded wheels) the node installs from it alone, no index asked;
+#   - S3: the test's stand-in (moto, outside), through the Unix socket $W/s3.sock, on 127.0.0.1:9000 here;
+#     the node's ~/.profile names it as AWS, as an instance profile and the region would.
+# Every step writes $W/<step>.log and $W/<step>.rc; the test reads them. Usage: ray_up_node.sh W RAY_BIN_DIR [WHEELS]
 set -uo pipefail
 W=$1
 BIN=$2
+WHEELS=${3:-}
 CONFIG=$W/cluster.yaml
 PRIVATE=10.77.0.1
 
@@ -39,11 +43,17 @@ mkdir -p "$W/node" "$W/client" && chmod 700 "$W/node" "$W/client"
 
 # --- the image: the registries through the test's proxy, this machine's Python only ---
 "$BIN/python" "$(dirname "$0")/registry_proxy.py" forward 3128 "$W/proxy.sock" &
+"$BIN/python" "$(dirname "$0")/registry_proxy.py" forward 9000 "$W/s3.sock" &
 cat > "$W/node/.profile" <<EOF
 export HTTPS_PROXY=http://127.0.0.1:3128 https_proxy=http://127.0.0.1:3128 PIP_PROXY=http://127.0.0.1:3128
 export NO_PROXY=localhost,127.0.0.1,$PRIVATE no_proxy=localhost,127.0.0.1,$PRIVATE UV_PYTHON_DOWNLOADS=never
 export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt   # the site's certificates, as pip.conf's cert= gives pip
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
+export AWS_ENDPOINT_URL=http://127.0.0.1:9000 MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:9000
 EOF
+if [ -n "$WHEELS" ]; then
+    echo "export PIP_NO_INDEX=1 PIP_FIND_LINKS=$WHEELS UV_OFFLINE=1 UV_FIND_LINKS=$WHEELS" >> "$W/node/.profile"
+fi
 
 # --- the node's SSH server ---
 ssh-keygen -q -t ed25519 -N '' -f "$W/hostkey"
@@ -80,8 +90,9 @@ c = read_mlflow_creds(); url = 'http://$PRIVATE:5000/api/2.0/mlflow/experiments/
 [print(name, requests.get(url, auth=auth, timeout=10).status_code) for name, auth in \
 (('anonymous', None), ('wrong', (c.username, 'wrong')), ('credentials', (c.username, c.password)))]\""
     # a small study, launched as the README says: on the head, tracked to the head's server
-    step study ray exec "$CONFIG" 'cd ~/iabf && python studies/ablation.py --smoke --chain-steps 5 --storage ~/results --tracking-uri http://$(hostname -I | cut -d" " -f1):5000'
+    step study ray exec "$CONFIG" 'cd ~/iabf && python studies/ablation.py --smoke --chain-steps 5 --storage s3://studies/iabf --tracking-uri http://$(hostname -I | cut -d" " -f1):5000'
     step status ray exec "$CONFIG" 'ray status'
+    step tunnel bash "$W/tunnel.sh"   # the README's tunnel to MLflow (written by the test), and a request through it
 fi
 step down ray down -y "$CONFIG"
 # what `ray stop` ended, gone; the tracking server's watcher notices within 2 s and the server takes a few

@@ -57,3 +57,16 @@ def test_estimate_times_each_model_on_real_data_and_prices_the_plan(tmp_path):
                                       r"at once", out.stdout).groups()
     assert float(hours) > 0 and int(slots) >= 1
     assert not any(p.name in ("mlflow.db", "results", "mlruns") for p in tmp_path.iterdir())
+
+
+def test_plan_says_how_trials_fill_each_node_type_of_a_cluster_file(tmp_path):
+    from studies.estimate import CLUSTER_YAML, node_fit
+
+    shipped = node_fit(load_study(ROOT / "search_spaces" / "table1.yaml").resources, CLUSTER_YAML)
+    assert shipped == ["on cluster.yaml's node types: head (m5.xlarge: 0 CPUs, 0 GPUs): no trial; gpu (g5.xlarge: "
+                       "4 CPUs, 1 GPUs): 4 trials per node, 4 per GPU"]          # every GPU full
+    two_cpus = node_fit({"cpu": 2, "gpu": 0.25}, CLUSTER_YAML)                      # what table1.yaml asked before
+    assert two_cpus[0].endswith("2 trials per node, 2 per GPU (leaves 50% of its GPUs idle: 2 CPUs a trial is the limit)")
+    never = node_fit({"cpu": 1, "gpu": 2}, CLUSTER_YAML)
+    assert never[-1].startswith("warning: no node type of cluster.yaml can run a trial of 1 CPUs and 2 GPUs")
+    assert node_fit({"cpu": 1, "gpu": 0}, tmp_path / "none.yaml") == []             # no cluster file: nothing said

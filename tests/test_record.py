@@ -1,16 +1,19 @@
-"""A study whose storage is S3 (moto's server on loopback, tests/procs.S3): its record outlives the
-machine that ran it. The study's MLflow store is deleted afterwards; the copy the study left on S3 is
-fetched as a user would after `ray down`, and the report, `analysis.best` and a checkpoint are rebuilt
-from it, every artifact read from S3."""
+"""The study's record where a cluster's disks fail it. A study whose storage is S3 (moto's server on
+loopback, tests/procs.S3): the study's MLflow store is deleted afterwards; the copy the study left on S3
+is fetched as a user would after `ray down`, and the report, `analysis.best` and a checkpoint are rebuilt
+from it, every artifact read from S3. A store whose disk fills: named, and --resume writes what it missed."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from procs import s3  # noqa: F401  (a fixture)
-from runner import study
+from procs import s3, small_disk  # noqa: F401  (s3: a fixture)
+from runner import runs_of, study, template_store
+
+from iabf import metrics as M
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -45,3 +48,30 @@ def test_a_study_on_s3_storage_leaves_its_store_and_artifacts_there(tmp_path, s3
     from iabf.train import load_models
     cfg, _, _ = load_models(path)
     assert cfg.dataset == "digits"
+
+
+def test_a_store_whose_disk_fills_is_named_and_resume_writes_what_it_did_not_take(tmp_path):
+    """The MLflow store on a filesystem a little larger than its empty schema: the study's trials train on,
+    and the study ends in one line that names the full disk, its room and what --resume will do. Given room,
+    --resume writes every run's epochs (once), its end and its checkpoint from Tune's record, and exits 0."""
+    store = tmp_path / "store"
+    with small_disk(store, "980k") as ns:
+        subprocess.run([*ns, "cp", str(template_store()), str(store / "mlflow.db")], check=True)
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        out = study(tmp_path, "--smoke", "--tracking-grace", "2", uri=uri, prefix=ns)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stdout[-2000:] + out.stderr[-3000:]
+        assert re.search(rf"MLflow at {re.escape(uri)} cannot write: the disk of its store is full \({re.escape(str(store))}: "
+                         r"[\d.]+ [KM]?B free of [\d.]+ KB\); .*--resume writes what the store did not take",
+                         out.stderr), out.stderr[-3000:]
+        subprocess.run([*ns, "mount", "-o", "remount,size=8m", str(store)], check=True)   # room, at last
+        out = study(tmp_path, "--smoke", "--resume", uri=uri, prefix=ns)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert re.search(r"\d+ runs of trials that had ended without their record", out.stdout), out.stdout[-3000:]
+        subprocess.run([*ns, "cp", str(store / "mlflow.db"), str(tmp_path / "read.db")], check=True)   # to read it here
+    client = MlflowClient(f"sqlite:///{tmp_path / 'read.db'}")
+    _, runs = runs_of(client, "quick-smoke")
+    assert len(runs) == 3 and all(r.data.tags.get("stop_reason") == "completed" for r in runs)
+    for r in runs:
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, M.EPOCH)) == [1, 2]
+    confirm = [r for r in runs if r.data.tags["phase"] == "confirm"]
+    assert [a.path for a in client.list_artifacts(confirm[0].info.run_id) if a.path == "checkpoint.pt"]
