@@ -22,14 +22,17 @@ set -euo pipefail
 cmd=${1:-start}
 dir=${MLFLOW_DIR:-$HOME/mlflow}
 venv=${IABF_VENV:-$HOME/venv}
-pidfile=$dir/server.pid
+# one server per MLFLOW_SERVER_ID (a SLURM job's id; none on cluster.yaml's head): its own pid, log and URL file
+id=${MLFLOW_SERVER_ID:+-$MLFLOW_SERVER_ID}
+pidfile=$dir/server$id.pid
+log=$dir/server$id.log
 
 stop() {
     [ -s "$pidfile" ] || return 0
     read -r pid watcher < "$pidfile" || true
     for p in $pid ${watcher:-}; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    rm -f "$pidfile" "$dir/server.json"
+    rm -f "$pidfile" "$dir/server$id.json"
 }
 
 case $cmd in
@@ -44,6 +47,12 @@ if [ -z "$host" ]; then echo "error: this node has no address but loopback; give
 
 umask 077
 mkdir -p "$dir" ~/.mlflow
+# The password, the store's schema and the auth database are made by a server's first start: two servers
+# starting at once on one store (two SLURM jobs) would each make a password, and both the schema, and one fail.
+# This lock (the one the study's driver takes for the same, <store>.lock) is held until this server answers.
+# A filesystem without locks is said here.
+exec 9>> "$dir/mlflow.db.lock"
+flock -w "${MLFLOW_START_TIMEOUT:-300}" 9 || { echo "error: cannot lock $dir/mlflow.db.lock (a filesystem without locks, or another server starting for ${MLFLOW_START_TIMEOUT:-300} s): put the store on one that has them (MLFLOW_DIR, IABF_STUDIES)" >&2; exit 1; }
 creds=~/.mlflow/credentials
 if ! grep -q mlflow_tracking_password "$creds" 2>/dev/null; then
     password=$("$venv/bin/python" -c "import secrets; print(secrets.token_urlsafe(24))")
@@ -67,16 +76,20 @@ stop   # a server this script started before (a second `ray up`): one server, on
 # and many clusters' nodes have public addresses: the node's own address is allowed by name, and loopback on
 # any port (an SSH tunnel's); MLFLOW_ALLOWED_HOSTS adds more (a proxy's name)
 allowed="$host,$host:$port,localhost,localhost:*,127.0.0.1,127.0.0.1:*${MLFLOW_ALLOWED_HOSTS:+,$MLFLOW_ALLOWED_HOSTS}"
+# MLflow 3's job runner (seven huey consumers, for GenAI evaluation jobs and trace rollups that a study never
+# asks for) is left off: a server then starts in seconds on a busy node, and two servers on one store do not
+# both run its periodic tasks
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 MLFLOW_AUTH_CONFIG_PATH="$dir/basic_auth.ini" MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$dir/secret_key") setsid nohup "$venv/bin/mlflow" server --app-name basic-auth \
     --host "$host" --port "$port" --allowed-hosts "$allowed" --backend-store-uri "sqlite:///$dir/mlflow.db" \
     --artifacts-destination "$dir/artifacts" --serve-artifacts --workers "${MLFLOW_WORKERS:-1}" \
-    --uvicorn-opts "--timeout-worker-healthcheck 120" > "$dir/server.log" 2>&1 < /dev/null &
+    --uvicorn-opts "--timeout-worker-healthcheck 120" > "$log" 2>&1 < /dev/null 9>&- &
 pid=$!
 watcher=
 if [ "${MLFLOW_FOLLOW_RAY:-0}" = 1 ] && gcs=$(pgrep -n -u "$(id -u)" -x gcs_server); then
     # the server lives as long as this node's Ray
     setsid nohup bash -c "while kill -0 $gcs 2>/dev/null; do sleep 2; done; kill -TERM -- -$pid 2>/dev/null" \
-        > /dev/null 2>&1 < /dev/null &
+        > /dev/null 2>&1 < /dev/null 9>&- &
     watcher=$!
 fi
 echo "$pid $watcher" > "$pidfile"
@@ -101,14 +114,15 @@ deadline=$((SECONDS + ${MLFLOW_START_TIMEOUT:-300}))
 while [ $SECONDS -lt $deadline ]; do
     if answers "http://$host:$port"; then
         # which store serves this URL: a study on s3:// storage copies it there when it ends (studies/archive.py)
-        printf '{"url": "http://%s:%s", "store": "%s"}\n' "$host" "$port" "$dir/mlflow.db" > "$dir/server.json"
-        echo "MLflow tracking server: http://$host:$port (basic auth; credentials in ~/.mlflow/credentials); log: $dir/server.log"
+        printf '{"url": "http://%s:%s", "store": "%s"}\n' "$host" "$port" "$dir/mlflow.db" > "$dir/server$id.json"
+        flock -u 9
+        echo "MLflow tracking server: http://$host:$port (basic auth; credentials in ~/.mlflow/credentials); log: $log"
         exit 0
     fi
     kill -0 "$pid" 2>/dev/null || break
     sleep 1
 done
-echo "error: the MLflow server did not answer on http://$host:$port within ${MLFLOW_START_TIMEOUT:-300} s (or ended); the end of $dir/server.log:" >&2
-tail -20 "$dir/server.log" >&2
+echo "error: the MLflow server did not answer on http://$host:$port within ${MLFLOW_START_TIMEOUT:-300} s (or ended); the end of $log:" >&2
+tail -20 "$log" >&2
 stop
 exit 1

@@ -152,7 +152,7 @@ def checked(args: argparse.Namespace):
         # one study, one driver: a second --resume of a study that a live driver runs is refused here
         guard = lock.hold(local_dir(experiment_dir)) if args.resume is not None else None
     except (SpaceError, ConfigError, DataError, tracking.TrackingError, ConnectionError, lock.StudyBusy,
-            lock.NoRoom) as e:
+            lock.NoRoom, lock.NoLock) as e:
         raise Refused(str(e)) from None
     return study, uri, experiment_dir, guard
 
@@ -197,14 +197,15 @@ def reach(args: argparse.Namespace, study, experiment_dir: str, local: Path) -> 
 
 
 def hold(local: Path):
-    """A new study's folder, held by this driver; with no room for its lock, nothing of it stays."""
+    """A new study's folder, held by this driver; with no room for its lock, or no locking at all, nothing of it
+    stays."""
     from studies import lock
 
     try:
         return lock.hold(local)
-    except lock.NoRoom as e:
+    except (lock.NoRoom, lock.NoLock) as e:
         shutil.rmtree(local, ignore_errors=True)   # made a moment ago, by this driver
-        raise Refused(str(e), code=1) from None
+        raise Refused(str(e), code=1 if isinstance(e, lock.NoRoom) else 2) from None
 
 
 def open_record(study, uri: str, experiment_dir: str, resume: bool):
@@ -228,7 +229,7 @@ def make_tuner(args: argparse.Namespace, study, planned: dict, experiment_dir: s
     from ray import tune
 
     from studies import console, tracking
-    from studies.protocol import scheduler, searcher, trainable
+    from studies.protocol import NodeLoss, scheduler, searcher, trainable
 
     # A result that ends a trial early (diverged, no room on the storage: iabf/tune.py) may lack the study's
     # metric; the metric itself was checked against the reported ones (studies/validation.py)
@@ -257,12 +258,12 @@ def make_tuner(args: argparse.Namespace, study, planned: dict, experiment_dir: s
         run_config=tune.RunConfig(
             name=experiment_dir.rsplit("/", 1)[1], storage_path=experiment_dir.rsplit("/", 1)[0],
             storage_filesystem=tune_filesystem(experiment_dir),   # a full disk leaves no half-written file
-            callbacks=[tracker, console.StopLines(columns), tune.logger.JsonLoggerCallback(),
-                       tune.logger.CSVLoggerCallback()],
+            callbacks=[tracker, console.StopLines(columns), console.LaunchLines(), NodeLoss(),
+                       tune.logger.JsonLoggerCallback(), tune.logger.CSVLoggerCallback()],
             progress_reporter=console.reporter(columns, study.metric) if quiet else None,
             # Tune checkpoints only a trial's end (iabf/tune.py): the trial keeps its own state every epoch
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            failure_config=tune.FailureConfig(max_failures=2), verbose=1))
+            failure_config=tune.FailureConfig(max_failures=2), verbose=1))   # a lost node counts not (NodeLoss)
 
 
 def fit(tuner, stop: StopSignal, uri: str, exp_id: str, parent: str, resume_args: str):

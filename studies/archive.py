@@ -10,7 +10,7 @@ on a copy of that file reads every run, and each run's artifacts from the storag
 
 The copy is SQLite's online backup (a snapshot consistent with itself while the server writes), never a
 file copy of a live database. The store's file is the sqlite URI's, or, behind a tracking server, the one
-cluster/mlflow_server.sh records for its URL (<MLFLOW_DIR>/server.json, on the machine that runs both).
+cluster/mlflow_server.sh records for its URL (<MLFLOW_DIR>/server*.json, on the machine that runs both).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from iabf import record as R
 from iabf.storage import copy
 
-SERVER_FILE = "server.json"   # written by cluster/mlflow_server.sh: {"url": ..., "store": <its sqlite file>}
+SERVER_FILES = "server*.json"   # by cluster/mlflow_server.sh, one per server: {"url": ..., "store": <its sqlite file>}
 
 
 def durable(storage: str) -> bool:
@@ -43,11 +43,11 @@ def store_file(uri: str) -> Path | None:
     tracking server cluster/mlflow_server.sh started here for that URL; None otherwise."""
     if R.scheme(uri) == "sqlite":
         return R.sqlite_file(uri)
-    server = Path(os.environ.get("MLFLOW_DIR", "~/mlflow")).expanduser() / SERVER_FILE
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        said = json.loads(server.read_text())
-        if said["url"].rstrip("/") == uri.rstrip("/") and Path(said["store"]).is_file():
-            return Path(said["store"])
+    for server in sorted(Path(os.environ.get("MLFLOW_DIR", "~/mlflow")).expanduser().glob(SERVER_FILES)):
+        with contextlib.suppress(OSError, ValueError, AttributeError, KeyError, TypeError):
+            said = json.loads(server.read_text())
+            if said["url"].rstrip("/") == uri.rstrip("/") and Path(said["store"]).is_file():
+                return Path(said["store"])
     return None
 
 

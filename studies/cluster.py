@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -118,3 +119,28 @@ def check_fits(resources: dict, local: bool) -> str | None:
                          f"resources.cpu / resources.gpu or --gpus-per-trial, or join a cluster that has it (--address)")
     return (f"warning: no node of the cluster has {asked} now (nodes: {have}); the trials wait until an "
             f"autoscaler adds such a node, and forever if none does")
+
+
+def launch_failures() -> dict[str, str]:
+    """What the cluster's autoscaler could not launch, {node type: why}, as `ray status` reports it: autoscaler
+    v2's failed launches (what `ray up` runs), or v1's unavailable node types (its report in the GCS). {} when
+    nothing failed, or no autoscaler runs."""
+    import json
+
+    import ray
+    from ray._private import ray_constants
+
+    failed = {}
+    with contextlib.suppress(Exception):   # v2: the GCS's cluster status
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        for launch in get_cluster_status(ray.get_runtime_context().gcs_address, timeout=10).failed_launches:
+            failed[launch.ray_node_type_name] = " ".join(str(launch.details or "launch failed").split())[:300]
+    with contextlib.suppress(Exception):   # v1: the monitor's report
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        report = json.loads(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) or "{}").get("autoscaler_report") or {}
+        for kind, record in ((report.get("node_availability_summary") or {}).get("node_availabilities") or {}).items():
+            if not record.get("is_available") and (info := record.get("unavailable_node_information")):
+                failed[kind] = " ".join(f"{info.get('category')}: {info.get('description')}".split())[:300]
+    return failed

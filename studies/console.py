@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from pathlib import Path
 
 from ray import tune
@@ -19,6 +20,7 @@ from ray import tune
 from iabf import metrics as M
 from iabf.record import EARLY_STOPPED, FAILED, STOPS
 from iabf.storage import NO_ROOM
+from studies.cluster import launch_failures
 from studies.signals import request_stop
 from studies.tracking import end_of
 
@@ -115,3 +117,31 @@ def _flatten(config: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+class LaunchLines(tune.Callback):
+    """While trials wait for resources on a cluster: what the autoscaler could not launch (a quota, a refused
+    role, no capacity), one line per node type and reason, within seconds of it, where Ray would leave the
+    study waiting in silence (its own report is in `ray status` and the study's log only)."""
+
+    EVERY_S = 10.0
+
+    def __init__(self):
+        self._next, self._said = 0.0, set()
+
+    def __getstate__(self):   # Tune pickles its callbacks with the study: what was said is said again on resume
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+    def on_step_begin(self, iteration, trials, **info):
+        if time.monotonic() < self._next or not any(t.status == "PENDING" for t in trials):
+            return
+        self._next = time.monotonic() + self.EVERY_S
+        for kind, why in launch_failures().items():
+            if (kind, why) not in self._said:
+                self._said.add((kind, why))
+                print(f"warning: the cluster's autoscaler could not launch a {kind!r} node ({why}); the trials that "
+                      f"need one wait. See the node type in the cluster file, the account's quota for it and the "
+                      f"head's rights (docs/cluster.md)", file=sys.stderr, flush=True)

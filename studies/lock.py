@@ -3,7 +3,8 @@ second `--resume` of the same study (a second terminal, a scheduler restarting a
 is refused in one line instead of training and logging the same trials twice. The lock is the kernel's
 (flock): a driver that dies, however it dies (SIGKILL, a lost node), releases it, and nothing has to be
 cleaned up before a later --resume. The file says who holds it. On a URI storage (s3://) the lock is on
-this machine's copy of the study's folder (./results/<study>): it guards this machine only."""
+this machine's copy of the study's folder (./results/<study>): it guards this machine only. A filesystem
+that cannot lock (Lustre mounted without flock: ENOSYS) is said in one line, not run unguarded."""
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +21,10 @@ LOCK_NAME = "driver.lock"
 
 class StudyBusy(RuntimeError):
     """Another live driver runs this study."""
+
+
+class NoLock(RuntimeError):
+    """The study's folder is on a filesystem that cannot lock a file."""
 
 
 class NoRoom(RuntimeError):
@@ -40,6 +45,12 @@ def hold(folder: Path):
         f.close()
         raise StudyBusy(f"study {folder} is being run by {holder}; wait for it to end, or stop it "
                         f"(Ctrl-C or kill -TERM on that host), then --resume") from None
+    except OSError as e:   # ENOSYS, EOPNOTSUPP, ENOLCK: a filesystem without flock (Lustre's default mount)
+        f.close()
+        raise NoLock(f"the filesystem of {folder} does not lock files (flock: {os.strerror(e.errno).lower()}), so two "
+                     f"drivers of one study could not be kept apart; put the study's folder on a filesystem that "
+                     f"does (a local disk, NFS with locking, Lustre mounted with -o flock): --storage, or "
+                     f"IABF_STUDIES for cluster/slurm.sbatch") from None
     f.seek(0)
     f.truncate()
     try:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 from collections import deque
+from pathlib import Path
 
+from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
@@ -255,3 +258,30 @@ class GroupASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"ASHA per search group (cell and arm): {len(self.by_group)} groups so far"
+
+
+class NodeLoss(Callback):
+    """A trial whose node was lost (a spot instance reclaimed by EC2, a node that crashed) is retried, from its
+    state, without the loss counting against Tune's max_failures: Tune counts an actor's death unless Ray drained
+    its node as preempted, which an EC2 reclaim is not, so a trial reclaimed three times would be a failed trial.
+    Up to MAX losses a trial; a trial that keeps losing its node (one that takes its node down) fails as before."""
+
+    MAX = 20
+    # what Ray says of an actor on a lost node: unavailable (its connection gone: the node's processes ended), or
+    # dead because its node died; a Python error in the trial is a RayTaskError, and an OOM kill says so: both count
+    LOST = re.compile(r"actor \S+ is unavailable|node (?:has )?died|because its node|NodeDiedError", re.I)
+
+    def __init__(self):
+        self.losses: dict[str, int] = {}
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        metadata = getattr(trial, "run_metadata", None)   # Tune's count of a trial's failures (2.x)
+        if metadata is None or not hasattr(metadata, "num_failures"):
+            return
+        try:
+            said = Path(trial.error_file).read_text(errors="replace").rsplit("Failure #", 1)[-1]
+        except (OSError, TypeError):
+            return
+        if self.LOST.search(said) and self.losses.get(trial.trial_id, 0) < self.MAX:
+            self.losses[trial.trial_id] = self.losses.get(trial.trial_id, 0) + 1
+            metadata.num_failures = max(0, metadata.num_failures - 1)

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 EPOCHS = 30
 
 
-def fake_cluster_config(port: int) -> dict:
+def fake_cluster_config(port: int, provider: str = "spot_provider.SpotFakeProvider") -> dict:
     gpu = SHIPPED["available_node_types"]["gpu"]
     return {
         "cluster_name": "iabf-fake",
@@ -38,7 +38,7 @@ def fake_cluster_config(port: int) -> dict:
         "upscaling_speed": SHIPPED["upscaling_speed"],
         "idle_timeout_minutes": 0.2,            # cluster.yaml's 10 minutes, shortened to 12 s for a test
         # Ray's fake multi-node provider, whose nodes can be lost like spot instances (tests/spot_provider.py)
-        "provider": {"type": "external", "module": "spot_provider.SpotFakeProvider", "use_node_id_as_ip": True, "disable_node_updaters": True,
+        "provider": {"type": "external", "module": provider, "use_node_id_as_ip": True, "disable_node_updaters": True,
                      "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{port}"},
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
@@ -67,11 +67,10 @@ def raylet_of(node_id: str, tmp: Path) -> psutil.Process | None:
     return None
 
 
-@pytest.fixture
-def fake_cluster():
+def fake_head(provider: str = "spot_provider.SpotFakeProvider"):
     tmp = Path(tempfile.mkdtemp(prefix="as", dir="/tmp"))   # short: Ray's socket paths must fit in 107 bytes
     port = free_port()
-    (tmp / "autoscaler.yaml").write_text(yaml.safe_dump(fake_cluster_config(port)))
+    (tmp / "autoscaler.yaml").write_text(yaml.safe_dump(fake_cluster_config(port, provider)))
     token = tmp / "token"
     token.write_text(os.urandom(32).hex())
     token.chmod(0o600)
@@ -96,6 +95,11 @@ def fake_cluster():
                 kill_tree(p.pid)
     kill_tree(head.pid)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def fake_cluster():
+    yield from fake_head()
 
 
 def test_gpu_nodes_are_launched_for_the_trials_replaced_when_lost_and_removed_when_idle(fake_cluster, tmp_path):
@@ -154,3 +158,38 @@ def test_gpu_nodes_are_launched_for_the_trials_replaced_when_lost_and_removed_wh
     print(f"\nautoscaling: first training on a launched node at {min(launched.values()):.0f} s; node {lost[-5:]} lost "
           f"at {lost_at:.0f} s; nodes that trained: {sorted(n[-5:] for n in nodes)}; study done at {done:.0f} s; "
           f"idle nodes removed by {removed:.0f} s")
+
+
+def test_workers_that_fail_to_launch_are_said_within_a_minute(tmp_path):
+    """A provider that refuses every launch (as EC2 refuses a role without ssm:GetParameters): the study does
+    not wait in silence; within a minute of its start it says which node type could not be launched and why."""
+    cluster = fake_head("spot_provider.RefusedProvider")
+    c = next(cluster)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"study": "refused", "dataset": "digits", "seeds": [0], "confirm": False,
+                                     "fixed": {"epochs": 2, "K": 2, "method": "necst", "device": "cpu"},
+                                     "resources": {"cpu": 1, "gpu": 0.5}}))
+    driver_env = {k: v for k, v in c["env"].items() if k not in ("RAY_FAKE_CLUSTER", "RAY_AUTH_MODE")}
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "studies" / "ablation.py"), "--space", str(space),
+                             "--address", c["address"], "--storage", str(tmp_path / "results"), "--chain-steps", "5",
+                             "--tracking-uri", store(tmp_path)],
+                            cwd=tmp_path, env=driver_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said, lines = None, []
+    try:
+        for line in proc.stdout:   # the driver's output as it comes
+            lines.append(line)
+            if line.startswith("warning: the cluster's autoscaler could not launch"):
+                said = time.time() - t0
+                break
+            if time.time() - t0 > 120:
+                break
+    finally:
+        proc.terminate()           # a stop signal: the study stops cleanly
+        proc.communicate(timeout=120)
+        with contextlib.suppress(StopIteration):
+            next(cluster)
+    assert said is not None and said < 60, "".join(lines)[-3000:]
+    assert ("could not launch a 'gpu' node (UnauthorizedOperation: You are not authorized to perform: "
+            "ssm:GetParameters") in lines[-1]
+    print(f"the failed launch said {said:.0f} s after the study started")

@@ -113,7 +113,7 @@ def test_a_study_runs_on_both_nodes_and_a_trial_moves_when_its_node_is_lost(clus
     """Two trials, one per node (one CPU each). SIGKILL the worker node's processes while its trial
     trains: Ray retries the trial on the head, which goes on from the state the trial last wrote to
     the study's storage. Every epoch is logged once, no run is duplicated, and each run's tags say
-    which nodes trained it."""
+    which nodes trained it; the lost node does not count against the trial's allowed failures."""
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({
         "study": "twonodes", "dataset": "mnist", "confirm": False, "seeds": [0],
@@ -150,6 +150,13 @@ def test_a_study_runs_on_both_nodes_and_a_trial_moves_when_its_node_is_lost(clus
     fresh = [r for r in fresh if not r.get("replayed")]
     restarted = [r[M.EPOCH] for r in fresh if r["node_id"] != worker_node]
     assert restarted and restarted[0] > 2 and restarted == list(range(restarted[0], 9))
+    # the lost node is not a failure of the trial (studies/protocol.NodeLoss): a spot instance reclaimed three
+    # times must not fail a trial that Tune allows two failures
+    from studies.protocol import NodeLoss
+    assert NodeLoss.LOST.search((trial_dir / "error.txt").read_text())   # what Ray said of the trial's lost node
+    (state,) = sorted((tmp_path / "results").glob("twonodes-*/experiment_state-*.json"))[-1:]
+    failures = [json.loads(meta)["num_failures"] for _, meta in json.loads(state.read_text())["trial_data"]]
+    assert failures == [0, 0], (failures, (trial_dir / "error.txt").read_text()[-1500:])
 
 
 def test_nodes_and_drivers_without_the_token_are_refused_and_told_why(cluster, tmp_path):

@@ -120,3 +120,27 @@ def test_studies_started_at_once_on_a_new_store_create_its_schema_once(tmp_path)
     assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(o[-800:] for o in outs)
     from mlflow.tracking import MlflowClient
     assert {e.name for e in MlflowClient(uri).search_experiments()} >= {"e0", "e1", "e2"}
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSYS", "EOPNOTSUPP", "ENOLCK"])
+def test_a_folder_on_a_filesystem_without_flock_is_one_line_and_nothing_stays(tmp_path, monkeypatch, errno_name):
+    """Lustre mounted without -o flock answers flock with ENOSYS (NFS without its lock daemon: ENOLCK): the
+    study's lock cannot keep two drivers apart, which is said, naming the folder and the fix; the new study's
+    folder does not stay. (Such a filesystem cannot be mounted here: flock is made to fail as it fails there.)"""
+    import errno
+    import fcntl
+
+    from studies import lock
+    from studies.ablation import Refused, hold
+
+    def no_flock(f, how):
+        raise OSError(getattr(errno, errno_name), "")
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    folder = tmp_path / "results" / "s-20260101-000000"
+    with pytest.raises(Refused) as refused:
+        hold(folder)
+    assert refused.value.code == 2 and not folder.exists()
+    said = str(refused.value)
+    assert said.startswith(f"the filesystem of {folder} does not lock files (flock: ") and "-o flock" in said, said
+    with pytest.raises(lock.NoLock):   # and the --resume path, which holds the lock before anything starts
+        lock.hold(folder)
