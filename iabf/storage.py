@@ -1,6 +1,8 @@
 """A study's storage as its trials and its driver both see it: a local folder or a URI such as
-s3://bucket/prefix, through pyarrow.fs; whether a folder can take a study; and what to say when it
-has no room. No torch, no Ray: the driver checks its storage before it imports either."""
+s3://bucket/prefix, through pyarrow.fs; whether a folder can take a study; what to say when it has no
+room; the mark that tells a node it sees the driver's folder (studies/reach.py), and whole-file copies
+to and from it (datasets, the store's copy). No torch, no Ray: the driver checks its storage before it
+imports either."""
 from __future__ import annotations
 
 import contextlib

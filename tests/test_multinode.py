@@ -57,6 +57,15 @@ class Cluster:
         self.procs[name] = proc
         return proc
 
+    def start_head(self, *args) -> None:
+        """The head node, answering on its port."""
+        self.start("head", "--head", "--port", str(self.port), "--include-dashboard=false", *args)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            time.sleep(0.5)
+
     def nodes(self) -> list[dict]:
         """The live nodes, from a driver that joins with the token."""
         return alive_nodes(self.env, self.address)
@@ -79,12 +88,7 @@ class Cluster:
 def two_nodes(env: dict | None = None, own_disk: Path | None = None) -> Cluster:
     c = Cluster()
     c.env.update(env or {})
-    c.start("head", "--head", "--port", str(c.port), "--include-dashboard=false", "--resources", '{"head_node": 1}')
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", c.port), timeout=1):
-            break
-        time.sleep(0.5)
+    c.start_head("--resources", '{"head_node": 1}')
     c.start("worker", "--address", c.address, "--resources", '{"worker_node": 1}', own_disk=own_disk)
     c.ids = {("worker" if "worker_node" in n["Resources"] else "head"): n["NodeID"] for n in c.wait_for_nodes(2)}
     return c
@@ -230,12 +234,7 @@ def test_a_node_that_joins_later_without_the_storage_stops_the_study_before_its_
     fix and the --resume command, before training."""
     c = Cluster()
     try:
-        c.start("head", "--head", "--port", str(c.port), "--include-dashboard=false", "--num-cpus", "0")
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", c.port), timeout=1):
-                break
-            time.sleep(0.5)
+        c.start_head("--num-cpus", "0")
         c.wait_for_nodes(1)
         proc = study(tmp_path, c, "--smoke", "--data-dir", str(data_dir), wait=False)
         deadline = time.time() + 120
