@@ -99,11 +99,11 @@ step down ray down -y "$CONFIG"
 # seconds to stop (more on a busy machine): wait up to a minute for nothing but this script's own to be left
 t0=$SECONDS
 while [ $((SECONDS - t0)) -lt 60 ]; do
-    ps -eo pid,args --no-headers | grep -vE "ray_up_node\.sh|ps -eo|sshd|registry_proxy|grep" | grep -q . || break
+    ps -ww -eo pid,args --no-headers | grep -vE "ray_up_node\.sh|ps -ww -eo|sshd|registry_proxy|grep" | grep -q . || break
     sleep 1
 done
 echo $((SECONDS - t0)) > "$W/gone.s"
-ps -eo pid,args --no-headers > "$W/left.txt"
+ps -ww -eo pid,args --no-headers > "$W/left.txt"
 kill "$(cat "$W/sshd.pid")" 2>/dev/null
-kill %1 2>/dev/null   # the proxy's forwarder
+kill %1 %2 2>/dev/null   # the forwarders (the proxy's, S3's)
 exit 0

@@ -167,5 +167,5 @@ echo $((SECONDS - t0)) > "$W/run.s"
 t0=$SECONDS
 finish resume "$(sbatch --parsable --output="$W/resume.out" --nodes=2 --exclusive --cpus-per-task=1 cluster/slurm.sbatch --space "$STUDY" --chain-steps 5 --resume)" $t0
 sleep 2
-ps -eo pid,args --no-headers > "$W/left.txt"
+ps -ww -eo pid,args --no-headers > "$W/left.txt"
 exit 0

@@ -212,7 +212,7 @@ def test_ray_down_leaves_no_process_behind(cluster_run):
     work, *_ = cluster_run
     assert rc(work, "down") == 0, read(work, "down.log")[-3000:]
     left = [line for line in read(work, "left.txt").splitlines()
-            if not re.search(r"ray_up_node\.sh|ps -eo|sshd|registry_proxy", line)]
+            if not re.search(r"ray_up_node\.sh|ps -ww -eo|sshd|registry_proxy", line)]
     assert not left, left                                  # within a minute of `ray down`
     print(f"\nray up {read(work, 'up.s').strip()} s, the study by ray exec {read(work, 'study.s').strip()} s, ray down "
           f"{read(work, 'down.s').strip()} s, then {read(work, 'gone.s').strip()} s until no process was left")

@@ -1,55 +1,63 @@
-"""The study's record where a cluster's disks fail it. A study whose storage is S3 (moto's server on
-loopback, tests/procs.S3): the study's MLflow store is deleted afterwards; the copy the study left on S3
-is fetched as a user would after `ray down`, and the report, `analysis.best` and a checkpoint are rebuilt
-from it, every artifact read from S3. A store whose disk fills: named, and --resume writes what it missed."""
-import json
+"""The study's record where a cluster's disks fail it: on S3 (moto's server on loopback, tests/procs.S3),
+the artifacts and a whole copy of the store, taken while the store is written; a store whose disk fills,
+named, and --resume writing what it missed."""
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from procs import s3, small_disk  # noqa: F401  (s3: a fixture)
-from runner import runs_of, study, template_store
+from runner import runs_of, store, study, template_store
 
 from iabf import metrics as M
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 
-def test_a_study_on_s3_storage_leaves_its_store_and_artifacts_there(tmp_path, s3):  # noqa: F811
-    out = study(tmp_path, "--smoke", "--storage", f"s3://{s3.bucket}/iabf")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert (f"the study's record outlives the cluster: s3://{s3.bucket}/iabf/mlflow/mlflow.db (a copy of "
-            f"{tmp_path / 'mlflow.db'}") in out.stdout, out.stdout[-2000:]
-    keys = s3.keys("iabf/")
-    assert "iabf/mlflow/mlflow.db" in keys
-    assert [k for k in keys if k.startswith("iabf/mlflow/artifacts/quick-smoke/") and k.endswith("/checkpoint.pt")]
-    assert [k for k in keys if k.startswith("iabf/quick-smoke-") and "/state/" in k]   # Tune's and the trials' files
+def test_the_store_and_artifacts_reach_s3_and_the_copy_is_whole_while_the_store_is_written(tmp_path, s3):  # noqa: F811
+    """studies/archive.py against moto's S3: a new experiment on an s3:// storage keeps its artifacts there; the
+    store's copy, taken while another process keeps writing to the store, is a whole database (SQLite's online
+    backup, not a file copy) that reads every run, with its artifacts fetched from S3. (A whole study on S3
+    storage, `ray down` and the report rebuilt from what survived: tests/test_ray_up.py.)"""
+    from studies import archive
 
-    (tmp_path / "mlflow.db").unlink()                       # the head's disk, gone with `ray down`
-    (tmp_path / "copy").mkdir()
-    s3.client().download_file(s3.bucket, "iabf/mlflow/mlflow.db", str(tmp_path / "copy" / "mlflow.db"))
-    uri = f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}"
-    report = subprocess.run([sys.executable, "-m", "analysis.report", "--tracking-uri", uri, "--study", "quick-smoke",
-                             "--out", str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stderr[-3000:]
-    assert (tmp_path / "report" / "table1.md").is_file()
-    assert list((tmp_path / "report").glob("fig3_markov_chain_*.png"))   # drawn from the runs' artifacts, on S3
-    best = subprocess.run([sys.executable, "-m", "analysis.best", "--study", "quick-smoke", "--tracking-uri", uri,
-                           "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert best.returncode == 0, best.stderr[-3000:]
-    run = json.loads(best.stdout)["entries"][0]["runs"][0]
+    storage = f"s3://{s3.bucket}/iabf"
+    uri = store(tmp_path)
     client = MlflowClient(uri)
-    assert client.get_run(run["run_id"]).info.artifact_uri.startswith(f"s3://{s3.bucket}/iabf/mlflow/artifacts/")
-    path = client.download_artifacts(run["run_id"], "checkpoint.pt", str(tmp_path))
-    from iabf.train import load_models
-    cfg, _, _ = load_models(path)
-    assert cfg.dataset == "digits"
+    exp = client.create_experiment("onS3", artifact_location=archive.artifact_location(storage, "onS3"))
+    run = client.create_run(exp).info.run_id
+    (tmp_path / "checkpoint.pt").write_bytes(b"weights")
+    client.log_artifact(run, str(tmp_path / "checkpoint.pt"))
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nfrom mlflow.tracking import MlflowClient\nc = MlflowClient(sys.argv[1])\n"
+        "for i in range(100000):\n    c.log_metric(sys.argv[2], 'm', float(i), step=i)\n"), uri, run], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(client.get_metric_history(run, "m")) < 20 and time.time() < deadline:   # the writer is at it
+            time.sleep(0.5)
+        line = archive.keep(uri, storage)
+    finally:
+        writer.kill()
+        writer.communicate()
+    assert line == (f"the study's record outlives the cluster: {storage}/mlflow/mlflow.db (a copy of {tmp_path / 'mlflow.db'}, "
+                    f"every run and metric) and {storage}/mlflow/artifacts (their artifacts)"), line
+    assert [k for k in s3.keys("iabf/mlflow/artifacts/onS3/") if k.endswith("/checkpoint.pt")]
+    s3.client().download_file(s3.bucket, "iabf/mlflow/mlflow.db", str(tmp_path / "copy.db"))
+    from iabf.record import sqlite_damage
+    assert sqlite_damage(tmp_path / "copy.db") is None
+    copy = MlflowClient(f"sqlite:///{tmp_path / 'copy.db'}")
+    assert len(copy.get_metric_history(run, "m")) > 10     # what the writer had written when the copy was taken
+    assert copy.get_run(run).info.artifact_uri.startswith(f"{storage}/mlflow/artifacts/onS3/")
+    assert Path(copy.download_artifacts(run, "checkpoint.pt", str(tmp_path))).read_bytes() == b"weights"
+    assert archive.keep("http://127.0.0.1:9/", storage).startswith("warning: the MLflow store behind http://127.0.0.1:9/ "
+                                                                      "is not on this machine")
 
 
+@pytest.mark.slow
 def test_a_store_whose_disk_fills_is_named_and_resume_writes_what_it_did_not_take(tmp_path):
     """The MLflow store on a filesystem a little larger than its empty schema: the study's trials train on,
     and the study ends in one line that names the full disk, its room and what --resume will do. Given room,

@@ -96,5 +96,5 @@ def test_a_study_on_two_nodes_signalled_as_cgroup_does_is_finished_by_resume(slu
     # the token of each job is gone with it, and nothing is left running
     assert not list((work / "studies").glob(".ray-token-*"))
     left = [line for line in read(work, "left.txt").splitlines()
-            if not re.search(r"slurm_node\.sh|ps -eo|munged|slurmctld|slurmd|slurmscriptd|unshare|sleep|wait", line)]
+            if not re.search(r"slurm_node\.sh|ps -ww -eo|munged|slurmctld|slurmd|slurmscriptd|unshare|sleep|hostname iabfnode", line)]
     assert not left, left
