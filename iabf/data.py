@@ -251,20 +251,22 @@ def check_available(name: str, data_dir: str | os.PathLike, n_valid: int = 0) ->
     if name == "digits":   # bundled with scikit-learn: no file to check, only the split
         check_split("digits (scikit-learn's)", name, N_TRAIN_DIGITS, override(SPECS[name], n_valid).n_valid)
         return
-    for source in (name, "mnist") if name == "binary_mnist" else (name,):
+    for source in sources(name):
         if npz_path(source, data_dir).exists():
             check_file(name, npz_path(source, data_dir), n_valid)
             return
     raise _missing(name, data_dir)
 
 
+def sources(name: str) -> tuple[str, ...]:
+    """The files a dataset can be read from, in order: binary_mnist its own, else MNIST's (binarized once,
+    deterministically); digits none (scikit-learn's)."""
+    return () if name == "digits" else (name, "mnist") if name == "binary_mnist" else (name,)
+
+
 def source_file(name: str, data_dir: str | os.PathLike) -> Path | None:
-    """The file a dataset is read from in data_dir (binary_mnist: its own, else MNIST's), None for one
-    that needs none (digits) or is not there."""
-    if name == "digits":
-        return None
-    return next((npz_path(s, data_dir) for s in (name, "mnist")[:1 + (name == "binary_mnist")]
-                 if npz_path(s, data_dir).exists()), None)
+    """The file a dataset is read from in data_dir, None for one that needs none (digits) or is not there."""
+    return next((npz_path(s, data_dir) for s in sources(name) if npz_path(s, data_dir).exists()), None)
 
 
 def on_this_node(name: str, data_dir: str | os.PathLike, published: dict[str, str] | None) -> str:
@@ -278,7 +280,7 @@ def on_this_node(name: str, data_dir: str | os.PathLike, published: dict[str, st
         check_available(name, data_dir)
         return str(data_dir)
     except DataError as missing:
-        files = [f for f in (f"{name}.npz", "mnist.npz")[:1 + (name == "binary_mnist")] if f in (published or {})]
+        files = [f"{s}.npz" for s in sources(name) if f"{s}.npz" in (published or {})]
         if not files:
             host = os.uname().nodename
             raise DataError(f"on node {host}: {missing}; its study put no copy on its storage") from None

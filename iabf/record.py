@@ -161,7 +161,8 @@ CREDENTIALS_HELP = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, 
                     "(on a cluster made by cluster.yaml or cluster/slurm.sbatch the head's ~/.mlflow/credentials has them)")
 
 
-STORE_DAMAGE_HELP = ("restore it from a copy (a study on s3:// storage keeps one: <storage>/mlflow/mlflow.db), "
+STORE_COPY, ARTIFACT_ROOT = "mlflow/mlflow.db", "mlflow/artifacts"   # on a durable storage (studies/archive.py)
+STORE_DAMAGE_HELP = (f"restore it from a copy (a study on s3:// storage keeps one: <storage>/{STORE_COPY}), "
                      "or recover what SQLite can: sqlite3 FILE .recover | sqlite3 NEW.db")
 
 

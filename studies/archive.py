@@ -35,7 +35,7 @@ def durable(storage: str) -> bool:
 def artifact_location(storage: str, study: str) -> str | None:
     """Where a new experiment keeps its runs' artifacts: beside the study's results on a durable storage,
     else MLflow's default (None)."""
-    return f"{storage.rstrip('/')}/mlflow/artifacts/{study}" if durable(storage) else None
+    return f"{storage.rstrip('/')}/{R.ARTIFACT_ROOT}/{study}" if durable(storage) else None
 
 
 def store_file(uri: str) -> Path | None:
@@ -54,11 +54,11 @@ def store_file(uri: str) -> Path | None:
 def keep(uri: str, storage: str) -> str:
     """Copy the store behind `uri` to <storage>/mlflow/mlflow.db, consistently; the line that says where
     the record is (or why it could not be kept there)."""
-    where = f"{storage.rstrip('/')}/mlflow/mlflow.db"
+    where, artifacts = f"{storage.rstrip('/')}/{R.STORE_COPY}", f"{storage.rstrip('/')}/{R.ARTIFACT_ROOT}"
     path = store_file(uri)
     if path is None:
         return (f"warning: the MLflow store behind {uri} is not on this machine, so no copy of it went to {where}: "
-                f"copy it before the cluster goes (its artifacts are in {storage.rstrip('/')}/mlflow/artifacts)")
+                f"copy it before the cluster goes (its artifacts are in {artifacts})")
     with tempfile.TemporaryDirectory() as d:
         snapshot = Path(d) / "mlflow.db"
         try:
@@ -69,4 +69,4 @@ def keep(uri: str, storage: str) -> str:
         except (sqlite3.Error, OSError) as e:
             return f"warning: the MLflow store {path} could not be copied to {where} ({' '.join(str(e).split())[:300]})"
     return (f"the study's record outlives the cluster: {where} (a copy of {path}, every run and metric) and "
-            f"{storage.rstrip('/')}/mlflow/artifacts (their artifacts)")
+            f"{artifacts} (their artifacts)")

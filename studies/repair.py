@@ -56,7 +56,7 @@ def repair(uri: str, exp_id: str, parent: str, study: str, results) -> int:
             tracker.on_trial_error(0, [], trial)
         else:
             tracker.on_trial_complete(0, [], trial)
-        done += len(tracker._log(trial))
+        done += len(seeds)
     tracker.on_experiment_end([])   # what a hook could not write, tried once more
     if tracker.unlogged():
         raise OSError(f"{tracker.unlogged()} updates of the ended trials could not be written")

@@ -22,6 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from iabf import metrics as M
+from iabf.storage import MARK
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -238,7 +239,7 @@ def test_a_node_that_joins_later_without_the_storage_stops_the_study_before_its_
         c.wait_for_nodes(1)
         proc = study(tmp_path, c, "--smoke", "--data-dir", str(data_dir), wait=False)
         deadline = time.time() + 120
-        while not list((tmp_path / "results").glob("quick-smoke-*/.iabf-storage")) and time.time() < deadline:
+        while not list((tmp_path / "results").glob(f"quick-smoke-*/{MARK}")) and time.time() < deadline:
             time.sleep(0.5)
         time.sleep(1)
         c.start("worker", "--address", c.address, own_disk=tmp_path)    # joins after the check
