@@ -21,9 +21,10 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from analysis import entries, figures, layout, reproduction, significance
+from analysis import entries, figures, layout, reproduction, sequential, significance
 from analysis.fetch import (FetchError, chooser, display_uri, fetch_runs, metric_history, planned_arms, study_params,
                             study_plan, table_runs)
+from iabf import metrics as M
 from iabf import record as R
 from iabf.config import warnings_in_one_line
 from iabf.storage import folder_problem
@@ -233,6 +234,40 @@ def write_figures(uri: str, cells: pd.DataFrame, runs: Runs, out: Path) -> None:
                          f"axis_cell_{entries.axis_name(column)}")
 
 
+def seeds_sections(written: dict, out: Path, cells: pd.DataFrame, con: pd.DataFrame, runs: Runs) -> list[str]:
+    """An adaptive study's decisions, replayed from its runs (analysis/sequential.py); a fixed-seed study's
+    undecided contrasts with the seeds they would need."""
+    design = sequential.Design.parse(runs.params.get("adaptive"))
+    if design is not None:
+        metric, mode = chooser(runs.params).values()
+        test = M.TESTED.get(metric, M.TEST_DISTORTION)
+        methods = {f"{c} | {a}": m for c, a, m in zip(runs.trials[R.CELL], runs.trials[R.ARM], runs.trials.method)}
+        frame = sequential.adaptive_frame(design, sequential.study_values(runs.trials, test),
+                                          sequential.family(methods), mode)
+        stopped = frame.attrs["stopped"]
+        return csv_section(
+            written, out, "adaptive.csv", frame, "The adaptive confirmation",
+            f"Seeds decided by the data (AdaStop, group-sequential permutation tests): {design.batch} seeds per arm "
+            f"at each look, up to {design.max}; the family-wise error over these {len(frame)} comparisons and every "
+            f"look is at most {design.alpha:g}. Decisions on {test} ({'lower' if mode == 'min' else 'higher'} is "
+            "better), replayed from the runs: a look used only the seeds up to it. The interval is Welch's "
+            "fixed-sample 95% interval on the seeds of the deciding look: it does not account for the sequential "
+            "design. For an undecided comparison: the difference the maximum could detect with 80% power, and the "
+            f"seeds per arm that would detect the observed one (t-tests at alpha / {len(frame)})."
+            + (f" The looks stopped early: {stopped}." if stopped else ""),
+            sequential.adaptive_markdown(frame, design, test))
+    open_ = sequential.power_frame(con) if len(con) else con
+    if not len(open_):
+        return []
+    return csv_section(written, out, "power.csv", open_, "Seeds an undecided contrast would need",
+                       "Each contrast above that Holm leaves undecided: the difference its seeds could detect with 80% "
+                       f"power, and the seeds per arm that would detect the observed difference, for two-sided t-tests "
+                       f"at 0.05 / {int(con.p_value.notna().sum())} (Holm's first step), from the observed seed-to-seed "
+                       "spread. A rerun on that many seeds is a new test: an adaptive confirmation (`adaptive:` in the "
+                       "study file) decides with the error controlled.",
+                       sequential.power_markdown(open_, entries.cell_columns(con) or ["dataset", "bits", "eps"]))
+
+
 def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: Runs, markdown: str, rep: pd.DataFrame,
                  notes: list[str], out: Path, written: dict, against: str | Path | None) -> list[str]:
     """report.md, line by line (writing the CSV of each of its statistics sections)."""
@@ -277,6 +312,7 @@ def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: Runs, markdown
                               "report (p < 0.05); the cells where its mean is lower at all; the same counts without "
                               "the adjustment; and the mean relative difference (arm over baseline, minus 1; "
                               "negative: better).", significance.tally_markdown(counts))
+    report += seeds_sections(written, out, cells, con, runs)
     for column in significance.contrasted_axes(cells):   # what one setting of an ablation does, all else equal
         axis = entries.axis_name(column)
         con = significance.axis_contrasts(cells, column)

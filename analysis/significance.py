@@ -12,6 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.entries import METHODS, TableError, arm_label, axis_name, cell_columns, dataset_name, with_cells
+from analysis.sequential import pooled_sd
 from iabf import record as R
 
 
@@ -30,6 +31,16 @@ def p_text(p: float, alpha: float = 0.05) -> str:
     return "--" if math.isnan(p) else f"{p:.3g}" + (" *" if p < alpha else "")
 
 
+def baselines(arm: str, method: str, present) -> list[str]:
+    """The arms of its cell (of `present`) an arm is contrasted with: NECST, its own method by the paper's
+    equations, and the methods before it in the same version. The report's contrasts and the adaptive
+    confirmation's family (studies/adaptive.py) are both these."""
+    version = arm.removeprefix(method).strip()
+    earlier = METHODS[:METHODS.index(method)] if method in METHODS else ()
+    return [b for b in dict.fromkeys(("necst", method, *(f"{m} {version}".strip() for m in earlier)))
+            if b != arm and b in present]
+
+
 def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Each arm against the baselines of its column: NECST by the paper's equations, its own
     method by the paper's equations (an arm "iabf topk" against "iabf"), and the methods before it
@@ -38,26 +49,23 @@ def contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     "necst reference").
     diff = arm - baseline in test distortion (negative: the arm is better), with Welch's t-test
     p-value and its `level` confidence interval of the difference (NaN where either side has fewer
-    than 2 seeds), and p_holm, the p-value adjusted for every contrast returned."""
+    than 2 seeds), p_holm, the p-value adjusted for every contrast returned, and sd, the two arms' pooled
+    seed-to-seed standard deviation (what a power analysis of the contrast starts from)."""
     cells = with_cells(cells)
     axes = cell_columns(cells)
     cols = [*axes, "dataset", "bits", "eps", "arm", "against", "diff", "low", "high", "p_value", "n", "n_against",
-            "rel_diff"]
+            "rel_diff", "sd"]
     rows = []
     for key, col in cells.groupby(axes, dropna=False):   # arms within one cell only
         key = key if isinstance(key, tuple) else (key,)
         dataset, bits, eps = col.dataset.iloc[0], col.bits.iloc[0], col.eps.iloc[0]
         by_arm = {r.arm: r for r in col.itertuples()}
         for r in col.itertuples():
-            v = r.arm.removeprefix(r.method).strip()
-            earlier = METHODS[:METHODS.index(r.method)] if r.method in METHODS else ()
-            for base in dict.fromkeys(("necst", r.method, *(f"{m} {v}".strip() for m in earlier))):
-                if base == r.arm or base not in by_arm:
-                    continue
+            for base in baselines(r.arm, r.method, by_arm):
                 a, b = list(r.tests), list(by_arm[base].tests)
                 low, high, p = welch_samples(a, b, level)
                 rows.append((*key, dataset, bits, eps, r.arm, base, r.test - by_arm[base].test, low, high, p, len(a),
-                             len(b), r.test / by_arm[base].test - 1))
+                             len(b), r.test / by_arm[base].test - 1, pooled_sd(a, b)))
     out = pd.DataFrame(rows, columns=cols)
     out["p_holm"] = holm(out.p_value)
     return out

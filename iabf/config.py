@@ -184,6 +184,9 @@ class Config:
     weight_decay: float = _f(1e-4, "L2 penalty on encoder weights (reference `reg_param`), as 0.5*wd*||W||^2", ANY)
     max_train_examples: int = _f(0, "use only the first N training examples; 0 = all",
                                  Allowed(lo=1, also=(0,), note="(all)"))
+    examples_seen: int = _f(0, "training examples to see in all, in place of epochs: epochs = round(examples / "
+                          "max_train_examples), at least 1, so that runs on more or fewer images train for the same "
+                          "compute; needs max_train_examples; 0 = use epochs", Allowed(lo=1, also=(0,), note="(epochs)"))
     # --- evaluation ---
     eval_batch_size: int = _f(1000, "batch size for validation and test (no effect on the numbers)", AT_LEAST_1)
     val_batch: int = _f(0, "validation images per epoch, which choose the best epoch: 0 = the whole validation split; "
@@ -208,6 +211,8 @@ class Config:
 
     def __post_init__(self):
         self.validate()
+        if self.examples_seen:   # the budget in examples decides the epochs (and the record says both)
+            self.epochs = max(1, math.floor(self.examples_seen / self.max_train_examples + 0.5))
 
     # Derived values live here, not as more fields, so there is one source of truth.
     @property
@@ -264,6 +269,8 @@ class Config:
              f"1 for {self.dataset} (stacked seeds need an MLP dataset: {', '.join(d for d, k in ARCH_KIND.items() if k == 'mlp')})")
         need(self.method != "separation" or self.channel_code != "ldpc" or bool(ldpc_k_range(self.bits)), "n_bits",
              f"at least {K_MIN + 1} for separation with a 5G LDPC code (k >= {K_MIN}, rate <= 948/1024)")
+        need(not self.examples_seen or self.max_train_examples > 0, "examples_seen",
+             "0 unless max_train_examples is set (the epochs are examples_seen / max_train_examples)")
         need("\0" not in self.data_dir, "data_dir", "a path without NUL characters")
 
     def to_dict(self) -> dict:
@@ -290,6 +297,9 @@ class Config:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+# what a field checked on its own (a study file's value, the schema's property test) needs beside it: the rules
+# between fields are checked on the whole config
+ALONE = {"examples_seen": {"max_train_examples": 1}}
 
 # Named versions of the method: where the paper and its authors' code differ, `paper` is the paper
 # (the defaults), `reference` the authors' code (reference spec: "Objectives", "Optimisation").

@@ -27,6 +27,10 @@ ARTIFACT_SECONDS = "sys/artifact_seconds"      # the last epoch: reconstruction 
 WALL_SECONDS = "sys/wall_seconds"         # since the trial started, cumulative across restarts
 GPU_SECONDS = "sys/gpu_seconds"           # wall seconds x the trial's GPU fraction (0 on CPU)
 GPU_PEAK_MB = "sys/gpu_peak_mb"           # peak GPU memory allocated by the trial (CUDA only)
+# the test number that reports what a validation metric chose: a study's `metric` judges on validation, and
+# its confirmation's comparisons (analysis/sequential.py) are made on this
+TESTED = {VAL_DISTORTION: TEST_DISTORTION, BEST_VAL_DISTORTION: TEST_DISTORTION, VAL_BER: TEST_BER,
+          VAL_ENTROPY: TEST_ENTROPY, VAL_MI: TEST_MI}
 # a finished run's checkpoint among its MLflow artifacts (and in every Tune checkpoint): what
 # `analysis.best` points at, so it is named here, where analysis can read it without Ray
 STATE = "checkpoint.pt"

@@ -369,6 +369,13 @@ def show_plan(args: argparse.Namespace) -> int:
         print(f"expected: {est['trial_hours']:.2f} trial-hours for {est['trials']} trials at their full budget (ASHA's "
               f"stops not counted); about {est['wall_hours'] * 60:.0f} min wall with {est['slots']} at once "
               f"(took {time.perf_counter() - t:.0f} s to estimate)")
+        if study.adaptive:   # the same, had every comparison been decided at the earliest look
+            from studies.adaptive import cost
+            least = estimate.estimate(replace(study, seeds=study.seeds[:cost(study)["least"]]),
+                                      args.chain_steps or study.chain_steps, args.max_concurrent, echo=lambda _: None)
+            print(f"adaptive: at least {least['trial_hours']:.2f} trial-hours ({least['trials']} trials), about "
+                  f"{least['wall_hours'] * 60:.0f} min wall, where every comparison is decided at the earliest look; "
+                  f"the line above is the most (every arm to its last seed)")
     return 0
 
 

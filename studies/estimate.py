@@ -44,6 +44,9 @@ def describe(study) -> list[str]:
              f"{total['full_grid_epochs']:,} ({spent / max(total['full_grid_epochs'], 1):.0%} of it)",
              f"resources: {res['cpu']:g} CPU and {res['gpu']:g} GPU per trial"
              + (f", at most {study.max_concurrent} at once" if study.max_concurrent else "")]
+    if study.adaptive:
+        from studies.adaptive import plan_line
+        lines.append(plan_line(study) + "; the counts above are the most")
     lines += node_fit(res, CLUSTER_YAML)
     if len(cells) <= 24:
         lines.append("per cell (search + confirmation trials, trial-epochs):")
@@ -169,13 +172,16 @@ def time_profile(cfg, seeds: int, threads: int, steps: int = 12) -> dict:
     return out
 
 
+SPEEDS: dict = {}   # profile_key -> time_profile's: timed once per process (--estimate prices a study twice)
+
+
 def estimate(study, chain_steps: int, concurrency: int | None = None, echo=print) -> dict:
     """Time every distinct model, price every planned trial; prints a line per model (echo)."""
     from iabf.data import load
 
     trials = planned_trials(study)
     threads = max(1, int(study.resources["cpu"]))
-    sizes, speeds = {}, {}
+    sizes, speeds = {}, SPEEDS
     for t in trials:
         key = profile_key(t.cfg, t.seeds)
         if key not in speeds:

@@ -112,7 +112,7 @@ def cell_plan(study) -> list[dict]:
     MLflow's: one per trial and seed (a stacked trial trains several seeds)."""
     cells: dict[str, dict] = {}
     for g in groups(study):
-        epochs = g.base.get("epochs", Config().epochs)
+        epochs = Config.from_dict(g.base).epochs if "examples_seen" in g.base else g.base.get("epochs", Config().epochs)
         max_t = min(epochs, study.scheduler["max_t"]) if study.scheduler else epochs
         c = cells.setdefault(cell_label(g.cell), {"cell": cell_label(g.cell), "values": g.cell,
                                                   "search_trials": 0, "search_epochs": 0,

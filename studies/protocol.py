@@ -24,6 +24,8 @@ from iabf import metrics as M
 from iabf import record as R
 from studies.plan import Group  # noqa: F401  (a searcher pickled before plan.py existed names it here)
 from iabf.record import CONFIRM, FAILURE, REPLAYED, SEARCH, cell_label, choose, score
+from analysis.sequential import UNDECIDED
+from studies.adaptive import Looks
 from studies.plan import grid_points, groups, n_configs, seed_groups
 
 META = R.LABELS   # trial parameters that are labels, not Config fields
@@ -93,6 +95,8 @@ class StudySearcher(Searcher):
         self.live: dict[str, tuple[str, str, dict]] = {}   # trial id -> (group, phase, trial parameters)
         self.results: dict[str, list] = {k: [] for k in self.groups}
         self.confirms: deque = deque()            # (group, parameters, search uid) ready to suggest
+        self.chosen: dict[str, tuple[dict, str]] = {}   # group -> (its chosen configuration, its search uid)
+        self.looks = Looks(study) if study.adaptive else None   # the adaptive confirmation's seeds so far
         # every parameter some group varies, so that every trial names them all (None: not this
         # trial's; Tune's status table looks each one up in every trial)
         self.varying = sorted({k for g in self.groups.values() for k in (*g.space, *g.base) if k not in study.fixed})
@@ -121,9 +125,27 @@ class StudySearcher(Searcher):
                 **{k: v for k, v in {**g.base, **params}.items() if k not in fixed or fixed[k] != v},
                 "phase": phase, "cell": cell_label(g.cell), "arm": g.arm, "uid": uid, **meta}
 
-    def _enqueue_confirm(self, key: str, params: dict, confirms: str) -> None:
-        for s in seed_groups(self.study.seeds, self.study.stack_for(self.groups[key].dataset)):
+    def _enqueue_confirm(self, key: str, params: dict, confirms: str, look: int = 0) -> None:
+        """The chosen configuration on every seed, or with an adaptive design on the seeds of one look."""
+        seeds = self.study.adaptive.batch_seeds(look, self.study.seeds[0]) if self.looks else self.study.seeds
+        self.chosen[key] = (params, confirms)
+        for s in seed_groups(seeds, self.study.stack_for(self.groups[key].dataset)):
             self.confirms.append((key, {**params, "seed": s[0], "stack": len(s)}, confirms))
+
+    def _look(self) -> None:
+        """An adaptive design's look, once no group searches and every open comparison's arms have their batch:
+        the decided comparisons stop, the arms still in an undecided one get the next batch."""
+        if self.looks is None or any(self._searching(k) for k in self.groups):
+            return
+        for look in self.looks.ready(set(self.chosen)):
+            print(look_line(look, len(self.looks.family), self.study.adaptive), flush=True)
+            for key in look.next_arms:
+                params, confirms = self.chosen[key]
+                self._enqueue_confirm(key, params, confirms, look=look.number)
+        if self.looks.stopped and self.looks.taken < self.study.adaptive.looks:
+            print(f"adaptive confirmation: no further look: {self.looks.stopped}; the open comparisons stay "
+                  "undecided", flush=True)
+            self.looks.taken = self.study.adaptive.looks       # said once
 
     def _searching(self, key: str) -> bool:
         return bool(self.todo.get(key)) or self.left.get(key, 0) > 0 or any(k == key for k, *_ in self.live.values())
@@ -150,7 +172,9 @@ class StudySearcher(Searcher):
             config = self._trial(key, CONFIRM, params, confirms=confirms)
             self.live[trial_id] = (key, CONFIRM, config)
             return config
-        return None if any(self._searching(k) for k in self.groups) else Searcher.FINISHED
+        # an adaptive design's next look may ask for more seeds until its last confirmation trial has ended
+        waiting = self.looks is not None and any(phase == CONFIRM for _, phase, _ in self.live.values())
+        return None if waiting or any(self._searching(k) for k in self.groups) else Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         key, phase, _ = self.live.get(trial_id, (None, None, None))
@@ -159,6 +183,9 @@ class StudySearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         key, phase, config = self.live.pop(trial_id, (None, None, None))
+        if key is not None and phase == CONFIRM and self.looks is not None:
+            self.looks.add(key, config, result, error or FAILURE in (result or {}))
+            self._look()
         if key is None or phase != SEARCH:
             return
         result = result or {}
@@ -174,6 +201,7 @@ class StudySearcher(Searcher):
             if best is not None:              # a group whose every search trial failed has nothing to confirm
                 params = {k: v for k, v in best["params"].items() if k not in ("seed", "stack")}
                 self._enqueue_confirm(key, params, confirms=best["uid"])
+            self._look()                      # the last search to end may be what a look waited for
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -181,7 +209,18 @@ class StudySearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            self.__dict__.update({"chosen": {}, "looks": None, **pickle.load(f)})   # saved before adaptive designs
+
+
+def look_line(look, comparisons: int, design) -> str:
+    """The console's line for one look of an adaptive confirmation."""
+    decided = ", ".join(f"{a.split(' | ')[0]}: {a.split(' | ')[1]} {d} than {b.split(' | ')[1]}" if d != UNDECIDED
+                        else f"{a.split(' | ')[0]}: {a.split(' | ')[1]} vs {b.split(' | ')[1]} undecided"
+                        for (a, b), d in look.decided.items())
+    more = (f"; {len(look.next_arms)} arm(s) get seeds {look.number * design.batch}-"
+            f"{(look.number + 1) * design.batch - 1}" if look.next_arms else "; the confirmation is complete")
+    return (f"adaptive confirmation, look {look.number} of {design.looks} ({look.seeds} seeds per arm): "
+            f"{len(look.decided)} of {comparisons} comparisons decided{': ' + decided if decided else ''}{more}")
 
 
 # --- the scheduler: Ray's ASHA, one per group, none for confirmations ------------------------------

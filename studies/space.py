@@ -77,6 +77,18 @@ TOP = {
                  "dataset's model allows it (MLP datasets, consecutive seeds), else 1; `--stack S` overrides it",
                  {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}]}),
     "confirm": Key("bool", True, "run the confirmation phase (see above)", {"type": "boolean"}),
+    "adaptive": Key("`{batch, max, alpha, permutations}`", None, "seeds decided by the data instead of `seeds`: "
+                    "each chosen configuration gets `batch` seeds (0, 1, ...), then each arm still in an undecided "
+                    "comparison (an arm against its baselines in its cell, as the report contrasts them) `batch` more, "
+                    "up to `max`; AdaStop's group-sequential permutation tests keep the family-wise error at `alpha` "
+                    "over every comparison and look (`analysis/sequential.py`). Defaults: batch 3, max 12, alpha "
+                    "0.05, permutations 10000",
+                    {"type": "object", "additionalProperties": False,
+                     "properties": {"batch": {"type": "integer", "minimum": 2, "maximum": 100},
+                                    "max": {"type": "integer", "minimum": 4, "maximum": 1000},
+                                    "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5},
+                                    "permutations": {"type": "integer", "minimum": 100, "maximum": 100000}},
+                     "description": "the confirmation's seeds decided by the data (AdaStop)"}, "none: `seeds`"),
     "searcher": Key("`grid`, `random`, `optuna`", "grid", "`grid`: every combination of `grid` values; `random` / "
                     "`optuna`: `num_samples` draws per group from Optuna's random or TPE sampler, seeded by the group",
                     {"enum": list(SEARCHERS)}),
@@ -147,6 +159,7 @@ class Study:
     search_seeds: list = field(default_factory=lambda: [max(default("seeds")) + 1])   # a search trial's seeds
     stack: int | str = _top("stack")                 # seeds per confirmation trial; auto: all where possible
     confirm: bool = _top("confirm")
+    adaptive: object = None                          # analysis.sequential.Design, or None: every seed of `seeds`
     cells: list | None = _top("cells")               # Config fields making a table cell; None: the paper's
     searcher: str = _top("searcher")
     scheduler: dict | None = None                    # {"max_t", "grace_period", "reduction_factor"}; None: none
@@ -175,10 +188,11 @@ class Study:
         stacked trial where the dataset's model can be stacked and the seeds are consecutive."""
         if self.stack != "auto":
             return self.stack
-        consecutive = self.seeds == list(range(self.seeds[0], self.seeds[0] + len(self.seeds)))
+        seeds = self.seeds if self.adaptive is None else self.seeds[:self.adaptive.batch]   # a look's batch at most
+        consecutive = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
         # a dataset of one's own is not stacked by auto (its model is known only from its file)
         stackable = ARCH_KIND.get(dataset) == "mlp" and self.fixed_for(dataset).get("compile", "off") == "off"
-        return len(self.seeds) if consecutive and stackable else 1
+        return len(seeds) if consecutive and stackable else 1
 
 
 def smoke(study: Study) -> Study:

@@ -81,6 +81,7 @@ def study_params(study) -> dict[str, str]:
               **{f"fixed.{k}": v for k, v in study.fixed.items()},
               **{f"by_dataset.{d}.{k}": v for d, values in study.by_dataset.items() for k, v in values.items()},
               "chain_steps": study.chain_steps,
+              **({"adaptive": study.adaptive.text()} if study.adaptive else {}),   # absent: a fixed `seeds`
               **{f"search.{k}": v for k, v in study.search.items()},
               # each arm's own values and search (keys by position: an arm's name may hold = and +, which
               # MLflow's keys cannot)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from iabf.config import FIELD_TYPES, INT_MAX, Config, ConfigError, short, with_preset
+from iabf.config import ALONE, FIELD_TYPES, INT_MAX, Config, ConfigError, short, with_preset
 from iabf.datasets import SPECS
 from studies.plan import cell_axes, is_cell
 from studies.space import (
@@ -126,8 +126,9 @@ def validate(raw, path: str) -> Study:
         by_dataset = check_by_dataset(raw, datasets, search, cell)
         display = check_display(raw, datasets)
         arms = check_arms(raw, fixed, searcher, search, by_dataset, cell)
-        seeds, search_seeds = check_seeds(raw)
         confirm = want(raw.get("confirm", default("confirm")), bool, "confirm", "true or false")
+        adaptive = check_adaptive(raw, confirm)
+        seeds, search_seeds = check_seeds({**raw, "seeds": list(range(adaptive.max))} if adaptive else raw)
         scheduler = check_scheduler(raw, fixed, by_dataset, datasets)
         metric = check_choice(raw, "metric", METRICS, f"is not a reported metric; one of {', '.join(METRICS)}")
         mode = check_choice(raw, "mode", ("min", "max"), "is not allowed: min or max")
@@ -138,6 +139,7 @@ def validate(raw, path: str) -> Study:
             name=name, path=path, fixed=fixed, by_dataset=by_dataset, display=display, search=search,
             arms=arms or [Arm(fixed.get("method", Config().method))],   # no variants: one arm, named by its method
             seeds=seeds, search_seeds=search_seeds, stack=raw.get("stack", default("stack")), confirm=confirm,
+            adaptive=adaptive,
             cells=cells, searcher=searcher, scheduler=scheduler, metric=metric, mode=mode, num_samples=num_samples,
             resources=check_resources(raw),
             max_concurrent=number(raw.get("max_concurrent", default("max_concurrent")), "max_concurrent", 0,
@@ -145,7 +147,20 @@ def validate(raw, path: str) -> Study:
             description=want(raw.get("description", default("description")), str, "description", "text"),
             chain_steps=number(raw.get("chain_steps", default("chain_steps")), "chain_steps", 1, integer=True,
                                hi=10**7))
-    return check_stack(check_size(study))
+    from studies.adaptive import check_family
+
+    return check_family(check_groups(check_stack(check_size(study))))
+
+
+def check_groups(study: Study) -> Study:
+    """Each cell and arm's values together (the rules between fields, e.g. examples_seen with max_train_examples)."""
+    from studies.plan import groups
+
+    try:
+        groups(study)
+    except ConfigError as e:
+        raise SpaceError(f"{study.path}: {e.key or 'fixed'}: {e}") from None
+    return study
 
 
 # --- the checks every key uses -----------------------------------------------------------------------
@@ -191,8 +206,8 @@ def check_value(name, value, key: str) -> None:
     if name in NOT_SEARCHABLE and key.split(".")[0] != "fixed" or name in ("seed", "stack"):
         where = "`seeds`" if name == "seed" else "`stack`" if name == "stack" else "the command line"
         fail(key, f"{name} is set by {where}, not here")
-    try:
-        Config.from_dict({name: value})
+    try:   # the field alone (examples_seen is read with max_train_examples: the pair is checked per group)
+        Config.from_dict({name: value, **ALONE.get(name, {})})
     except ConfigError as e:
         fail(key, str(e))
     if name in ("eps", "test_eps") and value == 0.5:
@@ -391,6 +406,30 @@ def check_seeds(raw: dict) -> tuple[list, list]:
     return seeds, search_seeds
 
 
+def check_adaptive(raw: dict, confirm: bool):
+    """`adaptive:`, the confirmation's seeds decided by the data (analysis.sequential.Design), or None."""
+    from analysis.sequential import Design
+
+    block = raw.get("adaptive")
+    if block is None:
+        return None
+    check_keys(block, ("batch", "max", "alpha", "permutations"), "adaptive")
+    d = Design()
+    batch = number(block.get("batch", d.batch), "adaptive.batch", 2, integer=True, hi=100)
+    most = number(block.get("max", d.max), "adaptive.max", 2 * batch, integer=True, hi=1000)
+    if most % batch:
+        fail("adaptive.max", f"{most} is not a multiple of batch {batch}: every look adds a whole batch")
+    alpha = number(block.get("alpha", d.alpha), "adaptive.alpha", 0, above=True, hi=0.5)
+    permutations = number(block.get("permutations", d.permutations), "adaptive.permutations", 100, integer=True,
+                          hi=100_000)
+    if "seeds" in raw:
+        fail("seeds", f"an adaptive confirmation draws its own seeds (0 to {most - 1}, {batch} at a look): remove "
+                      "`seeds`, or `adaptive` for a fixed list")
+    if not confirm:
+        fail("adaptive", "decides what the confirmation phase compares: remove it, or `confirm: false`")
+    return Design(batch, most, float(alpha), permutations)
+
+
 def check_scheduler(raw: dict, fixed: dict, by_dataset: dict, datasets: list) -> dict | None:
     """ASHA's settings, time in epochs (max_t: the longest dataset's epochs); None for no scheduler."""
     scheduler = raw.get("scheduler", default("scheduler"))
@@ -470,6 +509,9 @@ def check_stack(study: Study) -> Study:
         for key, group, size in (("stack", seeds, stack), ("search_seeds", study.search_seeds, len(study.search_seeds))):
             if size != "auto" and size != 1:
                 check_runs(key, group, size, study.datasets())
+        if study.adaptive and stack != "auto" and study.adaptive.batch % stack:
+            fail("stack", f"{stack} does not divide adaptive.batch {study.adaptive.batch}: a look's seeds are "
+                          f"trained {stack} at a time")
         several = max(len(seeds) // (study.stack_for(d)) for d in study.datasets()) > 1
         if not study.confirm and several and study.scheduler is not None:
             fail("scheduler", "ASHA would stop some seeds of a configuration and keep others; stack every seed into "

@@ -86,6 +86,17 @@ def test_contrasts_and_tally_stay_within_a_cell(ablation):
         assert c["diff"] == pytest.approx(table.loc[(*cell, "iabf"), "test"] - table.loc[(*cell, "necst"), "test"])
     tally = pd.read_csv(ablation["report"] / "tally.csv")
     assert tally.set_index(["arm", "against"]).loc[("iabf", "necst"), "cells"] == 4
+    # each contrast Holm leaves undecided gets the seeds that would detect its difference (statsmodels' t-test
+    # power at 0.05 / 4, from its own pooled spread): more than its 2, and what those seeds detect is no more
+    # than the difference (analysis/sequential.py)
+    from analysis.sequential import detectable
+
+    power = pd.read_csv(ablation["report"] / "power.csv")
+    undecided = con[~(con.p_holm < 0.05)]
+    assert len(power) == len(undecided) > 0
+    for r in power.itertuples():
+        assert r.seeds_needed > 2 and detectable(int(r.seeds_needed), r.sd, 0.05 / 4) <= abs(r.diff) * (1 + 1e-6)
+    assert "## Seeds an undecided contrast would need" in (ablation["report"] / "report.md").read_text()
 
 
 def test_the_layout_and_figures_follow_the_cells(ablation):
