@@ -56,12 +56,14 @@ bench: $(STAMP)   ## the benchmarks of benchmarks/README.md (DATA_DIR: real MNIS
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/study_cost.py --data-dir $${DATA_DIR:-../shared/data}
 	$(PY) benchmarks/packing.py --data-dir $${DATA_DIR:-../shared/data}
+	$(PY) benchmarks/sequential.py
 	$(PY) benchmarks/stacked_seeds.py --data-dir $${DATA_DIR:-../shared/data}
 	$(PY) benchmarks/compile.py --data-dir $${DATA_DIR:-../shared/data}
 
 bench-gpu: $(STAMP)   ## the GPU measurements still missing from benchmarks/README.md (needs a CUDA device)
 	$(PY) benchmarks/throughput.py --data-dir $${DATA_DIR:-../shared/data} --device cuda
 	$(PY) benchmarks/packing.py --data-dir $${DATA_DIR:-../shared/data}
+	$(PY) benchmarks/sequential.py
 	$(PY) benchmarks/stacked_seeds.py --data-dir $${DATA_DIR:-../shared/data} --device cuda
 	$(PY) benchmarks/compile.py --data-dir $${DATA_DIR:-../shared/data} --device cuda
 

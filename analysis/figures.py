@@ -1,12 +1,14 @@
 """Figures as pure functions: DataFrames (or images) in, a matplotlib Figure out; `save` writes PNG+PDF."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -171,46 +173,49 @@ def sample_grids(images: dict, title: str):
     return fig
 
 
-def edge_note(x: pd.Series, y: pd.Series, param: str, declared: tuple[str, list] | None = None) -> str | None:
-    """A note when the x with the lowest y is at the edge of what the study searched: for a grid (or
-    choice, or where the record does not say), its lowest or highest value; for a distribution
+def edge_note(chosen: float, tried: pd.Series, param: str, declared: tuple[str, list] | None = None) -> str | None:
+    """A note when the value the study chose is at the edge of what it searched: for a grid (or choice,
+    or where the record does not say: the values tried), its lowest or highest value; for a distribution
     (iabf.record.declared_search), the most extreme value tried that also lies in the outer tenth of the
-    declared range (on the log scale for loguniform). A continuous search is judged by its declared
-    range, not by the few values it happened to draw."""
-    if x.nunique() < 2:
+    declared range (on the log scale for loguniform). `tried`: every search run's value, the runs ASHA
+    stopped included, so a grid whose other values were stopped early is still judged."""
+    if chosen is None or not math.isfinite(chosen) or tried.nunique() < 2 and declared is None:
         return None
-    best = x[y.idxmin()]
-    if best not in (x.min(), x.max()):
-        return None
-    kind, args = declared or ("grid", [x.min(), x.max()])
+    kind, args = declared or ("grid", [tried.min(), tried.max()])
     if kind in ("grid", "choice"):
         lo, hi = min(args), max(args)
-        if best not in (lo, hi):
+        if chosen not in (lo, hi) or lo == hi:
             return None
-        return f"best {param} = {best:g} is at the edge of the searched range [{lo:g}, {hi:g}]"
+        return f"chosen {param} = {chosen:g} is at the edge of the searched range [{lo:g}, {hi:g}]"
+    if chosen not in (tried.min(), tried.max()):
+        return None
     lo, hi = float(args[0]), float(args[1]) - (kind == "randint")   # randint's high is exclusive
     scale = np.log if kind == "loguniform" else (lambda v: v)
-    where = (scale(best) - scale(lo)) / (scale(hi) - scale(lo)) if hi > lo else 0.5
+    where = (scale(chosen) - scale(lo)) / (scale(hi) - scale(lo)) if hi > lo else 0.5
     if 0.1 <= where <= 0.9:
         return None
-    return (f"best {param} = {best:g} is near the edge of the declared range [{lo:g}, {hi:g}] ({kind}): in its "
-            f"outer tenth, and the most extreme value tried")
+    return (f"chosen {param} = {chosen:g} is near the edge of the declared range [{lo:g}, {hi:g}] ({kind}): in "
+            f"its outer tenth, and the most extreme value tried")
 
 
-def axis_plot(trials: pd.DataFrame, param: str, value: str = "val", label: str = "best validation distortion"):
-    """The final validation metric against one searched hyperparameter (one point per trial), and a
-    note when the best value sits at the edge of the searched range (the search may be too narrow)."""
-    x, y = trials[param].astype(float), trials[value].astype(float)
+def axis_plot(runs: pd.DataFrame, param: str, value: str, label: str, chosen: float | None = None,
+              stopped: pd.Series | None = None):
+    """The study's metric at the last epoch each search run reached (the rung ASHA stopped it at, or its
+    end) against one searched hyperparameter, one point per run (hollow: stopped early), and the chosen
+    value as a dashed line."""
+    x, y = runs[param].astype(float), runs[value].astype(float)
+    stopped = stopped if stopped is not None else pd.Series(False, index=runs.index)
     fig, ax = plt.subplots(figsize=(4, 3))
-    ax.scatter(x, y, s=14, alpha=0.7)
+    ax.scatter(x[~stopped], y[~stopped], s=14, alpha=0.7, label="ran to its end")
+    if stopped.any():
+        ax.scatter(x[stopped], y[stopped], s=14, facecolors="none", edgecolors="tab:blue", label="stopped early (ASHA)")
+        ax.legend(fontsize=6)
     if (x > 0).all() and x.max() / max(x.min(), 1e-300) >= 20:
         ax.set_xscale("log")
-    ax.axvline(x[y.idxmin()], color="tab:green", ls="--", lw=1)
-    note = edge_note(x, y, param.removeprefix("param."))
-    if note:
-        ax.set_title("note: " + note, fontsize=7, color="tab:red")
+    if chosen is not None:
+        ax.axvline(chosen, color="tab:green", ls="--", lw=1)
     ax.set_xlabel(param.removeprefix("param."))
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return fig, note
+    return fig

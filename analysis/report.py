@@ -39,22 +39,36 @@ def searched_params(trials: pd.DataFrame) -> list[str]:
             and any(g[c].nunique() > 1 for _, g in groups)]
 
 
-def axis_figures(trials: pd.DataFrame, out: Path, params: dict | None = None) -> list[str]:
-    """One axis plot per searched parameter. Across several groups (cell and arm), distortion is shown
-    relative to the best of its group, so scales are comparable; edge notes are per group, against the
-    range the study declared (its parent run's `params`)."""
-    notes, cell = [], [R.CELL, R.ARM]
-    for param in searched_params(trials):
-        df = trials.copy()
-        several = df.groupby(cell).ngroups > 1
+def axis_figures(runs: "Runs", cells: pd.DataFrame, out: Path) -> list[str]:
+    """One axis plot per searched parameter: every search run, those ASHA stopped included, at the last
+    epoch it reached, by the study's own metric (across several groups, cell and arm, relative to the best
+    of its group, so scales are comparable). Edge notes per group: the value the study chose against the
+    range it declared (its parent run's `params`)."""
+    metric, mode = chooser(runs.params).values()
+    value, group = f"metric.{metric}", [R.CELL, R.ARM]
+    pool = runs.everything[runs.everything[R.STOP_REASON].isin((R.COMPLETED, R.EARLY_STOPPED))]
+    pool = pool[pool[R.PHASE] == R.SEARCH] if runs.confirmed else pool
+    if value not in pool or pool.empty:
+        return []
+    by_id = runs.trials.set_index("run_id")
+    chosen = {(by_id.at[ids[0], R.CELL], by_id.at[ids[0], R.ARM]): by_id.loc[ids[0]]
+              for ids in cells.run_ids if ids and ids[0] in by_id.index}
+    notes = []
+    for param in searched_params(pool):
+        df = pool.copy()
+        several = df.groupby(group).ngroups > 1
         if several:
-            df["val"] = df.val / df.groupby(cell).val.transform("min")
-        fig, note = figures.axis_plot(df, param, label="validation distortion / best of its cell" if several
-                                      else "best validation distortion")
-        figures.save(fig, out, f"axis_{param.removeprefix('param.')}")
-        for key, group in trials.groupby(cell):
-            name = param.removeprefix("param.")
-            note = figures.edge_note(group[param], group.val, name, R.declared_search(params or {}, name, key[1]))
+            df[value] = df[value] / df.groupby(group)[value].transform("min" if mode == "min" else "max")
+        name = param.removeprefix("param.")
+        only = chosen.get(tuple(df[group].iloc[0])) if not several else None
+        fig = figures.axis_plot(df, param, value, f"{metric} / best of its cell" if several else
+                                f"{metric} at the last epoch run", chosen=None if only is None else only.get(param),
+                                stopped=df[R.STOP_REASON] == R.EARLY_STOPPED)
+        figures.save(fig, out, f"axis_{name}")
+        for key, g in pool.groupby(group):
+            pick = chosen.get(key)
+            value_chosen = None if pick is None or param not in pick or pd.isna(pick[param]) else float(pick[param])
+            note = figures.edge_note(value_chosen, g[param].astype(float), name, R.declared_search(runs.params, name, key[1]))
             if note:
                 notes.append(f"{key[0]} {key[1]}: {note}")
     return notes
@@ -132,9 +146,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     markdown, rep = write_tables(cells, runs, out, written)
     cells = entries.with_cells(cells)
     write_figures(uri, cells, runs, out)
-    # the axes of the search: every completed search run against what it searched
-    notes = axis_figures(runs.completed[runs.completed[R.PHASE] == R.SEARCH] if runs.confirmed else runs.trials,
-                         out, runs.params)
+    notes = axis_figures(runs, cells, out)   # the axes of the search: every search run against what it searched
     report = report_lines(uri, study, cells, runs, markdown, rep, notes, out, written, against)
     written["report.md"] = out / "report.md"
     written["report.md"].write_text("\n".join(report))
@@ -328,7 +340,7 @@ def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: Runs, markdown
     if against is not None:
         report += against_section(written, out, cells, against)
     report += ["", "## Notes on the search ranges", ""]
-    report += [f"- {n}" for n in notes] or ["- no searched hyperparameter has its best value at an edge"]
+    report += [f"- {n}" for n in notes] or ["- no searched hyperparameter's chosen value is at an edge of its range"]
     report += ["", "## Failed trials", ""]
     report += [f"- {f.run_name} ({f.run_id}): {f.failure or 'no reason recorded'}" for f in failed.itertuples()] or ["- none"]
     report += ["", "## Cost per cell (every run, early-stopped ones included)", "",

@@ -49,7 +49,7 @@ def run(design: Design, cells: int, effect: float, studies: int, workers: int, s
         return pd.DataFrame(pool.map(one_study, jobs, chunksize=4))
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--studies", type=int, default=200)
     ap.add_argument("--cells", type=int, default=3)
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=10000)
     ap.add_argument("--effect", type=float, default=1.5)
     ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     design = Design(args.batch, args.max, args.alpha, args.permutations)
     print(f"design: {design}; {args.cells} cells x 3 arms, {3 * args.cells} comparisons; {args.studies} studies each")
     for name, effect in (("null", 0.0), (f"effect {args.effect:g} sd", args.effect)):

@@ -145,13 +145,13 @@ def run(args: argparse.Namespace) -> int:
 def checked(args: argparse.Namespace):
     """`prepare`'s checks, and for --resume the study's folder held: (study, URI, folder, its lock or None)."""
     from iabf.data import DataError
-    from studies import lock, tracking
+    from studies import lock, store
 
     try:
         study, uri, experiment_dir = prepare(args)
         # one study, one driver: a second --resume of a study that a live driver runs is refused here
         guard = lock.hold(local_dir(experiment_dir)) if args.resume is not None else None
-    except (SpaceError, ConfigError, DataError, tracking.TrackingError, ConnectionError, lock.StudyBusy,
+    except (SpaceError, ConfigError, DataError, store.TrackingError, ConnectionError, lock.StudyBusy,
             lock.NoRoom, lock.NoLock) as e:
         raise Refused(str(e)) from None
     return study, uri, experiment_dir, guard
@@ -210,9 +210,9 @@ def hold(local: Path):
 
 def open_record(study, uri: str, experiment_dir: str, resume: bool):
     """The study's experiment and parent run in MLflow (the store made if new); says what will run."""
-    from studies import tracking
+    from studies import store, tracking
 
-    tracking.create_store(uri)
+    store.create_store(uri)
     exp_id, parent = tracking.start_study(uri, study, experiment_dir, resume=resume)
     planned = plan(study)
     print(f"study {study.name}: {len(groups(study))} groups (cell x arm), {planned['trials']} trials: "
@@ -285,16 +285,16 @@ def fit(tuner, stop: StopSignal, uri: str, exp_id: str, parent: str, resume_args
 
 def restore_runs(uri: str, exp_id: str, parent: str, name: str, results, resume_args: str) -> None:
     """On --resume: what the store did not take of the trials that ended (studies/repair.py), said in a line."""
-    from studies import tracking
+    from studies import store
     from studies.repair import repair
 
     try:
         if written := repair(uri, exp_id, parent, name, results):
             print(f"{written} runs of trials that had ended without their record (the store took no writes then) "
                   f"written from Tune's record of them", flush=True)
-    except (*tracking.TRACKING_ERRORS, OSError) as e:
-        raise Refused(f"MLflow at {uri} {tracking.store_problem(e, uri)}; the runs of ended trials are still not "
-                      f"written; once it takes writes, {tracking.RESUME_WRITES}:\n  python studies/ablation.py "
+    except (*store.TRACKING_ERRORS, OSError) as e:
+        raise Refused(f"MLflow at {uri} {store.store_problem(e, uri)}; the runs of ended trials are still not "
+                      f"written; once it takes writes, {store.RESUME_WRITES}:\n  python studies/ablation.py "
                       f"{resume_args}", code=1) from None
 
 
@@ -302,16 +302,16 @@ def close_record(tracker, stop: StopSignal, uri: str, exp_id: str, parent: str, 
                  grace: float, resume_args: str) -> tuple[dict, int]:
     """The parent run ended (FINISHED, or KILLED when stopped) with the study's counts; a tracking server
     that went away gets `grace` seconds to come back. Returns (counts, updates it never took)."""
-    from studies import tracking
+    from studies import store, tracking
 
     try:
         left = tracker.flush(timeout=grace) if tracker else 0
-        counts = tracking.retrying(tracking.end_study, grace, uri, exp_id, parent,
+        counts = store.retrying(tracking.end_study, grace, uri, exp_id, parent,
                                    "KILLED" if stop.received else "FINISHED", tracker.seconds if tracker else 0.0)
-    except tracking.TRACKING_ERRORS as e:
-        raise Refused(f"the study ran (results: {experiment_dir}) but MLflow at {uri} {tracking.store_problem(e, uri)}; "
+    except store.TRACKING_ERRORS as e:
+        raise Refused(f"the study ran (results: {experiment_dir}) but MLflow at {uri} {store.store_problem(e, uri)}; "
                       f"{tracker.unlogged() if tracker else 'some'} trial updates are not logged; once it takes writes, "
-                      f"{tracking.RESUME_WRITES}:\n  python studies/ablation.py {resume_args}", code=1) from None
+                      f"{store.RESUME_WRITES}:\n  python studies/ablation.py {resume_args}", code=1) from None
     return counts, left
 
 
@@ -327,7 +327,7 @@ def verdict(args, planned: dict, counts: dict, left: int, stop: StopSignal, uri:
               file=sys.stderr)
         return 1
     if left:
-        from studies.tracking import RESUME_WRITES
+        from studies.store import RESUME_WRITES
 
         print(f"error: {left} trial updates could not be written to MLflow at {uri}, which {problem or 'took none'}; "
               f"once it takes writes, {RESUME_WRITES}:\n{resume}", file=sys.stderr)
@@ -409,11 +409,11 @@ def prepare(args: argparse.Namespace):
     """Everything checked before anything starts or is written: the space with the command line's
     overrides, the datasets, the tracking URI, the cluster address. Returns (study, tracking URI,
     experiment folder); raises one of the errors `main` turns into one line and exit code 2."""
-    from studies import cluster, tracking
+    from studies import cluster, store, tracking
 
     study = with_overrides(args)
     check_data(study, args.data_dir)
-    uri = tracking.check_uri(args.tracking_uri or tracking.default_tracking_uri())
+    uri = store.check_uri(args.tracking_uri or store.default_tracking_uri())
     check_storage(args.storage)
     cluster.check_address(args.address)
     experiment_dir = resolve_experiment(args.storage, study, args.resume)

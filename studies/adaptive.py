@@ -9,6 +9,7 @@ from analysis.sequential import Design, decide, earliest_look
 from analysis.sequential import family as sequential_family
 from iabf import metrics as M
 from iabf.config import Config
+from studies.checks import check_keys, fail, number
 from studies.plan import groups
 from studies.space import SpaceError
 
@@ -16,6 +17,29 @@ from studies.space import SpaceError
 def family(study) -> list[tuple[str, str]]:
     """The comparisons whose error the design controls (analysis.sequential.family), as group keys."""
     return sequential_family({g.key: g.base.get("method", Config().method) for g in groups(study)})
+
+
+def check_adaptive(raw: dict, confirm: bool):
+    """`adaptive:`, the confirmation's seeds decided by the data (analysis.sequential.Design), or None."""
+    block = raw.get("adaptive")
+    if block is None:
+        return None
+    check_keys(block, ("batch", "max", "alpha", "permutations"), "adaptive")
+    d = Design()
+    # bounds that keep the check of the design (earliest_look, at validation) to seconds
+    batch = number(block.get("batch", d.batch), "adaptive.batch", 2, integer=True, hi=50)
+    most = number(block.get("max", d.max), "adaptive.max", 2 * batch, integer=True, hi=200)
+    if most % batch:
+        fail("adaptive.max", f"{most} is not a multiple of batch {batch}: every look adds a whole batch")
+    alpha = number(block.get("alpha", d.alpha), "adaptive.alpha", 0.001, hi=0.5)
+    permutations = number(block.get("permutations", d.permutations), "adaptive.permutations", 100, integer=True,
+                          hi=100_000)
+    if "seeds" in raw:
+        fail("seeds", f"an adaptive confirmation draws its own seeds (0 to {most - 1}, {batch} at a look): remove "
+                      "`seeds`, or `adaptive` for a fixed list")
+    if not confirm:
+        fail("adaptive", "decides what the confirmation phase compares: remove it, or `confirm: false`")
+    return Design(batch, most, float(alpha), permutations)
 
 
 def check_family(study):

@@ -84,9 +84,9 @@ TOP = {
                     "over every comparison and look (`analysis/sequential.py`). Defaults: batch 3, max 12, alpha "
                     "0.05, permutations 10000",
                     {"type": "object", "additionalProperties": False,
-                     "properties": {"batch": {"type": "integer", "minimum": 2, "maximum": 100},
-                                    "max": {"type": "integer", "minimum": 4, "maximum": 1000},
-                                    "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5},
+                     "properties": {"batch": {"type": "integer", "minimum": 2, "maximum": 50},
+                                    "max": {"type": "integer", "minimum": 4, "maximum": 200},
+                                    "alpha": {"type": "number", "minimum": 0.001, "maximum": 0.5},
                                     "permutations": {"type": "integer", "minimum": 100, "maximum": 100000}},
                      "description": "the confirmation's seeds decided by the data (AdaStop)"}, "none: `seeds`"),
     "searcher": Key("`grid`, `random`, `optuna`", "grid", "`grid`: every combination of `grid` values; `random` / "

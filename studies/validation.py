@@ -11,14 +11,17 @@ import json
 import math
 import re
 import stat
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
-from iabf.config import ALONE, FIELD_TYPES, INT_MAX, Config, ConfigError, short, with_preset
+from iabf.config import FIELD_TYPES, Config, ConfigError, short
 from iabf.datasets import SPECS
+from studies.adaptive import check_adaptive, check_family
+from studies.checks import (  # noqa: F401  (Invalid, fail, in_file: the validator's, for those who import them here)
+    Invalid, check_choice, check_keys, check_value, fail, in_file, number, preset, seed_list, want,
+)
 from studies.plan import cell_axes, is_cell
 from studies.space import (
     ARM_NAME, DISPLAY, DISTRIBUTIONS, METRICS, NOT_SEARCHABLE, SEARCHERS, TOP_KEYS, Arm, SpaceError, Study, default,
@@ -33,27 +36,6 @@ MAX_BYTES = 1 << 20   # a search space is a short YAML file; anything bigger is 
 # ~0.3 s per trial: 10,000 is an hour of it): a bigger plan is a mistake, refused before anything
 # is built.
 MAX_TRIALS = 10_000
-
-
-class Invalid(Exception):
-    """One key's problem, before the file's name is put in front of it (`in_file`)."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(key, message)
-        self.key, self.message = key, message
-
-
-def fail(key: str, message: str):
-    raise Invalid(key, message)
-
-
-@contextmanager
-def in_file(path: str):
-    """An `Invalid` raised inside becomes the one-line SpaceError `path: key: message`."""
-    try:
-        yield
-    except Invalid as e:
-        raise SpaceError(f"{path}: {e.key}: {e.message}") from None
 
 
 # --- reading a file ----------------------------------------------------------------------------------
@@ -127,7 +109,7 @@ def validate(raw, path: str) -> Study:
         display = check_display(raw, datasets)
         arms = check_arms(raw, fixed, searcher, search, by_dataset, cell)
         confirm = want(raw.get("confirm", default("confirm")), bool, "confirm", "true or false")
-        adaptive = check_adaptive(raw, confirm)
+        adaptive = check_adaptive(raw, confirm)   # studies/adaptive.py: the block and the design's own rules
         seeds, search_seeds = check_seeds({**raw, "seeds": list(range(adaptive.max))} if adaptive else raw)
         scheduler = check_scheduler(raw, fixed, by_dataset, datasets)
         metric = check_choice(raw, "metric", METRICS, f"is not a reported metric; one of {', '.join(METRICS)}")
@@ -147,8 +129,6 @@ def validate(raw, path: str) -> Study:
             description=want(raw.get("description", default("description")), str, "description", "text"),
             chain_steps=number(raw.get("chain_steps", default("chain_steps")), "chain_steps", 1, integer=True,
                                hi=10**7))
-    from studies.adaptive import check_family
-
     return check_family(check_groups(check_stack(check_size(study))))
 
 
@@ -161,74 +141,6 @@ def check_groups(study: Study) -> Study:
     except ConfigError as e:
         raise SpaceError(f"{study.path}: {e.key or 'fixed'}: {e}") from None
     return study
-
-
-# --- the checks every key uses -----------------------------------------------------------------------
-
-def check_keys(d, allowed, where: str) -> None:
-    if not isinstance(d, dict):
-        fail(where or "top level", f"expected a mapping, got {type(d).__name__}")
-    for k in d:
-        if k not in allowed:
-            k = k if isinstance(k, str) else short(k)
-            fail(f"{where}.{k}" if where else k, f"unknown key; allowed: {', '.join(allowed)}")
-
-
-def number(value, key: str, lo: float, integer: bool = False, above: bool = False, hi: float = INT_MAX):
-    """A finite number (an integer if asked) in [lo, hi] (or (lo, hi] if above): NaN, inf, bools and
-    values beyond 32-bit integers are never valid here."""
-    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float)) and \
-        math.isfinite(value) and (value > lo if above else value >= lo) and value <= hi
-    if not ok:
-        fail(key, f"expected {'an integer' if integer else 'a number'} {'>' if above else '>='} {lo:g} "
-                  f"and <= {hi:g}, got {short(value)}")
-    return value
-
-
-def want(value, types, key: str, what: str):
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)) \
-            or not isinstance(value, types):
-        fail(key, f"expected {what}, got {short(value)}")
-    return value
-
-
-def check_choice(raw: dict, key: str, allowed: tuple, refusal: str):
-    value = raw.get(key, default(key))
-    if value not in allowed:
-        fail(key, f"{short(value)} {refusal}")
-    return value
-
-
-def check_value(name, value, key: str) -> None:
-    """One Config field at one value: Config's own checks (iabf/config.py: Allowed), plus no study at eps = 0.5."""
-    if name not in FIELD_TYPES:
-        fail(key, f"unknown parameter {short(name)}; parameters: {', '.join(FIELD_TYPES)}")
-    if name in NOT_SEARCHABLE and key.split(".")[0] != "fixed" or name in ("seed", "stack"):
-        where = "`seeds`" if name == "seed" else "`stack`" if name == "stack" else "the command line"
-        fail(key, f"{name} is set by {where}, not here")
-    try:   # the field alone (examples_seen is read with max_train_examples: the pair is checked per group)
-        Config.from_dict({name: value, **ALONE.get(name, {})})
-    except ConfigError as e:
-        fail(key, str(e))
-    if name in ("eps", "test_eps") and value == 0.5:
-        fail(key, f"{name}=0.5 is not allowed in a study: a channel at 0.5 carries nothing; use [0, 0.5)")
-
-
-def preset(values: dict, where: str) -> dict:
-    """values with a `preset` (iabf.config.PRESETS) replaced by what it stands for."""
-    try:
-        return with_preset(values)
-    except ConfigError as e:
-        fail(f"{where}.preset", str(e))
-
-
-def seed_list(value, key: str) -> list:
-    if not isinstance(value, list) or not value or not all(
-            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= INT_MAX for s in value):
-        fail(key, f"expected a non-empty list of integers >= 0, got {short(value)}")
-    if len(set(value)) != len(value):
-        fail(key, f"repeated seeds in {short(value)}")
-    return value
 
 
 # --- one key each ------------------------------------------------------------------------------------
@@ -404,30 +316,6 @@ def check_seeds(raw: dict) -> tuple[list, list]:
         fail("search_seeds", f"{short(search_seeds)} overlaps seeds {short(seeds)}: the confirmation would report "
                              f"numbers the choice was made on; use other seeds")
     return seeds, search_seeds
-
-
-def check_adaptive(raw: dict, confirm: bool):
-    """`adaptive:`, the confirmation's seeds decided by the data (analysis.sequential.Design), or None."""
-    from analysis.sequential import Design
-
-    block = raw.get("adaptive")
-    if block is None:
-        return None
-    check_keys(block, ("batch", "max", "alpha", "permutations"), "adaptive")
-    d = Design()
-    batch = number(block.get("batch", d.batch), "adaptive.batch", 2, integer=True, hi=100)
-    most = number(block.get("max", d.max), "adaptive.max", 2 * batch, integer=True, hi=1000)
-    if most % batch:
-        fail("adaptive.max", f"{most} is not a multiple of batch {batch}: every look adds a whole batch")
-    alpha = number(block.get("alpha", d.alpha), "adaptive.alpha", 0, above=True, hi=0.5)
-    permutations = number(block.get("permutations", d.permutations), "adaptive.permutations", 100, integer=True,
-                          hi=100_000)
-    if "seeds" in raw:
-        fail("seeds", f"an adaptive confirmation draws its own seeds (0 to {most - 1}, {batch} at a look): remove "
-                      "`seeds`, or `adaptive` for a fixed list")
-    if not confirm:
-        fail("adaptive", "decides what the confirmation phase compares: remove it, or `confirm: false`")
-    return Design(batch, most, float(alpha), permutations)
 
 
 def check_scheduler(raw: dict, fixed: dict, by_dataset: dict, datasets: list) -> dict | None:

@@ -157,8 +157,10 @@ def test_report_writes_tables_reproduction_and_nonempty_figures(store, tmp_path,
                  "fig2_val_curves_mnist.png", "fig2_val_curves_mnist.pdf", "fig3_markov_chain_mnist.png",
                  "axis_lam.png", "axis_lam.pdf"):
         assert (out / name).stat().st_size > (1000 if name.endswith(("png", "pdf")) else 100), name
-    # lambda 0.01 wins among {0.1, 0.01} (0.001 was stopped early): at the low edge of what finished
-    assert "best lam = 0.01 is at the edge of the searched range [0.01, 0.1]" in (out / "report.md").read_text()
+    # lambda 0.01 is chosen among 0.1, 0.01 and 0.001 (stopped early, still a value the search tried): inside
+    # the range, where the old rule, reading only the runs that finished, said it was at the edge of [0.01, 0.1]
+    assert "lam = 0.01 is at the edge" not in (out / "report.md").read_text()
+    assert "no searched hyperparameter's chosen value is at an edge" in (out / "report.md").read_text()
     assert "warning: missing cell: mnist 100-bit necst eps 0.2" not in printed.err  # failed trials: not a column
     csv = pd.read_csv(out / "table1.csv")
     assert csv.set_index("method").loc["iabf", "lam"] == 0.01
@@ -486,20 +488,21 @@ def test_the_table_chooses_a_configuration_by_the_rule_the_study_chose_by():
 
 
 def test_an_edge_note_judges_a_continuous_search_by_its_declared_range():
-    """Three draws of loguniform [0.001, 0.3]: the best, 0.0018, is the smallest drawn but well inside what
-    was declared (no note; the old rule flagged it against [0.0018, 0.011]); a best of 0.0011, in the outer
-    tenth of the declared range on the log scale, is noted. A grid is judged by its values."""
+    """Three draws of loguniform [0.001, 0.3]: the chosen 0.0018 is the smallest drawn but well inside what
+    was declared (no note; the old rule flagged it against [0.0018, 0.011]); a chosen 0.0011, in the outer
+    tenth of the declared range on the log scale, is noted. A grid is judged by its declared values: the
+    chosen value at either end is noted whatever the other values' runs reached (ASHA may have stopped them)."""
     params = {"search.lam": "{'loguniform': [0.001, 0.3]}", "search.K": "{'grid': [2, 5, 10]}"}
     declared = R.declared_search(params, "lam")
     assert declared == ("loguniform", [0.001, 0.3]) and R.declared_search(params, "eps") is None
-    y = pd.Series([1.0, 2.0, 3.0])
-    assert figures.edge_note(pd.Series([0.0018, 0.005, 0.011]), y, "lam", declared) is None
-    note = figures.edge_note(pd.Series([0.0011, 0.005, 0.011]), y, "lam", declared)
+    assert figures.edge_note(0.0018, pd.Series([0.0018, 0.005, 0.011]), "lam", declared) is None
+    note = figures.edge_note(0.0011, pd.Series([0.0011, 0.005, 0.011]), "lam", declared)
     assert note and "near the edge of the declared range [0.001, 0.3] (loguniform)" in note
-    assert figures.edge_note(pd.Series([0.0018, 0.005, 0.011]), y, "lam") is not None   # nothing declared: as drawn
-    assert "at the edge of the searched range [2, 10]" in figures.edge_note(
-        pd.Series([2, 5, 10]), y, "K", R.declared_search(params, "K"))
-    assert figures.edge_note(pd.Series([5, 2, 10]), y, "K", R.declared_search(params, "K")) is None
+    assert figures.edge_note(0.0018, pd.Series([0.0018, 0.005, 0.011]), "lam") is not None   # nothing declared: as drawn
+    assert "chosen K = 10 is at the edge of the searched range [2, 10]" in figures.edge_note(
+        10, pd.Series([2, 5, 10]), "K", R.declared_search(params, "K"))
+    assert figures.edge_note(5, pd.Series([5, 2, 10]), "K", R.declared_search(params, "K")) is None
+    assert figures.edge_note(10, pd.Series([10]), "K", R.declared_search(params, "K")) is not None   # the rest stopped
 
 
 def test_an_arms_own_search_is_on_the_record_for_the_edge_note_and_for_resume():
@@ -515,8 +518,36 @@ def test_an_arms_own_search_is_on_the_record_for_the_edge_note_and_for_resume():
     assert params["variant.1.search.lam"] == "{'loguniform': [0.001, 0.3]}" and params["variant.1.method"] == "iabf"
     assert R.declared_search(params, "lam", "iabf") == ("loguniform", [0.001, 0.3])
     assert R.declared_search(params, "lam", "necst") is None and R.declared_search(params, "lam") is None
-    y = pd.Series([1.0, 2.0, 3.0])
-    assert figures.edge_note(pd.Series([0.0018, 0.005, 0.011]), y, "lam", R.declared_search(params, "lam", "iabf")) is None
+    assert figures.edge_note(0.0018, pd.Series([0.0018, 0.005, 0.011]), "lam", R.declared_search(params, "lam", "iabf")) is None
     raw["variants"][1]["search"]["lam"] = {"loguniform": [0.001, 0.1]}
     edited = study_params(validate(raw, "s.yaml"))
     assert {k for k in params if params[k] != edited.get(k)} == {"variant.1.search.lam"}
+
+
+def test_the_edge_note_and_axis_plot_follow_the_studys_metric_and_mode_and_see_the_runs_asha_stopped(tmp_path):
+    """A study on val/mutual_info, mode max, lambda on the grid [0.001, 0.01, 0.1]: ASHA stopped 0.01 and 0.001
+    at their first rung (where their mutual information was lower), 0.1 ran to its end and is chosen, the
+    highest value of the grid. The report says so (the old rule, reading only finished runs and the lowest
+    validation distortion, judged nothing: one value left) and draws axis_lam with all three runs."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mi")
+    parent = client.create_run(exp, tags={"study": "mi"}).info.run_id
+    client.log_batch(parent, params=[Param("metric", M.VAL_MI), Param("mode", "max"), Param("confirm", "False"),
+                                     Param("search.lam", "{'grid': [0.001, 0.01, 0.1]}")])
+    for lam, mi, reason, epochs in ((0.1, 40.0, "completed", 3), (0.01, 30.0, "early_stopped", 1),
+                                    (0.001, 20.0, "early_stopped", 1)):
+        cfg = Config(dataset="mnist", method="iabf", eps=0.1, lam=lam)
+        run = client.create_run(exp, run_name=f"iabf-{lam}", tags={
+            "mlflow.parentRunId": parent, "trial_id": f"t{lam}", "stop_reason": reason,
+            "config_hash": config_hash(cfg.to_dict())}).info.run_id
+        # the distortion says the opposite (lowest at 0.001): a study on mutual information must not read it
+        client.log_batch(run, params=[Param(k, str(v)) for k, v in cfg.to_dict().items()],
+                         metrics=[Metric(M.VAL_MI, mi + e, 0, e) for e in range(1, epochs + 1)] +
+                                 [Metric(M.VAL_DISTORTION, 10 * lam, 0, epochs), Metric(M.BEST_VAL_DISTORTION, 10 * lam, 0, epochs)] +
+                                 ([Metric(M.TEST_DISTORTION, 1.0, 0, epochs)] if reason == "completed" else []))
+    out = tmp_path / "report"
+    assert report_main(["--tracking-uri", uri, "--study", "mi", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "iabf: chosen lam = 0.1 is at the edge of the searched range [0.001, 0.1]" in report, report
+    assert (out / "axis_lam.png").stat().st_size > 1000

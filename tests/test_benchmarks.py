@@ -36,3 +36,15 @@ def test_the_dataset_benchmark_sets_bf16_beside_fp32_with_the_ratio(capsys, data
     assert len(pairs) == 4                                              # 3 methods and the validation pass
     for a, b, ratio in ((float(a), float(b), float(r)) for a, b, r in pairs[:3]):
         assert a > 0 and b > 0 and abs(b / a - ratio) < 0.01 + 0.01 * ratio
+
+
+def test_the_sequential_benchmark_prints_the_error_and_the_savings(capsys):
+    import sequential
+
+    sequential.main(["--studies", "6", "--cells", "1", "--batch", "3", "--max", "9", "--permutations", "500",
+                     "--workers", "1", "--effect", "3"])
+    out = capsys.readouterr().out
+    assert "null: family-wise error" in out and "fixed design" in out
+    effect = next(line for line in out.splitlines() if line.startswith("effect 3 sd"))
+    seeds = float(effect.split("mean seeds per arm ")[1].split()[0])
+    assert 6 <= seeds < 9 and "power 1.000" in effect        # three sds: found at the second look in every study

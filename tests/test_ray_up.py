@@ -64,13 +64,13 @@ def wheelhouse() -> Path | None:
     return where
 
 
-TUNNEL = re.compile(r"^(HEAD_PRIVATE=.*)\n(ssh -N -L .*?)(?:\s+#.*)?$", re.M)   # the README's two tunnel lines
+TUNNEL = re.compile(r"^(HEAD_PRIVATE=.*)\n(ssh -N -L .*?)(?:\s+#.*)?$", re.M)   # docs/cluster.md's two tunnel lines
 
 
 def tunnel_script(work: Path) -> str:
-    """The README's tunnel to MLflow, with the test's key and account for AWS's, then a request through it."""
-    found = TUNNEL.search((ROOT / "README.md").read_text())
-    assert found, "the README's tunnel lines (HEAD_PRIVATE=..., ssh -N -L ...) are not where the test looks"
+    """docs/cluster.md's tunnel to MLflow, with the test's key and account for AWS's, then a request through it."""
+    found = TUNNEL.search((ROOT / "docs" / "cluster.md").read_text())
+    assert found, "docs/cluster.md's tunnel lines (HEAD_PRIVATE=..., ssh -N -L ...) are not where the test looks"
     ssh = found.group(2).replace("-i ~/.ssh/ray-autoscaler_*.pem ubuntu@",
                                  f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -i {work / 'key'} iabfnode@")
     assert ssh != found.group(2)
@@ -180,7 +180,7 @@ def test_a_study_launched_with_ray_exec_tracks_to_the_heads_server_and_writes_it
 
 
 def test_the_record_outlives_ray_down_and_the_report_is_rebuilt_from_it_elsewhere(cluster_run, tmp_path, monkeypatch):
-    """After `ray down`, outside the cluster's namespace, as the README's teardown does: the store's copy from
+    """After `ray down`, outside the cluster's namespace, as docs/cluster.md's teardown does: the store's copy from
     S3, and from it the report, analysis.best and a checkpoint, every artifact read from S3."""
     work, _, s3, _ = cluster_run
     assert rc(work, "down") == 0

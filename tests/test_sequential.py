@@ -3,6 +3,8 @@ from known distributions, seeded. With no true difference the family-wise error 
 Carlo error); with one, the design finds it on fewer seeds than a fixed design of `max` seeds, at comparable
 power. The numbers of a bigger simulation are benchmarks/sequential.py's."""
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -122,3 +124,53 @@ def test_the_seeds_needed_are_the_fewest_that_detect_the_difference(diff):
     if n > 2:
         assert detectable(int(n) - 1, sd, alpha) > diff
     assert seeds_needed(0.0, sd, alpha) == math.inf and math.isnan(seeds_needed(diff, float("nan"), alpha))
+
+
+# --- the `adaptive:` block of a study file, fuzzed ----------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ANY = st.one_of(st.integers(-5, 300), st.floats(-1, 2), st.just(float("nan")), st.text(max_size=3), st.booleans(), st.none(),
+                st.lists(st.integers(), max_size=2))
+NEAR = st.builds(lambda b, k, a, p, drop: {k_: v for k_, v in {"batch": b, "max": b * k + (k > 4), "alpha": a,
+                                                                 "permutations": p}.items() if k_ != drop},
+                 st.integers(1, 6), st.integers(1, 5), st.sampled_from([0.0005, 0.001, 0.01, 0.05, 0.5, 0.6]),
+                 st.sampled_from([99, 100, 1000, 10000]), st.sampled_from(["", "alpha", "permutations", "max"]))
+BLOCK = st.one_of(NEAR, st.dictionaries(st.sampled_from(["batch", "max", "alpha", "permutations", "first", "seeds"]),
+                                        st.one_of(st.integers(1, 30), st.sampled_from([0.001, 0.05, 0.6]), ANY),
+                                        max_size=4))
+
+
+@settings(max_examples=120)
+@given(block=st.one_of(BLOCK, ANY), seeds=st.sampled_from([False, False, False, True]))
+def test_an_adaptive_block_is_a_design_the_schema_accepts_or_one_line_naming_its_key(block, seeds):
+    """Whatever the block holds: a Study whose Design says what the file said (defaults for what it left out),
+    which the editor's schema accepts too; or one SpaceError line naming `adaptive` (or `seeds`, given beside
+    it). Never a traceback, and never a design that could not decide anything."""
+    import json
+
+    import jsonschema
+
+    from studies.space import SpaceError
+    from studies.validation import validate
+
+    schema = json.loads((Path(__file__).resolve().parents[1] / "search_spaces" / "schema.json").read_text())
+    raw = {"study": "s", "dataset": "digits", "variants": [{"method": "necst"}, {"method": "abf"}], "adaptive": block,
+           **({"seeds": [0, 1]} if seeds else {})}
+    try:
+        study = validate(raw, "s.yaml")
+    except SpaceError as e:
+        said = str(e)
+        assert "\n" not in said and re.match(r"s\.yaml: (adaptive|seeds)", said), said
+        return
+    design = study.adaptive
+    if block is None:
+        assert design is None
+        return
+    jsonschema.validate(raw, schema)
+    given_ = {**Design().__dict__, **block}
+    assert (design.batch, design.max, design.alpha, design.permutations) == \
+        (given_["batch"], given_["max"], given_["alpha"], given_["permutations"])
+    assert design.max % design.batch == 0 and study.seeds == list(range(design.max)) and not seeds
+    assert earliest_look(design, family({"c | necst": "necst", "c | abf": "abf"})) is not None

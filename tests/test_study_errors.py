@@ -108,10 +108,10 @@ def test_studies_started_at_once_on_a_new_store_create_its_schema_once(tmp_path)
     import time
 
     code = ("import sys, time\n"
-            "from studies import tracking\n"
+            "from studies import store\n"
             "from mlflow.tracking import MlflowClient\n"
             "while time.time() < float(sys.argv[2]): time.sleep(0.001)\n"
-            "tracking.create_store(sys.argv[1])\n"
+            "store.create_store(sys.argv[1])\n"
             "MlflowClient(sys.argv[1]).create_experiment(sys.argv[3])\n")
     uri, start = f"sqlite:///{tmp_path / 'new.db'}", time.time() + 6   # every process imported and waiting
     procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(start), f"e{i}"], stdout=subprocess.PIPE,

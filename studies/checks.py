@@ -1,0 +1,97 @@
+"""The checks every key of a study file uses (studies/validation.py, and a concept's own block such as
+studies/adaptive.py's): a check raises `Invalid(key, message)`; `in_file` turns it into the one-line
+SpaceError `path: key: message`."""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+from iabf.config import ALONE, FIELD_TYPES, INT_MAX, Config, ConfigError, short, with_preset
+from studies.space import NOT_SEARCHABLE, SpaceError, default
+
+
+class Invalid(Exception):
+    """One key's problem, before the file's name is put in front of it (`in_file`)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(key, message)
+        self.key, self.message = key, message
+
+
+def fail(key: str, message: str):
+    raise Invalid(key, message)
+
+
+@contextmanager
+def in_file(path: str):
+    """An `Invalid` raised inside becomes the one-line SpaceError `path: key: message`."""
+    try:
+        yield
+    except Invalid as e:
+        raise SpaceError(f"{path}: {e.key}: {e.message}") from None
+
+
+def check_keys(d, allowed, where: str) -> None:
+    if not isinstance(d, dict):
+        fail(where or "top level", f"expected a mapping, got {type(d).__name__}")
+    for k in d:
+        if k not in allowed:
+            k = k if isinstance(k, str) else short(k)
+            fail(f"{where}.{k}" if where else k, f"unknown key; allowed: {', '.join(allowed)}")
+
+
+def number(value, key: str, lo: float, integer: bool = False, above: bool = False, hi: float = INT_MAX):
+    """A finite number (an integer if asked) in [lo, hi] (or (lo, hi] if above): NaN, inf, bools and
+    values beyond 32-bit integers are never valid here."""
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float)) and \
+        math.isfinite(value) and (value > lo if above else value >= lo) and value <= hi
+    if not ok:
+        fail(key, f"expected {'an integer' if integer else 'a number'} {'>' if above else '>='} {lo:g} "
+                  f"and <= {hi:g}, got {short(value)}")
+    return value
+
+
+def want(value, types, key: str, what: str):
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)) \
+            or not isinstance(value, types):
+        fail(key, f"expected {what}, got {short(value)}")
+    return value
+
+
+def check_choice(raw: dict, key: str, allowed: tuple, refusal: str):
+    value = raw.get(key, default(key))
+    if value not in allowed:
+        fail(key, f"{short(value)} {refusal}")
+    return value
+
+
+def check_value(name, value, key: str) -> None:
+    """One Config field at one value: Config's own checks (iabf/config.py: Allowed), plus no study at eps = 0.5."""
+    if name not in FIELD_TYPES:
+        fail(key, f"unknown parameter {short(name)}; parameters: {', '.join(FIELD_TYPES)}")
+    if name in NOT_SEARCHABLE and key.split(".")[0] != "fixed" or name in ("seed", "stack"):
+        where = "`seeds`" if name == "seed" else "`stack`" if name == "stack" else "the command line"
+        fail(key, f"{name} is set by {where}, not here")
+    try:   # the field alone (examples_seen is read with max_train_examples: the pair is checked per group)
+        Config.from_dict({name: value, **ALONE.get(name, {})})
+    except ConfigError as e:
+        fail(key, str(e))
+    if name in ("eps", "test_eps") and value == 0.5:
+        fail(key, f"{name}=0.5 is not allowed in a study: a channel at 0.5 carries nothing; use [0, 0.5)")
+
+
+def preset(values: dict, where: str) -> dict:
+    """values with a `preset` (iabf.config.PRESETS) replaced by what it stands for."""
+    try:
+        return with_preset(values)
+    except ConfigError as e:
+        fail(f"{where}.preset", str(e))
+
+
+def seed_list(value, key: str) -> list:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= INT_MAX for s in value):
+        fail(key, f"expected a non-empty list of integers >= 0, got {short(value)}")
+    if len(set(value)) != len(value):
+        fail(key, f"repeated seeds in {short(value)}")
+    return value
