@@ -91,6 +91,8 @@ class Allowed:
     note: str = ""                  # what they mean, as the message says it
     noun: str = ""                  # what a value in range is called ("a probability")
     source: str = ""                # where the range comes from, said after it
+    study_below: float | None = None   # a study's values stay below it (a channel at eps 0.5 carries nothing;
+                                       # iabf.train still trains there): the study validator and schema read it
 
     def admits(self, v) -> bool:
         if self.choices:
@@ -143,9 +145,9 @@ class Config:
                         "100 for a dataset of one's own)", Allowed(lo=1, also=(0,), note="(the paper's)"))
     channel: str = _f("bsc", "the channel, one of", _one_of(CHANNELS))
     eps: float = _f(0.1, "training channel noise: the probability of the channel's flip, erasure or drop (--channel)",
-                    Allowed(lo=0, hi=0.5, noun="a probability"))
+                    Allowed(lo=0, hi=0.5, noun="a probability", study_below=0.5))
     test_eps: float = _f(-1.0, "channel noise at validation and test; -1 = same as eps",
-                          Allowed(lo=0, hi=0.5, also=(-1,), noun="a probability"))
+                          Allowed(lo=0, hi=0.5, also=(-1,), noun="a probability", study_below=0.5))
     lam: float = _f(0.01, "lambda, weight of the infomax term L_info (eq. 29); used by iabf only; paper: {0.1, 0.01, 0.001}", ANY)
     K: int = _f(5, "VIMCO samples per image (eq. 31); the paper uses 5", AT_LEAST_1)
     # --- adversarial bit flip (eq. 23-26, 30) ---

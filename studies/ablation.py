@@ -24,7 +24,7 @@ from iabf.config import INT_MAX, ConfigError, Parser, short, warnings_in_one_lin
 from iabf.record import COMPLETED, DEFAULT_CELL, FAILED, INTERRUPTED, STOP_REASONS  # noqa: E402
 from studies.plan import groups, plan  # noqa: E402
 from studies.signals import StopSignal  # noqa: E402
-from studies.space import SpaceError, smoke, table_columns  # noqa: E402
+from studies.space import TOP, SpaceError, smoke, table_columns  # noqa: E402
 from studies.validation import check_gpu, check_stack, load_study  # noqa: E402
 from studies.storage import check_storage, local_dir, resolve_experiment, tune_filesystem  # noqa: E402
 
@@ -61,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="continue an interrupted study: its folder, or the latest of this space's study")
     p.add_argument("--smoke", action="store_true",
                    help="shrink the space to a few tiny CPU trials through both phases (to check an install)")
-    p.add_argument("--max-concurrent", type=bounded(int, 1), default=None, help="at most this many trials at once")
+    p.add_argument("--max-concurrent", type=bounded(int, *TOP["max_concurrent"].span), default=None,
+                   help="at most this many trials at once; 0: as many as the resources allow (default: the space's)")
     p.add_argument("--stack", type=bounded(int, 1, 1024), default=None, metavar="S",
                    help="train S consecutive seeds as one stacked model per trial (overrides the space's stack)")
     p.add_argument("--gpus-per-trial", type=bounded(float, 0, 10_000), default=None,
@@ -76,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--estimate", action="store_true",
                    help="with --plan: also time each model the study trains on this machine (a few steps on the "
                         "data in --data-dir) and print the expected trial-hours and wall time")
-    p.add_argument("--chain-steps", type=bounded(int, 0, 10**7), default=None,
+    p.add_argument("--chain-steps", type=bounded(int, *TOP["chain_steps"].span), default=None,
                    help="Markov-chain steps for each finished trial's samples (default: the space's chain_steps, "
                         "9000, the paper's, unless it says otherwise; 90 with --smoke)")
     return p.parse_args(argv)

@@ -3,11 +3,14 @@ studies/adaptive.py's): a check raises `Invalid(key, message)`; `in_file` turns 
 SpaceError `path: key: message`."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager
 
 from iabf.config import ALONE, FIELD_TYPES, INT_MAX, Config, ConfigError, short, with_preset
-from studies.space import NOT_SEARCHABLE, SpaceError, default
+from studies.space import NOT_SEARCHABLE, SET_BY_SEEDS, TOP, SpaceError, default
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 class Invalid(Exception):
@@ -51,6 +54,12 @@ def number(value, key: str, lo: float, integer: bool = False, above: bool = Fals
     return value
 
 
+def top_int(raw: dict, key: str) -> int:
+    """An integer top-level key within its declared span (studies/space.py: TOP), or its default."""
+    lo, hi = TOP[key].span
+    return number(raw.get(key, default(key)), key, lo, integer=True, hi=hi)
+
+
 def want(value, types, key: str, what: str):
     if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)) \
             or not isinstance(value, types):
@@ -69,15 +78,17 @@ def check_value(name, value, key: str) -> None:
     """One Config field at one value: Config's own checks (iabf/config.py: Allowed), plus no study at eps = 0.5."""
     if name not in FIELD_TYPES:
         fail(key, f"unknown parameter {short(name)}; parameters: {', '.join(FIELD_TYPES)}")
-    if name in NOT_SEARCHABLE and key.split(".")[0] != "fixed" or name in ("seed", "stack"):
+    if name in NOT_SEARCHABLE and key.split(".")[0] != "fixed" or name in SET_BY_SEEDS:
         where = "`seeds`" if name == "seed" else "`stack`" if name == "stack" else "the command line"
         fail(key, f"{name} is set by {where}, not here")
     try:   # the field alone (examples_seen is read with max_train_examples: the pair is checked per group)
         Config.from_dict({name: value, **ALONE.get(name, {})})
     except ConfigError as e:
         fail(key, str(e))
-    if name in ("eps", "test_eps") and value == 0.5:
-        fail(key, f"{name}=0.5 is not allowed in a study: a channel at 0.5 carries nothing; use [0, 0.5)")
+    below = FIELDS[name].metadata["allowed"] and FIELDS[name].metadata["allowed"].study_below
+    if below is not None and value >= below:
+        fail(key, f"{name}={short(value)} is not allowed in a study: a channel at {below:g} carries nothing; use values "
+                  f"below {below:g}")
 
 
 def preset(values: dict, where: str) -> dict:

@@ -33,7 +33,8 @@ def allowed_schema(f) -> dict:
     if allowed.choices:
         return {**out, "enum": list(allowed.choices)}
     span = {"exclusiveMinimum" if allowed.above else "minimum": allowed.lo,
-            **({} if allowed.hi is None else {"maximum": allowed.hi})}
+            **({} if allowed.hi is None else {"maximum": allowed.hi}),
+            **({} if allowed.study_below is None else {"exclusiveMaximum": allowed.study_below})}
     if not allowed.also:
         return {**out, **span}
     return {**out, "anyOf": [*({"const": v} for v in allowed.also), span]}
@@ -63,7 +64,8 @@ def distribution(f) -> dict:
 def schema() -> dict:
     fields = {f.name: field_schema(f) for f in dataclasses.fields(C.Config)}
     preset = {"enum": sorted(C.PRESETS), "description": "paper (the defaults) or reference (the authors' code)"}
-    values = {"type": "object", "properties": {**fields, "preset": preset}, "additionalProperties": False}
+    values = {"type": "object", "properties": {**{k: v for k, v in fields.items() if k not in S.SET_BY_SEEDS},
+                                               "preset": preset}, "additionalProperties": False}
     searchable = {k: v for k, v in fields.items() if k not in S.NOT_SEARCHABLE}
     search = {"type": "object", "additionalProperties": False,
               "properties": {k: {"$ref": f"#/$defs/distribution/{k}"} for k in searchable},
@@ -72,7 +74,7 @@ def schema() -> dict:
            "properties": {**{k: v for k, v in fields.items() if k not in S.NOT_SEARCHABLE}, "preset": preset,
                           "name": {"type": "string", "pattern": f"^{S.ARM_NAME.pattern}$"},
                           "search": {"$ref": "#/$defs/search"}}}
-    top = {k: key.schema for k, key in S.TOP.items()}   # the declaration (studies/space.py: TOP)
+    top = {k: key.full_schema for k, key in S.TOP.items()}   # the declaration (studies/space.py: TOP)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "IABF study (search_spaces/*.yaml)",
             "description": "Written by `python -m studies.schema`; the full rules: search_spaces/README.md",
             "type": "object", "required": ["study"], "additionalProperties": False, "properties": top,

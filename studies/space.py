@@ -28,6 +28,12 @@ class Key:
     doc: str                  # the README's "meaning"
     schema: dict              # JSON Schema; #/$defs/... are studies/schema.py's
     shown: str = ""           # the README's "default" column where it is not the value itself
+    span: tuple | None = None  # (lo, hi) of an integer key: the validator, schema.json and its command-line option
+                               # read it here (`schema` below adds it to the JSON Schema)
+
+    @property
+    def full_schema(self) -> dict:
+        return {**self.schema, **({"minimum": self.span[0], "maximum": self.span[1]} if self.span else {})}
 
 
 REQUIRED = object()
@@ -103,16 +109,16 @@ TOP = {
                   "optimise", {"enum": list(METRICS)}),
     "mode": Key("`min`/`max`", "min", "whether `metric` is minimised or maximised", {"enum": ["min", "max"]}),
     "num_samples": Key("int >= 1", 1, "draws per group (`random`, `optuna`); a grid runs once",
-                       {"type": "integer", "minimum": 1}),
+                       {"type": "integer"}, span=(1, 100_000)),
     "resources": Key("{cpu: >0, gpu: >=0}", {"cpu": 1, "gpu": 0}, "per trial; a GPU fraction packs several trials "
                      "on one GPU",
                      {"type": "object", "additionalProperties": False,
                       "properties": {"cpu": {"type": "number", "exclusiveMinimum": 0},
                                      "gpu": {"type": "number", "minimum": 0}}}),
-    "max_concurrent": Key("int >= 0", 0, "at most this many trials at once (0: as many as the resources allow)",
-                          {"type": "integer", "minimum": 0}),
+    "max_concurrent": Key("int >= 0", 0, "at most this many trials at once (0: as many as the resources allow; "
+                          "`--max-concurrent` overrides)", {"type": "integer"}, span=(0, 100_000)),
     "chain_steps": Key("int >= 1", 9000, "Markov-chain steps (eq. 32) for each confirmed run's samples "
-                       "(`--chain-steps` overrides)", {"type": "integer", "minimum": 1}),
+                       "(`--chain-steps` overrides)", {"type": "integer"}, span=(1, 10**7)),
 }
 TOP_KEYS = tuple(TOP)
 
@@ -123,6 +129,7 @@ def default(key: str):
 
 
 NOT_SEARCHABLE = ("seed", "stack", "data_dir", "device", "download")  # set by `seeds`, `stack`, the command line
+SET_BY_SEEDS = ("seed", "stack")   # Config fields a study sets from `seeds` and `stack`: never a value in its file
 
 
 class SpaceError(ValueError):

@@ -20,7 +20,7 @@ from iabf.config import FIELD_TYPES, Config, ConfigError, short
 from iabf.datasets import SPECS
 from studies.adaptive import check_adaptive, check_family
 from studies.checks import (  # noqa: F401  (Invalid, fail, in_file: the validator's, for those who import them here)
-    Invalid, check_choice, check_keys, check_value, fail, in_file, number, preset, seed_list, want,
+    Invalid, check_choice, check_keys, check_value, fail, in_file, number, preset, seed_list, top_int, want,
 )
 from studies.plan import cell_axes, is_cell
 from studies.space import (
@@ -114,7 +114,7 @@ def validate(raw, path: str) -> Study:
         scheduler = check_scheduler(raw, fixed, by_dataset, datasets)
         metric = check_choice(raw, "metric", METRICS, f"is not a reported metric; one of {', '.join(METRICS)}")
         mode = check_choice(raw, "mode", ("min", "max"), "is not allowed: min or max")
-        num_samples = number(raw.get("num_samples", default("num_samples")), "num_samples", 1, integer=True, hi=100_000)
+        num_samples = top_int(raw, "num_samples")
         if searcher == "grid" and num_samples != 1:
             fail("num_samples", "a grid is run once (repeats are `seeds`); num_samples is for random and optuna")
         study = Study(
@@ -124,11 +124,9 @@ def validate(raw, path: str) -> Study:
             adaptive=adaptive,
             cells=cells, searcher=searcher, scheduler=scheduler, metric=metric, mode=mode, num_samples=num_samples,
             resources=check_resources(raw),
-            max_concurrent=number(raw.get("max_concurrent", default("max_concurrent")), "max_concurrent", 0,
-                                  integer=True),
+            max_concurrent=top_int(raw, "max_concurrent"),
             description=want(raw.get("description", default("description")), str, "description", "text"),
-            chain_steps=number(raw.get("chain_steps", default("chain_steps")), "chain_steps", 1, integer=True,
-                               hi=10**7))
+            chain_steps=top_int(raw, "chain_steps"))
     return check_family(check_groups(check_stack(check_size(study))))
 
 
