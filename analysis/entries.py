@@ -19,10 +19,11 @@ from scipy import stats
 
 from iabf import metrics as M
 from iabf import record as R
+from iabf.config import PAPER_METHODS
 from iabf.datasets import SPECS
 
 
-METHODS = ("necst", "abf", "iabf")   # the paper's, in its Table 1's order (of iabf.config.METHODS)
+METHODS = PAPER_METHODS   # the paper's, in its Table 1's order
 
 
 METHOD_NAMES = {"necst": "NECST", "abf": "ABF", "iabf": "IABF", "separation": "Separation"}
@@ -34,7 +35,6 @@ DATASET_ORDER = ("binary_mnist", "omniglot", "cifar10", "mnist", "digits")   # t
 DATASET_NAMES = {k: spec.display for k, spec in SPECS.items()}   # one of one's own: by its name, or name_datasets
 
 
-LEGACY_AXES = ("dataset", "bits", "eps")         # the cell of a frame without cell columns (older callers)
 
 
 NOT_CONFIG = tuple(f"param.{k}" for k in R.NOT_CONFIG)   # a frame's columns of what is not a configuration
@@ -70,7 +70,7 @@ def with_cells(trials: pd.DataFrame) -> pd.DataFrame:
         trials = trials.assign(arm=trials.method)
     if any(c.startswith(R.CELL_PREFIX) for c in trials.columns):
         return trials
-    axes = [a for a in ("dataset", "channel", "bits", "eps") if a in trials]
+    axes = [a for a in R.DEFAULT_CELL if a in trials]
     return trials.assign(**{R.CELL_PREFIX + a: trials[a] for a in axes})
 
 

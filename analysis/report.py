@@ -80,7 +80,7 @@ class NothingToReport(LookupError):
 
 def is_table1(cells: pd.DataFrame) -> bool:
     """Is the study shaped like the paper's Table 1 (cells of dataset, channel, code length, eps)?"""
-    return {entries.axis_name(c) for c in entries.cell_columns(cells)} <= {"dataset", "channel", "bits", "eps"}
+    return {entries.axis_name(c) for c in entries.cell_columns(cells)} <= set(R.DEFAULT_CELL)
 
 
 def panel_name(entry: pd.Series, axes: list[str]) -> str:

@@ -16,6 +16,7 @@ from .datasets import LIKELIHOODS, SPECS, default_bits, is_name
 
 DATASETS = tuple(SPECS)   # the known ones (iabf/datasets.py); any other <name>.npz in data_dir is one too
 METHODS = ("necst", "abf", "iabf", "separation")
+PAPER_METHODS = METHODS[:3]   # the paper's, in its Table 1's order: what tables order arms by and contrast against
 CHANNEL_CODES = ("ldpc", "capacity", "none")   # separation's channel code (iabf/separation.py)
 # The channels by name, each said in one line (`--help`); a row of iabf.channels.CHANNELS each (its
 # tensors), one entry of iabf.capacity.CAPACITY each (torch-free here, so studies validate without

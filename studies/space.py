@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from iabf import metrics as M
 from iabf.config import ARCH_KIND, Config, one_line
+from iabf.record import DEFAULT_CELL_TEXT
 from studies.plan import cell_axes, plan
 
 SEARCHERS = ("grid", "random", "optuna")
@@ -71,8 +72,8 @@ TOP = {
     "cells": Key("list of parameters", None, "what makes a table cell; e.g. `[dataset, eps, K, flip_budget]` "
                  "reports every K and budget instead of choosing one",
                  {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"$ref": "#/$defs/searchable"},
-                  "description": "the parameters that make a table cell (default: dataset, channel, bits, test eps)"},
-                 "dataset, channel, bits, test eps"),
+                  "description": f"the parameters that make a table cell (default: {DEFAULT_CELL_TEXT})"},
+                 DEFAULT_CELL_TEXT),
     "seeds": Key("list of int", [0], "the confirmation seeds: n per table entry",
                  {**SEEDS, "description": "the confirmation seeds (n per table entry)"}),
     "search_seeds": Key("list of int", None, "the seeds one search trial trains (several: one stacked trial, judged "

@@ -70,7 +70,7 @@ def study_params(study) -> dict[str, str]:
     """The study's parameters as its parent run records them."""
     params = {"searcher": study.searcher, "metric": study.metric, "mode": study.mode, "num_samples": study.num_samples,
               "seeds": study.seeds, "search_seeds": study.search_seeds, "confirm": study.confirm,
-              "cells": study.cells or "dataset, channel, bits, test eps", "stack": study.stack,
+              "cells": study.cells or R.DEFAULT_CELL_TEXT, "stack": study.stack,
               "arms": [a.name for a in study.arms],
               "scheduler": study.scheduler or "none", "resources": study.resources,
               **{f"fixed.{k}": v for k, v in study.fixed.items()},
