@@ -29,7 +29,7 @@ lock:   ## upgrade constraints.txt to the newest versions pyproject.toml allows 
 study: $(STAMP)   ## the default study: digits on the local machine (a few minutes on 2 CPUs)
 	$(PY) studies/ablation.py $(ARGS)
 
-smoke: $(STAMP)   ## two tiny trials, to check an install
+smoke: $(STAMP)   ## the default study shrunk to a few tiny trials through both phases, to check an install
 	$(PY) studies/ablation.py --smoke $(ARGS)
 
 # the whole of Table 1 at a 2-CPU budget (search_spaces/table1_cpu.yaml); its results and MLflow store

@@ -17,7 +17,7 @@ import warnings
 from analysis import entries
 from analysis.fetch import chooser, fetch_runs, study_params, table_runs
 from iabf.metrics import STATE
-from iabf.record import COMPLETED, STOP_REASON, StoreError, check_store
+from iabf.record import COMPLETED, CONFIRMS, PARAM, STOP_REASON, StoreError, check_store
 
 
 def best(uri: str, study: str, parent: str | None = None) -> tuple[list[dict], bool]:
@@ -36,9 +36,9 @@ def best(uri: str, study: str, parent: str | None = None) -> tuple[list[dict], b
                             for c in entries.cell_columns(chosen)},
             "dataset": e.dataset, "bits": int(e.bits), "eps": float(e.eps),
             "arm": e.arm, "method": e.method, "config": e.config,
-            "params": {k.removeprefix("param."): _plain(v) for k, v in by_id.loc[ids[0]].items()
-                       if k.startswith("param.") and k not in entries.NOT_CONFIG},
-            "confirms": by_id.loc[ids[0], "confirms"], "n": int(e.n), "val": float(e.val),
+            "params": {k.removeprefix(PARAM): _plain(v) for k, v in by_id.loc[ids[0]].items()
+                       if k.startswith(PARAM) and k not in entries.NOT_CONFIG},
+            CONFIRMS: by_id.loc[ids[0], CONFIRMS], "n": int(e.n), "val": float(e.val),
             "test": float(e.test), "test_std": None if math.isnan(e.std) else float(e.std),
             "runs": [{"run_id": i, "seed": int(by_id.loc[i, "seed"]), "test": float(by_id.loc[i, "test"]),
                       "checkpoint": f"runs:/{i}/{STATE}"} for i in ids]})
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     for r in records:
         std = f" ± {r['test_std']:.4g}" if r["test_std"] is not None else ""
         print(f"{r['cell']}  {r['arm']}: {r['config']}  test {r['test']:.4g}{std} (n = {r['n']})"
-              + (f"  confirms search trial {r['confirms']}" if r["confirms"] else ""))
+              + (f"  confirms search trial {r[CONFIRMS]}" if r[CONFIRMS] else ""))
         for run in r["runs"]:
             print(f"    seed {run['seed']}: run {run['run_id']}  test {run['test']:.4g}  {run['checkpoint']}")
     return 0

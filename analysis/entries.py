@@ -1,4 +1,5 @@
-"""A table's entries, from a frame of runs (analysis.fetch): pure functions, DataFrame in, DataFrame out.
+"""A table's entries, from a frame of runs (analysis.fetch): functions from a DataFrame to a DataFrame, and the
+names tables print (`name_datasets` sets the reported study's own datasets' names, a module-level table).
 
 An entry is a cell of the study (its values of the axes the study declared, the `cell.<axis>` columns:
 by default dataset, channel, bits and test eps; K, flip_budget or anything else a study's `cells:`
@@ -37,7 +38,7 @@ DATASET_NAMES = {k: spec.display for k, spec in SPECS.items()}   # one of one's 
 
 
 
-NOT_CONFIG = tuple(f"param.{k}" for k in R.NOT_CONFIG)   # a frame's columns of what is not a configuration
+NOT_CONFIG = tuple(R.PARAM + k for k in R.NOT_CONFIG)   # a frame's columns of what is not a configuration
 
 
 def name_datasets(names: dict[str, str]) -> None:
@@ -59,7 +60,7 @@ def config_text(row: pd.Series, columns) -> str:
         v = row[c]
         if isinstance(v, float) and math.isnan(v):
             continue
-        parts.append(f"{c.removeprefix('param.')}={R.value_text(v)}")
+        parts.append(f"{c.removeprefix(R.PARAM)}={R.value_text(v)}")
     return " ".join(parts)
 
 
@@ -95,21 +96,21 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
     the one the study's own rule chooses (iabf.record.choose on its `metric` and `mode`, the mean
     over seeds). `config`: the chosen values of the parameters that vary between the runs of its
     entry in `context` (default: `trials`; the study's search runs show what was searched)."""
-    empty = ["cell", "dataset", "bits", "method", "eps", "arm", "config_hash", "config", "lam", "K", "val", "test",
+    empty = ["cell", "dataset", "bits", "method", "eps", "arm", R.CONFIG_HASH, "config", "lam", "K", "val", "test",
              "std", "n", "tests", "run_ids", "best", "tied", "p_value"]
     if trials.empty:
         return pd.DataFrame(columns=[*cell_columns(trials), *empty])
     trials = with_cells(trials)
     context = with_cells(trials if context is None else context)
     entry, axes = entry_columns(trials), cell_columns(trials)
-    params = [c for c in trials.columns if c.startswith("param.") and c not in NOT_CONFIG]
+    params = [c for c in trials.columns if c.startswith(R.PARAM) and c not in NOT_CONFIG]
     # per entry, the parameters its own runs vary: what its search chose between
     varying = {key: [c for c in params if c in group and group[c].astype(str).nunique() > 1]
                for key, group in context.groupby(entry, dropna=False)}
     first = {c: (c, "first") for c in ("dataset", "bits", "method", "eps", "cell", *params) if c in trials}
     trials = trials.assign(score=trials[score_column(trials, metric)],
                            epochs=trials["epochs"] if "epochs" in trials else 0)
-    configs = (trials.groupby([*entry, "config_hash"], dropna=False)
+    configs = (trials.groupby([*entry, R.CONFIG_HASH], dropna=False)
                .agg(lam=("lam", "first"), K=("K", "first"), val=("val", "mean"), test=("test", "mean"),
                     score=("score", "mean"), epochs=("epochs", "max"),
                     std=("test", "std"), n=("test", "size"), tests=("test", list), run_ids=("run_id", list),
@@ -147,8 +148,8 @@ def score_column(trials: pd.DataFrame, metric: str) -> str:
     """The column of each run's score for the study's metric (iabf.record.score_key): analysis.fetch's
     metric.<key>, or `val` (the best validation distortion) in a frame that has no metric columns."""
     key = R.score_key(metric)
-    if f"metric.{key}" in trials:
-        return f"metric.{key}"
+    if R.METRIC_OF + key in trials:
+        return R.METRIC_OF + key
     if key == M.BEST_VAL_DISTORTION and "val" in trials:
         return "val"
     raise TableError(f"the runs have no {key!r} metric, which chooses the study's configurations (metric: {metric})")
@@ -183,8 +184,8 @@ def cost(trials: pd.DataFrame, plan: dict | None = None) -> pd.DataFrame:
     """What each cell cost, over all its runs (early-stopped and failed ones included): trial-epochs
     (one per seed and epoch) spent in the search and in the confirmation, beside what the full grid
     without early stopping would have cost (from the study's plan, when it logged one)."""
-    df = trials.assign(gpu_hours=trials.get("metric.sys/gpu_seconds", 0.0) / 3600,
-                       trial_hours=trials.get("metric.sys/wall_seconds", 0.0) / 3600,
+    df = trials.assign(gpu_hours=trials.get(R.METRIC_OF + M.GPU_SECONDS, 0.0) / 3600,
+                       trial_hours=trials.get(R.METRIC_OF + M.WALL_SECONDS, 0.0) / 3600,
                        search_epochs=trials.epochs.where(trials[R.PHASE] != R.CONFIRM, 0.0),
                        confirm_epochs=trials.epochs.where(trials[R.PHASE] == R.CONFIRM, 0.0)).fillna(
         {"gpu_hours": 0.0, "trial_hours": 0.0})

@@ -15,7 +15,7 @@ from iabf.config import FIELD_TYPES, Config
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # a plan's download is no console news
 COLUMNS = ["dataset", "bits", "method", "eps", "channel", "lam", "K", "seed", R.STOP_REASON, "val", "test",
-           "run_id", "config_hash", "run_name", R.FAILURE, R.PHASE, R.CELL, R.ARM, R.UID, R.CONFIRMS, "epochs"]
+           "run_id", R.CONFIG_HASH, "run_name", R.FAILURE, R.PHASE, R.CELL, R.ARM, R.UID, R.CONFIRMS, "epochs"]
 
 
 class FetchError(R.StoreError):
@@ -35,7 +35,7 @@ def parent_run(client: MlflowClient, study: str, parent: str | None = None):
     if parent:
         return exp, client.get_run(parent)
     parents = [r for r in client.search_runs([exp.experiment_id], max_results=10_000, order_by=["start_time DESC"])
-               if "trial_id" not in r.data.tags]
+               if R.TRIAL_ID not in r.data.tags]
     if not parents:
         raise FetchError(f"study {study!r} has no study (parent) run")
     return exp, parents[0]
@@ -62,7 +62,7 @@ def fetch_runs(tracking_uri: str, study: str, parent: str | None = None, include
                      R.STOP_REASON: r.data.tags.get(R.STOP_REASON, "running"),
                      "val": r.data.metrics.get(M.BEST_VAL_DISTORTION, float("nan")),
                      "test": r.data.metrics.get(M.TEST_DISTORTION, float("nan")),
-                     "run_id": r.info.run_id, "config_hash": r.data.tags.get("config_hash", ""),
+                     "run_id": r.info.run_id, R.CONFIG_HASH: r.data.tags.get(R.CONFIG_HASH, ""),
                      "run_name": r.info.run_name, R.FAILURE: r.data.tags.get(R.FAILURE, ""),
                      # the protocol's labels (studies/plan.py); a run from before them is a search run
                      # of its own cell, in the arm of its method
@@ -71,8 +71,8 @@ def fetch_runs(tracking_uri: str, study: str, parent: str | None = None, include
                      R.UID: tags.get(R.UID, ""), R.CONFIRMS: tags.get(R.CONFIRMS, ""),
                      "epochs": r.data.metrics.get(M.EPOCH, 0.0),
                      **{f"{R.CELL_PREFIX}{k}": v for k, v in cell.items()},
-                     **{f"param.{k}": v for k, v in cfg.to_dict().items()},
-                     **{f"metric.{k}": v for k, v in r.data.metrics.items()}})
+                     **{R.PARAM + k: v for k, v in cfg.to_dict().items()},
+                     **{R.METRIC_OF + k: v for k, v in r.data.metrics.items()}})
     df = pd.DataFrame(rows, columns=None if rows else [*COLUMNS, *(R.CELL_PREFIX + a for a in axes)])
     if not include_unfinished and len(df):
         df = df[df[R.STOP_REASON] == R.COMPLETED]
@@ -88,7 +88,7 @@ def cell_axes(client: MlflowClient, par) -> list[str]:
         return list(plan["axes"])
     if plan and plan.get("cells") and isinstance(plan["cells"][0].get("values"), dict):
         return list(plan["cells"][0]["values"])
-    return R.axes_of(par.data.params.get("cells")) or list(R.DEFAULT_CELL)
+    return R.axes_of(par.data.params.get(R.CELLS)) or list(R.DEFAULT_CELL)
 
 
 def load_plan(client: MlflowClient, par) -> dict | None:
@@ -128,7 +128,7 @@ def study_params(tracking_uri: str, study: str, parent: str | None = None) -> di
 def chooser(params: dict) -> dict:
     """The metric and mode the study chose its configurations by (its parent run's parameters), for
     analysis.entries.select_cells: a table chooses as its study did."""
-    return {"metric": params.get("metric", M.VAL_DISTORTION), "mode": params.get("mode", "min")}
+    return {"metric": params.get(R.METRIC, M.VAL_DISTORTION), "mode": params.get(R.MODE, "min")}
 
 
 def planned_arms(params: dict) -> list[str] | None:
@@ -136,7 +136,7 @@ def planned_arms(params: dict) -> list[str] | None:
     import ast
 
     try:
-        arms = ast.literal_eval(params.get("arms", ""))
+        arms = ast.literal_eval(params.get(R.ARMS, ""))
     except (ValueError, SyntaxError):
         return None
     return [str(a) for a in arms] if isinstance(arms, list) else None

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.entries import METHOD_NAMES, METHODS  # noqa: E402
-from iabf.record import CELL_PREFIX, value_text  # noqa: E402
+from iabf.record import CELL_PREFIX, PARAM, value_text  # noqa: E402
 
 COLORS = {"necst": "tab:red", "abf": "tab:blue", "iabf": "tab:green"}   # the paper's Fig. 2: red vs green
 
@@ -214,7 +214,7 @@ def axis_plot(runs: pd.DataFrame, param: str, value: str, label: str, chosen: fl
         ax.set_xscale("log")
     if chosen is not None:
         ax.axvline(chosen, color="tab:green", ls="--", lw=1)
-    ax.set_xlabel(param.removeprefix("param."))
+    ax.set_xlabel(param.removeprefix(PARAM))
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -34,7 +34,7 @@ def searched_params(trials: pd.DataFrame) -> list[str]:
     """Numeric parameters that vary within a group (cell and arm) of the study's trials, seeds aside:
     what a search chose between, not what tells one arm from another."""
     groups = trials.groupby([R.CELL, R.ARM]) if {R.CELL, R.ARM} <= set(trials.columns) else [(None, trials)]
-    return [c for c in trials.columns if c.startswith("param.") and c not in entries.NOT_CONFIG
+    return [c for c in trials.columns if c.startswith(R.PARAM) and c not in entries.NOT_CONFIG
             and pd.api.types.is_numeric_dtype(trials[c]) and not pd.api.types.is_bool_dtype(trials[c])
             and any(g[c].nunique() > 1 for _, g in groups)]
 
@@ -45,7 +45,7 @@ def axis_figures(runs: "Runs", cells: pd.DataFrame, out: Path) -> list[str]:
     of its group, so scales are comparable). Edge notes per group: the value the study chose against the
     range it declared (its parent run's `params`)."""
     metric, mode = chooser(runs.params).values()
-    value, group = f"metric.{metric}", [R.CELL, R.ARM]
+    value, group = R.METRIC_OF + metric, [R.CELL, R.ARM]
     pool = runs.everything[runs.everything[R.STOP_REASON].isin((R.COMPLETED, R.EARLY_STOPPED))]
     pool = pool[pool[R.PHASE] == R.SEARCH] if runs.confirmed else pool
     if value not in pool or pool.empty:
@@ -59,7 +59,7 @@ def axis_figures(runs: "Runs", cells: pd.DataFrame, out: Path) -> list[str]:
         several = df.groupby(group).ngroups > 1
         if several:
             df[value] = df[value] / df.groupby(group)[value].transform("min" if mode == "min" else "max")
-        name = param.removeprefix("param.")
+        name = param.removeprefix(R.PARAM)
         only = chosen.get(tuple(df[group].iloc[0])) if not several else None
         fig = figures.axis_plot(df, param, value, f"{metric} / best of its cell" if several else
                                 f"{metric} at the last epoch run", chosen=None if only is None else only.get(param),
@@ -167,7 +167,7 @@ def gather(uri: str, study: str, parent: str | None) -> Runs:
     params, plan = study_params(uri, study, parent), study_plan(uri, study, parent)
     entries.name_datasets((plan or {}).get("display", {}))
     # a study whose confirmation phase has not run yet (interrupted): its search results, marked so
-    provisional = not confirmed and bool(plan.get("confirm", True) if plan else params.get("confirm") == "True")
+    provisional = not confirmed and bool(plan.get("confirm", True) if plan else params.get(R.CONFIRMING) == "True")
     if provisional:
         warnings.warn(f"study {study!r}: its confirmation phase has not run; this table is provisional (search "
                       "results on the search seeds); finish the study with `python studies/ablation.py --space "
@@ -249,7 +249,7 @@ def write_figures(uri: str, cells: pd.DataFrame, runs: Runs, out: Path) -> None:
 def seeds_sections(written: dict, out: Path, cells: pd.DataFrame, con: pd.DataFrame, runs: Runs) -> list[str]:
     """An adaptive study's decisions, replayed from its runs (analysis/sequential.py); a fixed-seed study's
     undecided contrasts with the seeds they would need."""
-    design = sequential.Design.parse(runs.params.get("adaptive"))
+    design = sequential.Design.parse(runs.params.get(R.ADAPTIVE))
     if design is not None:
         metric, mode = chooser(runs.params).values()
         test = M.TESTED.get(metric, M.TEST_DISTORTION)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.entries import METHODS
+from iabf.record import PARAM
 
 
 PAPER_TABLE1 = Path(__file__).with_name("paper_table1.csv")
@@ -31,7 +32,7 @@ def paper_setting(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     adversary's budget = eps, the dataset's likelihood and split, float32), and per reason how many entries were left out (an entry can have
     several reasons; a parameter a frame does not carry counts as its default)."""
     def value(c: str, default):
-        col = f"param.{c}"
+        col = PARAM + c
         return cells[col] if col in cells else pd.Series(default, index=cells.index)
 
     eps = value("eps", float("nan")).where(value("eps", float("nan")).notna(), cells.eps)

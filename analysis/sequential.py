@@ -191,7 +191,7 @@ def study_values(trials: pd.DataFrame, test: str) -> dict[str, dict[int, float]]
     """Per arm key ("cell | arm"), its confirmation runs' `test` metric by seed: what the looks were taken on."""
     from iabf import record as R
 
-    column = f"metric.{test}"
+    column = R.METRIC_OF + test
     values = trials[column] if column in trials else pd.Series(np.nan, index=trials.index)
     out: dict[str, dict[int, float]] = {}
     for cell, arm, seed, v in zip(trials[R.CELL], trials[R.ARM], trials["seed"], values):

@@ -1,4 +1,5 @@
-"""Metric and tag names (the paper's distortion measure itself is iabf.losses.distortion).
+"""Metric names, what a trial reports each epoch and at its end (the paper's distortion measure itself is
+iabf.losses.distortion; tags and the rest of a study's record are iabf/record.py's).
 
 The analysis and the studies select and plot by these names: never rename one casually. No torch
 here: analysis/ reads these names and must load without it.

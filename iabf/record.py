@@ -1,6 +1,6 @@
 """A study's record: what it leaves in MLflow, and so everything that reads it back needs. studies/
 writes it (tracking.py), analysis/ reads it (fetch.py, entries.py); both import it from here and nowhere
-else. No torch, no Ray (MLflow only inside the store checks): a report rebuilds from the store alone.
+else (tests/test_record_names.py finds a name of it typed elsewhere). No torch, no Ray (MLflow only inside the store checks): a report rebuilds from the store alone.
 
 - every trial's run is tagged with LABELS: its phase (SEARCH or CONFIRM), its cell (cell_label), its
   arm, its uid (fixed by what the trial is) and, on a confirmation, the uid of the search trial it
@@ -31,6 +31,12 @@ from .config import Config, seed_configs
 PHASE, CELL, ARM, UID, CONFIRMS = "phase", "cell", "arm", "uid", "confirms"
 LABELS = (PHASE, CELL, ARM, UID, CONFIRMS)    # a trial's parameters that are labels, not Config fields
 SEARCH, CONFIRM = "search", "confirm"          # the values of PHASE
+# every trial run's other tags; the parent run's own (besides TAG_EXPERIMENT_DIR, studies/tracking.py) are STUDY
+# and GIT_COMMIT
+STUDY, TRIAL_ID, SEED, CONFIG_HASH, GIT_COMMIT, NODE_IDS = "study", "trial_id", "seed", "config_hash", "git_commit", "node_ids"
+# the parent run's parameters that the analysis reads back (studies/tracking.study_params writes them all)
+METRIC, MODE, ARMS, CELLS, CONFIRMING, ADAPTIVE = "metric", "mode", "arms", "cells", "confirm", "adaptive"
+PARAM, METRIC_OF = "param.", "metric."          # a frame's columns (analysis/fetch.py): param.<field>, metric.<name>
 STOP_REASON, FAILURE, INTERRUPTION = "stop_reason", "failure", "interruption"
 COMPLETED, EARLY_STOPPED, FAILED = STOP_REASONS = ("completed", "early_stopped", "failed")
 INTERRUPTED = "interrupted"                    # a run with no STOP_REASON at the study's end: --resume reopens it
@@ -49,6 +55,12 @@ STORAGE_UNREACHED = "storage_unreached"   # ... when its node does not see the s
 STOPS = {STORAGE_FULL: "make room on the storage",   # what a trial reports to stop the study, and the fix
          STORAGE_UNREACHED: "give every node the study's storage (mount it where the head has it)"}
 ARTIFACTS = ("config.json", "reconstructions.png", "markov_chain.png")   # with M.STATE in a confirmation's last checkpoint, and on its run
+
+
+def state_key(params: dict, trial_id: str) -> str:
+    """The name of a trial's own state file (iabf.tune.TrialState): its UID, fixed by what the trial is, so that a
+    trial Tune suggests again after a resume (and ASHA's rebuilt rungs) find it; Tune's id where it has none."""
+    return params.get(UID) or trial_id
 
 
 def config_from_params(params: dict) -> Config:

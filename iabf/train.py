@@ -296,7 +296,8 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
                                f" (lr={cfg.lr:g}): the weights, the encoder's probabilities or the loss became NaN or inf")
         train_seconds = time.perf_counter() - t_epoch
 
-        # --- validation on the whole validation split, the best state, the test after the last epoch ---
+        # --- validation (the split, its fixed subset or a batch: Config.val_subset, val_batch), the best state,
+        #     the test after the last epoch ---
         t_eval = time.perf_counter()
         sync()
         per_seed = []

@@ -143,7 +143,7 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
     """mark: the token the driver wrote in the study's folder (studies/reach.py), checked on this node first;
     datasets: the study's dataset files on its storage, for a node that lacks one."""
     cfg = config_from_params(params)
-    artifacts = params.get("phase") != "search"   # a search trial is a means to a choice: no samples drawn
+    artifacts = params.get(R.PHASE) != R.SEARCH   # a search trial is a means to a choice: no samples drawn
     context = tune.get_context()
     where = {NODE_ID: ray.get_runtime_context().get_node_id(), HOSTNAME: socket.gethostname()}   # who ran it
     if mark and state_root and (problem := mark_problem(state_root.rsplit("/", 1)[0], mark)):
@@ -154,7 +154,7 @@ def trainable(params: dict, chain_steps: int = 9000, state_root: str | None = No
         cfg.data_dir = on_this_node(cfg.dataset, cfg.data_dir, datasets)
     data = load_for(cfg, cfg.device)
     seeds = parts(cfg)
-    own = TrialState(state_root, params.get("uid") or context.get_trial_id()) if state_root else None
+    own = TrialState(state_root, R.state_key(params, context.get_trial_id())) if state_root else None
     saved = (own and own.load(cfg.device)) or {"states": None, "history": []}
     resume, history = saved["states"], saved["history"]
     if (ckpt := tune.get_checkpoint()) is not None:   # Tune restored the trial's final checkpoint

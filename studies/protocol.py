@@ -123,7 +123,7 @@ class StudySearcher(Searcher):
         fixed = self.study.fixed
         return {**dict.fromkeys(self.varying),
                 **{k: v for k, v in {**g.base, **params}.items() if k not in fixed or fixed[k] != v},
-                "phase": phase, "cell": cell_label(g.cell), "arm": g.arm, "uid": uid, **meta}
+                R.PHASE: phase, R.CELL: cell_label(g.cell), R.ARM: g.arm, R.UID: uid, **meta}
 
     def _enqueue_confirm(self, key: str, params: dict, confirms: str, look: int = 0) -> None:
         """The chosen configuration on every seed, or with an adaptive design on the seeds of one look."""
@@ -192,7 +192,7 @@ class StudySearcher(Searcher):
         failed = error or FAILURE in result or not math.isfinite(score(result, self.metric))
         if key in self.samplers:
             self.samplers[key].on_trial_complete(trial_id, None if failed else result, error=failed)
-        self.results[key].append({"uid": config["uid"],
+        self.results[key].append({"uid": config[R.UID],
                                   "params": {k: v for k, v in config.items() if k not in META and v is not None},
                                   "epoch": result.get(M.EPOCH, 0),
                                   "score": math.nan if failed else score(result, self.metric)})
@@ -246,7 +246,7 @@ class GroupASHA(FIFOScheduler):
 
     def _asha(self, trial) -> ASHAScheduler | None:
         config = trial.config
-        if config.get("phase", SEARCH) != SEARCH:
+        if config.get(R.PHASE, SEARCH) != SEARCH:
             return None
         key = f"{config.get('cell', '')} | {config.get('arm', '')}"
         if key not in self.by_group:
@@ -269,7 +269,7 @@ class GroupASHA(FIFOScheduler):
             return []
         from iabf.tune import TrialState
 
-        saved = TrialState(self.state_root, trial.config.get("uid") or trial.trial_id).load("cpu")
+        saved = TrialState(self.state_root, R.state_key(trial.config, trial.trial_id)).load("cpu")
         return saved["history"] if saved else []
 
     def on_trial_add(self, tune_controller, trial):

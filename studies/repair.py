@@ -33,7 +33,7 @@ class Ended:
 def ended(client: MlflowClient, exp_id: str, parent: str) -> set[tuple[str, str]]:
     """(uid, seed) of the study's runs whose end the store took (they have a stop reason)."""
     runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50_000)
-    return {(r.data.tags.get(R.UID, ""), r.data.tags.get("seed", "")) for r in runs if R.STOP_REASON in r.data.tags}
+    return {(r.data.tags.get(R.UID, ""), r.data.tags.get(R.SEED, "")) for r in runs if R.STOP_REASON in r.data.tags}
 
 
 def repair(uri: str, exp_id: str, parent: str, study: str, results) -> int:
@@ -47,7 +47,7 @@ def repair(uri: str, exp_id: str, parent: str, study: str, results) -> int:
         seeds = {str(p.cfg.seed) for p in R.parts(R.config_from_params(config))}
         if all((str(config.get(R.UID, "")), s) in recorded for s in seeds):   # a run and its end, for every seed
             continue
-        trial = Ended(str(result.metrics.get("trial_id", "")), config, dict(result.metrics), result.checkpoint,
+        trial = Ended(str(result.metrics.get(R.TRIAL_ID, "")), config, dict(result.metrics), result.checkpoint,
                       str(result.error) if result.error else None)
         frame = result.metrics_dataframe
         for past in ([] if frame is None else frame.to_dict("records")):   # every result Tune recorded, in order

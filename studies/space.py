@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from iabf import metrics as M
 from iabf.config import ARCH_KIND, Config, one_line
-from iabf.record import DEFAULT_CELL_TEXT
+from iabf.record import DEFAULT_CELL_TEXT, PHASE
 from studies.plan import cell_axes, plan
 
 SEARCHERS = ("grid", "random", "optuna")
@@ -241,7 +241,7 @@ def table_columns(study: Study) -> dict[str, str]:
     columns = {k: k for k in searched if k != "method"}
     if len(study.arms) > 1:
         columns = {"arm": "arm", **columns}
-    columns["phase"] = "phase"
+    columns[PHASE] = PHASE
     if len(study.seeds) > 1:
         columns["seed"] = "seed"
     return columns

@@ -68,15 +68,15 @@ def ui_link(base: str, exp_id: str) -> str:
 
 def study_params(study) -> dict[str, str]:
     """The study's parameters as its parent run records them."""
-    params = {"searcher": study.searcher, "metric": study.metric, "mode": study.mode, "num_samples": study.num_samples,
-              "seeds": study.seeds, "search_seeds": study.search_seeds, "confirm": study.confirm,
-              "cells": study.cells or R.DEFAULT_CELL_TEXT, "stack": study.stack,
-              "arms": [a.name for a in study.arms],
+    params = {"searcher": study.searcher, R.METRIC: study.metric, R.MODE: study.mode, "num_samples": study.num_samples,
+              "seeds": study.seeds, "search_seeds": study.search_seeds, R.CONFIRMING: study.confirm,
+              R.CELLS: study.cells or R.DEFAULT_CELL_TEXT, "stack": study.stack,
+              R.ARMS: [a.name for a in study.arms],
               "scheduler": study.scheduler or "none", "resources": study.resources,
               **{f"fixed.{k}": v for k, v in study.fixed.items()},
               **{f"by_dataset.{d}.{k}": v for d, values in study.by_dataset.items() for k, v in values.items()},
               "chain_steps": study.chain_steps,
-              **({"adaptive": study.adaptive.text()} if study.adaptive else {}),   # absent: a fixed `seeds`
+              **({R.ADAPTIVE: study.adaptive.text()} if study.adaptive else {}),   # absent: a fixed `seeds`
               **{f"search.{k}": v for k, v in study.search.items()},
               # each arm's own values and search (keys by position: an arm's name may hold = and +, which
               # MLflow's keys cannot)
@@ -130,7 +130,7 @@ def start_study(uri: str, study, experiment_dir: str, resume: bool) -> tuple[str
         client.update_run(found.info.run_id, status="RUNNING")
         return exp_id, found.info.run_id
     parent = client.create_run(exp_id, run_name=Path(experiment_dir).name, tags={
-        "study": study.name, "git_commit": git_commit(), "space": str(study.path), TAG_EXPERIMENT_DIR: experiment_dir,
+        R.STUDY: study.name, R.GIT_COMMIT: git_commit(), "space": str(study.path), TAG_EXPERIMENT_DIR: experiment_dir,
         "mlflow.note.content": study.description or f"study {study.name} from {study.path}"})
     run_id = parent.info.run_id
     params = [Param(k, v) for k, v in study_params(study).items()]
@@ -276,22 +276,22 @@ class MLflowTracking(tune.Callback):
                           f"and tags.seed = '{log.params['seed']}'")
         if found:  # never log an epoch twice
             run_id = found[0].info.run_id
-            before = [n for n in found[0].data.tags.get("node_ids", "").split(",") if n]   # a resumed run's nodes
+            before = [n for n in found[0].data.tags.get(R.NODE_IDS, "").split(",") if n]   # a resumed run's nodes
             if before and log.nodes and log.nodes[0] == before[-1]:                           # ... the same one again
                 log.nodes = log.nodes[1:]
             log.nodes = before + log.nodes
             if log.tags:
-                log.tags["node_ids"] = ",".join(log.nodes)
+                log.tags[R.NODE_IDS] = ",".join(log.nodes)
             last = max((m.step for m in self.client.get_metric_history(run_id, M.EPOCH)), default=0)
             self.client.update_run(run_id, status="RUNNING")
             if R.INTERRUPTION in found[0].data.tags:   # it runs again: what stopped it is over
                 self.client.delete_tag(run_id, R.INTERRUPTION)
-            self.client.set_tag(run_id, "trial_id", log.trial_id)
+            self.client.set_tag(run_id, R.TRIAL_ID, log.trial_id)
         else:
             cfg = log.params
             run_id = self.client.create_run(self.experiment_id, run_name=log.run_name, tags={
-                "mlflow.parentRunId": self.parent_run_id, "study": self.study, "trial_id": log.trial_id,
-                "seed": str(cfg["seed"]), "config_hash": config_hash(cfg), "git_commit": git_commit(),
+                "mlflow.parentRunId": self.parent_run_id, R.STUDY: self.study, R.TRIAL_ID: log.trial_id,
+                R.SEED: str(cfg["seed"]), R.CONFIG_HASH: config_hash(cfg), R.GIT_COMMIT: git_commit(),
                 **log.labels}).info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in cfg.items()])
             last = 0
@@ -358,7 +358,7 @@ class MLflowTracking(tune.Callback):
                     log.tags[R.INTERRUPTION] = str(result[key])[:5000]
             if node and not result.get(REPLAYED) and (not log.nodes or log.nodes[-1] != node):
                 log.nodes.append(node)
-                log.tags.update({NODE_ID: node, HOSTNAME: str(result.get(HOSTNAME, "")), "node_ids": ",".join(log.nodes)})
+                log.tags.update({NODE_ID: node, HOSTNAME: str(result.get(HOSTNAME, "")), R.NODE_IDS: ",".join(log.nodes)})
             mine = {k[len(log.prefix):]: v for k, v in result.items() if k.startswith(log.prefix)}
             epoch = int(mine.get(M.EPOCH, 0))
             if epoch > log.epoch:
