@@ -15,18 +15,16 @@ import sys
 import warnings
 
 from analysis import entries
-from analysis.fetch import chooser, fetch_runs, study_params, table_runs
 from iabf.metrics import STATE
-from iabf.record import COMPLETED, CONFIRMS, PARAM, STOP_REASON, StoreError, check_store
+from iabf.record import CONFIRMS, PARAM, StoreError, check_store
 
 
 def best(uri: str, study: str, parent: str | None = None) -> tuple[list[dict], bool]:
     """One record per table entry (cell and arm). Returns (records, confirmed): confirmed is False
     for a study without confirmation runs, whose records are then its best search runs."""
-    everything = fetch_runs(uri, study, parent, include_unfinished=True)
-    runs, confirmed = table_runs(everything[everything[STOP_REASON] == COMPLETED])
-    chosen = entries.select_cells(runs, context=everything, **chooser(study_params(uri, study, parent)))
-    by_id = runs.set_index("run_id")
+    found = entries.gather(uri, study, parent)
+    chosen, confirmed = entries.chosen(found), found.confirmed
+    by_id = found.trials.set_index("run_id")
     records = []
     for e in chosen.itertuples():
         ids = list(e.run_ids)
@@ -65,6 +63,9 @@ def main(argv=None) -> int:
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except entries.NothingToReport as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"study": args.study, "confirmed": confirmed, "entries": records}, indent=2))
         return 0

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import pandas as pd
 from scipy import stats
 
+from analysis.fetch import chooser, fetch_runs, study_params, study_plan, table_runs
 from iabf import metrics as M
 from iabf import record as R
 from iabf.config import PAPER_METHODS
@@ -196,3 +198,45 @@ def cost(trials: pd.DataFrame, plan: dict | None = None) -> pd.DataFrame:
     out["full_grid_epochs"] = out.cell.map(planned).astype(float)
     out["of_full_grid"] = (out.search_epochs + out.confirm_epochs) / out.full_grid_epochs
     return out
+
+
+# --- from the store to the entries: one pipeline, for analysis.report and analysis.best ---------------------
+
+class NothingToReport(LookupError):
+    """A study with nothing a table could show (no completed trial)."""
+
+
+@dataclass
+class Runs:
+    """What a report is built from: the study's runs as analysis.fetch reads them, and its record."""
+    everything: pd.DataFrame   # every run, unfinished ones included
+    completed: pd.DataFrame    # the completed ones
+    trials: pd.DataFrame       # what the table reports: the confirmation runs, where the study has them
+    confirmed: bool            # the table is of confirmation runs
+    provisional: bool          # the study confirms, but its confirmation phase has not run
+    params: dict               # the parent run's parameters
+    plan: dict | None          # the parent run's plan (iabf.record.PLAN_ARTIFACT)
+
+
+def gather(uri: str, study: str, parent: str | None) -> Runs:
+    """The study's runs and record; warns when its table can only be provisional."""
+    everything = fetch_runs(uri, study, parent, include_unfinished=True)
+    completed = everything[everything[R.STOP_REASON] == R.COMPLETED].reset_index(drop=True)
+    if completed.empty:
+        raise NothingToReport(f"study {study!r} has no completed trial yet: nothing to tabulate")
+    trials, confirmed = table_runs(completed)   # confirmation runs only, where the study has them
+    params, plan = study_params(uri, study, parent), study_plan(uri, study, parent)
+    name_datasets((plan or {}).get("display", {}))
+    # a study whose confirmation phase has not run yet (interrupted): its search results, marked so
+    provisional = not confirmed and bool(plan.get("confirm", True) if plan else params.get(R.CONFIRMING) == "True")
+    if provisional:
+        warnings.warn(f"study {study!r}: its confirmation phase has not run; this table is provisional (search "
+                      "results on the search seeds); finish the study with `python studies/ablation.py --space "
+                      "<its file> --resume`", stacklevel=3)
+    return Runs(everything, completed, trials.reset_index(drop=True), confirmed, provisional, params, plan)
+
+
+def chosen(runs: Runs) -> pd.DataFrame:
+    """The table's entries: chosen as the study chose (its metric and mode), among all that each group
+    searched (every run, unfinished ones included, for what a group tried)."""
+    return select_cells(runs.trials, context=runs.everything, **chooser(runs.params))

@@ -13,7 +13,6 @@ import math
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from analysis import entries, figures, layout, reproduction, sequential, significance
-from analysis.fetch import (FetchError, chooser, display_uri, fetch_runs, metric_history, planned_arms, study_params,
-                            study_plan, table_runs)
+from analysis.fetch import FetchError, chooser, display_uri, metric_history, planned_arms
 from iabf import metrics as M
 from iabf import record as R
 from iabf.config import warnings_in_one_line
@@ -39,7 +37,7 @@ def searched_params(trials: pd.DataFrame) -> list[str]:
             and any(g[c].nunique() > 1 for _, g in groups)]
 
 
-def axis_figures(runs: "Runs", cells: pd.DataFrame, out: Path) -> list[str]:
+def axis_figures(runs: entries.Runs, cells: pd.DataFrame, out: Path) -> list[str]:
     """One axis plot per searched parameter: every search run, those ASHA stopped included, at the last
     epoch it reached, by the study's own metric (across several groups, cell and arm, relative to the best
     of its group, so scales are comparable). Edge notes per group: the value the study chose against the
@@ -72,10 +70,6 @@ def axis_figures(runs: "Runs", cells: pd.DataFrame, out: Path) -> list[str]:
             if note:
                 notes.append(f"{key[0]} {key[1]}: {note}")
     return notes
-
-
-class NothingToReport(LookupError):
-    """A study with nothing a table could show (no completed trial)."""
 
 
 def is_table1(cells: pd.DataFrame) -> bool:
@@ -121,28 +115,15 @@ def against_section(written: dict, out: Path, cells: pd.DataFrame, path: str | P
                        "studies are comparable only at the same budget and seeds.", significance.contrasts_markdown(con))
 
 
-@dataclass
-class Runs:
-    """What a report is built from: the study's runs as analysis.fetch reads them, and its record."""
-    everything: pd.DataFrame   # every run, unfinished ones included
-    completed: pd.DataFrame    # the completed ones
-    trials: pd.DataFrame       # what the table reports: the confirmation runs, where the study has them
-    confirmed: bool            # the table is of confirmation runs
-    provisional: bool          # the study confirms, but its confirmation phase has not run
-    params: dict               # the parent run's parameters
-    plan: dict | None          # the parent run's plan (iabf.record.PLAN_ARTIFACT)
-
-
 def write_report(uri: str, study: str, out: str | Path, parent: str | None = None, quiet: bool = False,
                  against: str | Path | None = None) -> dict:
     """Everything the issue lists, written to `out`; returns {name: path}. Safe on partial studies:
     missing cells print '--' with a warning. against: another study's table1.csv to set beside it."""
     out = Path(out)
-    runs = gather(uri, study, parent)
+    runs = entries.gather(uri, study, parent)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    cells = entries.select_cells(runs.trials, context=runs.everything,   # what a group searched: all its runs
-                                **chooser(runs.params))                  # chosen as the study chose
+    cells = entries.chosen(runs)
     markdown, rep = write_tables(cells, runs, out, written)
     cells = entries.with_cells(cells)
     write_figures(uri, cells, runs, out)
@@ -157,25 +138,7 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     return written
 
 
-def gather(uri: str, study: str, parent: str | None) -> Runs:
-    """The study's runs and record; warns when its table can only be provisional."""
-    everything = fetch_runs(uri, study, parent, include_unfinished=True)
-    completed = everything[everything[R.STOP_REASON] == R.COMPLETED].reset_index(drop=True)
-    if completed.empty:
-        raise NothingToReport(f"study {study!r} has no completed trial yet: nothing to tabulate")
-    trials, confirmed = table_runs(completed)   # confirmation runs only, where the study has them
-    params, plan = study_params(uri, study, parent), study_plan(uri, study, parent)
-    entries.name_datasets((plan or {}).get("display", {}))
-    # a study whose confirmation phase has not run yet (interrupted): its search results, marked so
-    provisional = not confirmed and bool(plan.get("confirm", True) if plan else params.get(R.CONFIRMING) == "True")
-    if provisional:
-        warnings.warn(f"study {study!r}: its confirmation phase has not run; this table is provisional (search "
-                      "results on the search seeds); finish the study with `python studies/ablation.py --space "
-                      "<its file> --resume`", stacklevel=3)
-    return Runs(everything, completed, trials.reset_index(drop=True), confirmed, provisional, params, plan)
-
-
-def write_tables(cells: pd.DataFrame, runs: Runs, out: Path, written: dict) -> tuple[str, pd.DataFrame]:
+def write_tables(cells: pd.DataFrame, runs: entries.Runs, out: Path, written: dict) -> tuple[str, pd.DataFrame]:
     """table1.tex / .md / .csv and reproduction.csv / .md; returns (the Markdown table, the reproduction)."""
     arms = planned_arms(runs.params)
     # warns once per entry the study planned and did not get
@@ -196,7 +159,7 @@ def write_tables(cells: pd.DataFrame, runs: Runs, out: Path, written: dict) -> t
     return markdown, rep
 
 
-def write_figures(uri: str, cells: pd.DataFrame, runs: Runs, out: Path) -> None:
+def write_figures(uri: str, cells: pd.DataFrame, runs: entries.Runs, out: Path) -> None:
     """Per dataset and channel, a panel per cell (Fig. 2's curves, Fig. 3's samples); an axis plot per
     numeric cell axis."""
     client = MlflowClient(uri)
@@ -246,7 +209,7 @@ def write_figures(uri: str, cells: pd.DataFrame, runs: Runs, out: Path) -> None:
                          f"axis_cell_{entries.axis_name(column)}")
 
 
-def seeds_sections(written: dict, out: Path, cells: pd.DataFrame, con: pd.DataFrame, runs: Runs) -> list[str]:
+def seeds_sections(written: dict, out: Path, cells: pd.DataFrame, con: pd.DataFrame, runs: entries.Runs) -> list[str]:
     """An adaptive study's decisions, replayed from its runs (analysis/sequential.py); a fixed-seed study's
     undecided contrasts with the seeds they would need."""
     design = sequential.Design.parse(runs.params.get(R.ADAPTIVE))
@@ -280,7 +243,7 @@ def seeds_sections(written: dict, out: Path, cells: pd.DataFrame, con: pd.DataFr
                        sequential.power_markdown(open_, entries.cell_columns(con) or ["dataset", "bits", "eps"]))
 
 
-def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: Runs, markdown: str, rep: pd.DataFrame,
+def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: entries.Runs, markdown: str, rep: pd.DataFrame,
                  notes: list[str], out: Path, written: dict, against: str | Path | None) -> list[str]:
     """report.md, line by line (writing the CSV of each of its statistics sections)."""
     axes = entries.cell_columns(cells)
@@ -385,7 +348,7 @@ def main(argv=None) -> int:
     except (R.StoreError, entries.TableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NothingToReport as e:
+    except entries.NothingToReport as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {len(written)} files and figures to {args.out}", file=sys.stderr)
