@@ -51,6 +51,13 @@ def name_datasets(names: dict[str, str]) -> None:
     DATASET_NAMES.update({d: n for d, n in names.items() if d not in SPECS})
 
 
+def chosen_by(metric: str = M.VAL_DISTORTION, mode: str = "min") -> str:
+    """How a study chose its configurations, as captions and messages say it: by its own metric and mode."""
+    if (metric, mode) in ((M.VAL_DISTORTION, "min"), (M.BEST_VAL_DISTORTION, "min")):
+        return "validation distortion"
+    return f"{metric} ({'lowest' if mode == 'min' else 'highest'})"
+
+
 def dataset_name(dataset: str) -> str:
     return DATASET_NAMES.get(dataset, dataset)
 

@@ -151,17 +151,19 @@ def held(cells: pd.DataFrame, latex: bool = True) -> str:
     return "Every entry at " + ", ".join(said) + ". " if said else ""
 
 
-def caption(cells: pd.DataFrame, confirmed: bool = False, provisional: bool = False, latex: bool = True) -> str:
+def caption(cells: pd.DataFrame, confirmed: bool = False, provisional: bool = False, latex: bool = True,
+            by: str = "validation distortion") -> str:
+    """by: how the study chose (analysis.entries.chosen_by: its metric and mode)."""
     ns = sorted(set(int(n) for n in cells.n)) if len(cells) else [0]
     n = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
     seeds = f"mean $\\pm$ std over seeds ({n} per cell). " if ns[-1] > 1 else f"one seed per cell ({n}). "
     searched = "config" not in cells or (cells.config != "(none searched)").any()
-    how = ("chosen by validation distortion on the same runs that are reported. PROVISIONAL: search results on "
+    how = (f"chosen by {by} on the same runs that are reported. PROVISIONAL: search results on "
            "the search seeds; the study's confirmation phase has not run" if provisional else
-           "chosen by validation distortion in a search on other seeds, then trained on every seed reported here"
+           f"chosen by {by} in a search on other seeds, then trained on every seed reported here"
            if confirmed and searched else
            "of each arm (nothing searched), trained on every seed reported here" if confirmed else
-           "chosen by validation distortion on the same runs that are reported (search results, no confirmation phase)")
+           f"chosen by {by} on the same runs that are reported (search results, no confirmation phase)")
     text = ("Test distortion (Table 1's measure: BCE per pixel for Binary MNIST, squared error per image "
             f"otherwise) of the configuration {how}; " + seeds + held(cells, latex) +
             "Bold: best in its column. $^\\dagger$: not significantly different from the best "
@@ -170,7 +172,7 @@ def caption(cells: pd.DataFrame, confirmed: bool = False, provisional: bool = Fa
 
 
 def to_latex(cells: pd.DataFrame, label: str = "tab:table1", confirmed: bool = False,
-             planned: list[str] | None = None, provisional: bool = False) -> str:
+             planned: list[str] | None = None, provisional: bool = False, by: str = "validation distortion") -> str:
     """The paper's Table 1 layout: a block per dataset, rows NECST/ABF/IABF, columns eps; booktabs."""
     def fmt(row):
         text = _number(row, " $\\pm$ ")
@@ -186,13 +188,13 @@ def to_latex(cells: pd.DataFrame, label: str = "tab:table1", confirmed: bool = F
                      + " \\\\")
         lines.append("\\midrule")
         lines += [" & ".join([label_, *entries]) + " \\\\" for label_, entries in rows]
-    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption(cells, confirmed, provisional)}}}", f"\\label{{{label}}}",
+    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption(cells, confirmed, provisional, by=by)}}}", f"\\label{{{label}}}",
               "\\end{table}"]
     return "\n".join(lines) + "\n"
 
 
 def to_markdown(cells: pd.DataFrame, confirmed: bool = False, planned: list[str] | None = None,
-                provisional: bool = False) -> str:
+                provisional: bool = False, by: str = "validation distortion") -> str:
     def fmt(row):
         text = _number(row, " ± ")
         return (f"**{text}**" if row.best else text) + (" †" if row.tied else "")
@@ -204,7 +206,7 @@ def to_markdown(cells: pd.DataFrame, confirmed: bool = False, planned: list[str]
                 "|---|" + "---|" * len(values)]
         out += [f"| {label_} | " + " | ".join(entries) + " |" for label_, entries in rows]
         out.append("")
-    return "\n".join(out) + "\n" + caption(cells, confirmed, provisional, latex=False) + "\n"
+    return "\n".join(out) + "\n" + caption(cells, confirmed, provisional, latex=False, by=by) + "\n"
 
 
 def to_csv(cells: pd.DataFrame) -> str:

@@ -142,16 +142,18 @@ def write_tables(cells: pd.DataFrame, runs: entries.Runs, out: Path, written: di
     """table1.tex / .md / .csv and reproduction.csv / .md; returns (the Markdown table, the reproduction)."""
     arms = planned_arms(runs.params)
     # warns once per entry the study planned and did not get
-    latex = layout.to_latex(cells, confirmed=runs.confirmed, planned=arms, provisional=runs.provisional)
+    by = entries.chosen_by(**chooser(runs.params))   # the study's own metric and mode
+    latex = layout.to_latex(cells, confirmed=runs.confirmed, planned=arms, provisional=runs.provisional, by=by)
     for label in sorted({c["cell"] for c in (runs.plan or {}).get("cells", [])} - set(runs.trials[R.CELL])):
         warnings.warn(f"missing cell: {label}, planned, has no {'confirmation' if runs.confirmed else 'completed'} run")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # ... and the other formats need not say it again
-        markdown = layout.to_markdown(cells, confirmed=runs.confirmed, planned=arms, provisional=runs.provisional)
+        markdown = layout.to_markdown(cells, confirmed=runs.confirmed, planned=arms, provisional=runs.provisional, by=by)
     for name, text in (("table1.tex", latex), ("table1.md", markdown), ("table1.csv", layout.to_csv(cells))):
         written[name] = out / name
         written[name].write_text(text)
     rep = reproduction.reproduction(cells, reproduction.paper_table1())
+    rep.attrs["by"] = by
     written["reproduction.csv"] = out / "reproduction.csv"
     rep.to_csv(written["reproduction.csv"], index=False)
     written["reproduction.md"] = out / "reproduction.md"

@@ -88,6 +88,10 @@ def ordering(table: pd.DataFrame, value: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "bits", "eps", "version", f"{value}_ordered"])
 
 
+def chosen_text(by: str) -> str:
+    return "best configuration by validation" if by == "validation distortion" else f"the configuration chosen by {by}"
+
+
 def reproduction_markdown(rep: pd.DataFrame) -> str:
     ours_cells = rep[rep.ours.notna()]
     left_out = rep.attrs.get("left_out", {})
@@ -101,7 +105,7 @@ def reproduction_markdown(rep: pd.DataFrame) -> str:
     order = ordering(ours_cells, "ours").merge(paper_order, on=["dataset", "bits", "eps"], how="left")
     several = ours_cells.groupby(CELL).size().max() > 1
     lines = ["# Reproduction of Table 1", "",
-             "Test distortion, ours (best configuration by validation) beside the paper's. "
+             f"Test distortion, ours ({chosen_text(rep.attrs.get('by', 'validation distortion'))}) beside the paper's. "
              "diff = ours - paper; rel = diff / paper." +
              (" Where a method has several arms (versions), `closest` marks the one nearest the paper's number."
               if several else "") + (f" {note}" if note else ""), "",

@@ -259,7 +259,7 @@ def make_tuner(args: argparse.Namespace, study, planned: dict, experiment_dir: s
         run_config=tune.RunConfig(
             name=experiment_dir.rsplit("/", 1)[1], storage_path=experiment_dir.rsplit("/", 1)[0],
             storage_filesystem=tune_filesystem(experiment_dir),   # a full disk leaves no half-written file
-            callbacks=[tracker, console.StopLines(columns), console.LaunchLines(), NodeLoss(),
+            callbacks=[tracker, console.StopLines(columns, study.metric), console.LaunchLines(), NodeLoss(),
                        tune.logger.JsonLoggerCallback(), tune.logger.CSVLoggerCallback()],
             progress_reporter=console.reporter(columns, study.metric) if quiet else None,
             # Tune checkpoints only a trial's end (iabf/tune.py): the trial keeps its own state every epoch
@@ -437,6 +437,7 @@ def summarize(study, uri, exp_id, parent, experiment_dir, counts, local: Path) -
     if counts[COMPLETED]:  # the paper's table and figures, also kept on the study's parent run
         import pandas as pd
 
+        from analysis.entries import chosen_by
         from analysis.report import write_report
 
         written = write_report(uri, study.name, report_dir, parent=parent, quiet=True)
@@ -444,7 +445,8 @@ def summarize(study, uri, exp_id, parent, experiment_dir, counts, local: Path) -
         if "table1.csv" in written:
             entries = pd.read_csv(written["table1.csv"])
             what = "confirmed on every seed" if study.confirm else "search results, no confirmation phase"
-            print(f"\nthe configuration chosen per cell and arm by validation ({what}); test distortion:")
+            print(f"\nthe configuration chosen per cell and arm by {chosen_by(study.metric, study.mode)} ({what}); "
+                  "test distortion:")
             axes = [a for a in (study.cells or DEFAULT_CELL) if a in entries]
             print(entries[[*axes, "arm", "config", "n", "val", "test", "std"]].to_string(index=False))
             cost = pd.read_csv(written["cost.csv"])

@@ -82,8 +82,8 @@ class StopLines(tune.Callback):
     on the storage, or no study folder on its node, stops the study (studies/signals.py), which says so
     once, at its end."""
 
-    def __init__(self, columns: dict[str, str]):
-        self.columns = columns
+    def __init__(self, columns: dict[str, str], metric: str = M.VAL_DISTORTION):
+        self.columns, self.metric = columns, metric   # the study's: what ASHA judged the stopped trial by
 
     def describe(self, trial) -> str:
         flat = _flatten(trial.config)
@@ -100,7 +100,8 @@ class StopLines(tune.Callback):
         last = trial.last_result or {}
         if reason == EARLY_STOPPED:
             print(f"{self.describe(trial)}: stopped by ASHA after epoch {last.get(M.EPOCH, '?')} "
-                  f"({M.VAL_DISTORTION} {last.get(M.VAL_DISTORTION, float('nan')):.4g})", flush=True)
+                  f"({(metric := getattr(self, 'metric', M.VAL_DISTORTION))} {last.get(metric, float('nan')):.4g})",
+                  flush=True)
         elif reason == FAILED:
             print(f"{self.describe(trial)}: failed: {failure}", flush=True)
 

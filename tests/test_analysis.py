@@ -551,3 +551,5 @@ def test_the_edge_note_and_axis_plot_follow_the_studys_metric_and_mode_and_see_t
     report = (out / "report.md").read_text()
     assert "iabf: chosen lam = 0.1 is at the edge of the searched range [0.001, 0.1]" in report, report
     assert (out / "axis_lam.png").stat().st_size > 1000
+    assert "chosen by val/mutual_info (highest) on the same runs" in (out / "table1.md").read_text()
+    assert "the configuration chosen by val/mutual_info (highest)" in (out / "reproduction.md").read_text()
