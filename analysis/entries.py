@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import stats
 
-from analysis.fetch import chooser, fetch_runs, study_params, study_plan, table_runs
+from analysis.fetch import chooser, fetch_runs, recorded_params, study_plan, table_runs
 from iabf import metrics as M
 from iabf import record as R
 from iabf.config import PAPER_METHODS
@@ -232,7 +232,7 @@ def gather(uri: str, study: str, parent: str | None) -> Runs:
     if completed.empty:
         raise NothingToReport(f"study {study!r} has no completed trial yet: nothing to tabulate")
     trials, confirmed = table_runs(completed)   # confirmation runs only, where the study has them
-    params, plan = study_params(uri, study, parent), study_plan(uri, study, parent)
+    params, plan = recorded_params(uri, study, parent), study_plan(uri, study, parent)
     name_datasets((plan or {}).get("display", {}))
     # a study whose confirmation phase has not run yet (interrupted): its search results, marked so
     provisional = not confirmed and bool(plan.get("confirm", True) if plan else params.get(R.CONFIRMING) == "True")

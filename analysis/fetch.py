@@ -118,7 +118,7 @@ def study_plan(tracking_uri: str, study: str, parent: str | None = None) -> dict
     return load_plan(client, par)
 
 
-def study_params(tracking_uri: str, study: str, parent: str | None = None) -> dict:
+def recorded_params(tracking_uri: str, study: str, parent: str | None = None) -> dict:
     """The parameters the study logged on its parent run (studies/tracking.start_study): searcher,
     arms, fixed.<key>, by_dataset.<dataset>.<key>, ...; values as MLflow stores them (text)."""
     _, par = parent_run(MlflowClient(tracking_uri), study, parent)

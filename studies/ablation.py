@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from iabf.config import INT_MAX, ConfigError, Parser, short, warnings_in_one_line  # noqa: E402
-from iabf.record import COMPLETED, DEFAULT_CELL, FAILED, INTERRUPTED, STOP_REASONS  # noqa: E402
+from iabf.record import COMPLETED, FAILED, INTERRUPTED, STOP_REASONS  # noqa: E402
 from studies.plan import groups, plan  # noqa: E402
 from studies.signals import StopSignal  # noqa: E402
 from studies.space import TOP, SpaceError, smoke, table_columns  # noqa: E402
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             restore_runs(uri, exp_id, parent, study.name, results, resume_args)
         counts, left = close_record(tracker, stop, uri, exp_id, parent, experiment_dir, args.tracking_grace, resume_args)
         if not stop.reason:   # a study stopped for a full storage has no room for its report there
-            summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
+            console.summarize(study, uri, exp_id, parent, experiment_dir, counts, local)
     finally:   # however the study ends: its record, where it outlives the cluster (a storage such as s3://)
         if archive.durable(storage := experiment_dir.rsplit("/", 1)[0]):
             print(archive.keep(uri, storage), flush=True)
@@ -424,42 +424,6 @@ def prepare(args: argparse.Namespace):
                          f"file (the parent run keeps it as space.yaml), or run the new plan as a new study "
                          f"(without --resume)")
     return study, uri, experiment_dir
-
-
-def summarize(study, uri, exp_id, parent, experiment_dir, counts, local: Path) -> None:
-    """How the trials ended, the configuration chosen per cell (from the report), where things are."""
-    from studies import tracking
-
-    print(f"\nruns (one per trial and seed): "
-          f"{', '.join(f'{counts[k]} {k}' for k in (*STOP_REASONS, INTERRUPTED))}"
-          f"; {counts['trial_hours']:.3f} trial-hours, {counts['gpu_hours']:.3f} GPU-hours")
-    report_dir = local / "report"
-    if counts[COMPLETED]:  # the paper's table and figures, also kept on the study's parent run
-        import pandas as pd
-
-        from analysis.entries import chosen_by
-        from analysis.report import write_report
-
-        written = write_report(uri, study.name, report_dir, parent=parent, quiet=True)
-        tracking.log_report(uri, parent, report_dir)
-        if "table1.csv" in written:
-            entries = pd.read_csv(written["table1.csv"])
-            what = "confirmed on every seed" if study.confirm else "search results, no confirmation phase"
-            print(f"\nthe configuration chosen per cell and arm by {chosen_by(study.metric, study.mode)} ({what}); "
-                  "test distortion:")
-            axes = [a for a in (study.cells or DEFAULT_CELL) if a in entries]
-            print(entries[[*axes, "arm", "config", "n", "val", "test", "std"]].to_string(index=False))
-            cost = pd.read_csv(written["cost.csv"])
-            print("\ntrial-epochs per cell: " + "; ".join(
-                f"{c.cell}: {c.search_epochs:.0f} search + {c.confirm_epochs:.0f} confirmation "
-                f"(full grid without early stopping: {c.full_grid_epochs:.0f})" for c in cost.itertuples()))
-        print(f"\nTable 1, reproduction report and figures: {report_dir} (and on the parent run in MLflow)")
-    print(f"MLflow: {uri}  experiment {study.name!r}, parent run {parent}")
-    if uri.startswith("sqlite:"):
-        print(f"  browse: mlflow ui --backend-store-uri {uri}, then {tracking.ui_link('http://127.0.0.1:5000', exp_id)}")
-    else:
-        print(f"  browse: {tracking.ui_link(uri, exp_id)}")
-    print(f"Ray Tune results: {experiment_dir}")
 
 
 if __name__ == "__main__":

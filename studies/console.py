@@ -18,7 +18,7 @@ from pathlib import Path
 from ray import tune
 
 from iabf import metrics as M
-from iabf.record import EARLY_STOPPED, FAILED, STOPS
+from iabf.record import COMPLETED, DEFAULT_CELL, EARLY_STOPPED, FAILED, INTERRUPTED, STOP_REASONS, STOPS
 from iabf.storage import NO_ROOM
 from studies.cluster import launch_failures
 from studies.signals import request_stop
@@ -146,3 +146,39 @@ class LaunchLines(tune.Callback):
                 print(f"warning: the cluster's autoscaler could not launch a {kind!r} node ({why}); the trials that "
                       f"need one wait. See the node type in the cluster file, the account's quota for it and the "
                       f"head's rights (docs/cluster.md)", file=sys.stderr, flush=True)
+
+
+def summarize(study, uri, exp_id, parent, experiment_dir, counts, local: Path) -> None:
+    """How the trials ended, the configuration chosen per cell (from the report), where things are."""
+    from studies import tracking
+
+    print(f"\nruns (one per trial and seed): "
+          f"{', '.join(f'{counts[k]} {k}' for k in (*STOP_REASONS, INTERRUPTED))}"
+          f"; {counts['trial_hours']:.3f} trial-hours, {counts['gpu_hours']:.3f} GPU-hours")
+    report_dir = local / "report"
+    if counts[COMPLETED]:  # the paper's table and figures, also kept on the study's parent run
+        import pandas as pd
+
+        from analysis.entries import chosen_by
+        from analysis.report import write_report
+
+        written = write_report(uri, study.name, report_dir, parent=parent, quiet=True)
+        tracking.log_report(uri, parent, report_dir)
+        if "table1.csv" in written:
+            entries = pd.read_csv(written["table1.csv"])
+            what = "confirmed on every seed" if study.confirm else "search results, no confirmation phase"
+            print(f"\nthe configuration chosen per cell and arm by {chosen_by(study.metric, study.mode)} ({what}); "
+                  "test distortion:")
+            axes = [a for a in (study.cells or DEFAULT_CELL) if a in entries]
+            print(entries[[*axes, "arm", "config", "n", "val", "test", "std"]].to_string(index=False))
+            cost = pd.read_csv(written["cost.csv"])
+            print("\ntrial-epochs per cell: " + "; ".join(
+                f"{c.cell}: {c.search_epochs:.0f} search + {c.confirm_epochs:.0f} confirmation "
+                f"(full grid without early stopping: {c.full_grid_epochs:.0f})" for c in cost.itertuples()))
+        print(f"\nTable 1, reproduction report and figures: {report_dir} (and on the parent run in MLflow)")
+    print(f"MLflow: {uri}  experiment {study.name!r}, parent run {parent}")
+    if uri.startswith("sqlite:"):
+        print(f"  browse: mlflow ui --backend-store-uri {uri}, then {tracking.ui_link('http://127.0.0.1:5000', exp_id)}")
+    else:
+        print(f"  browse: {tracking.ui_link(uri, exp_id)}")
+    print(f"Ray Tune results: {experiment_dir}")
