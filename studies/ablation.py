@@ -4,6 +4,10 @@ cell with ASHA, Optuna where continuous, then a confirmation on every seed) -> M
     python studies/ablation.py                                   # the default: quick.yaml, here
     python studies/ablation.py --space search_spaces/table1.yaml # on a cluster's head: joins it
     python studies/ablation.py --resume                          # finish the latest interrupted one
+
+A study file's keys (`python -m studies.schema --markdown`, search_spaces/README.md): among them `seeds`, a
+fixed list of confirmation seeds, or `adaptive: {batch, max, alpha, permutations}`, seeds decided by the data
+(more only where a comparison is still open; docs/seeds.md). `--plan` shows either design and its cost.
 """
 from __future__ import annotations
 
