@@ -17,7 +17,6 @@ import warnings
 from dataclasses import dataclass
 
 import pandas as pd
-from scipy import stats
 
 from analysis.fetch import chooser, fetch_runs, recorded_params, study_plan, table_runs
 from iabf import metrics as M
@@ -137,6 +136,8 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
     for _, group in configs.groupby(entry, dropna=False, sort=False):
         pick = R.choose([{"uid": i, "epoch": r.epochs, "score": r.score} for i, r in group.iterrows()], mode)
         chosen.append(pick["uid"] if pick else group.index[0])
+    from analysis.significance import welch_samples   # the one Welch test (significance imports this module)
+
     cells = configs.loc[chosen].copy()
     cells["best"], cells["tied"], cells["p_value"] = False, False, float("nan")
     for _, col in cells.groupby(axes, dropna=False):
@@ -145,7 +146,7 @@ def select_cells(trials: pd.DataFrame, alpha: float = 0.05, context: pd.DataFram
         for i in col.index.drop(best):
             a, b = cells.at[i, "tests"], cells.at[best, "tests"]
             if len(a) >= 2 and len(b) >= 2:
-                p = stats.ttest_ind(a, b, equal_var=False).pvalue
+                p = welch_samples(a, b)[2]
                 cells.at[i, "p_value"] = p
                 cells.at[i, "tied"] = bool(p >= alpha) if math.isfinite(p) else True
     order = {m: i for i, m in enumerate(METHODS)}
