@@ -230,15 +230,18 @@ def check_store(uri: str) -> None:
             raise StoreError(f"no tracking store at {path} (tracking URI {uri!r})")
         if damage := sqlite_damage(path):
             raise StoreError(f"{path} {damage} (tracking URI {uri!r}); {STORE_DAMAGE_HELP}")
-    elif scheme(uri) in ("http", "https"):
-        import requests
+    elif scheme(uri) in ("http", "https") and (problem := server_problem(uri)):
+        raise StoreError(problem)
 
-        try:
-            refused = server_refusal(uri)
-        except requests.RequestException as e:
-            raise StoreError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__})") from None
-        if refused:
-            raise StoreError(refused)
+
+def server_problem(uri: str) -> str | None:
+    """What keeps a tracking server from being used, in one line (unreachable, or refusing this client), or None."""
+    import requests
+
+    try:
+        return server_refusal(uri)
+    except requests.RequestException as e:
+        return f"MLflow tracking server {uri} is unreachable ({type(e).__name__})"
 
 
 def server_refusal(uri: str) -> str | None:

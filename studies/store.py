@@ -54,15 +54,9 @@ def check_uri(uri: str) -> str:
     the study starts, makes the store)."""
     kind = R.scheme(uri)
     if kind in ("http", "https"):
-        import requests
-
-        try:
-            refused = R.server_refusal(uri)
-        except requests.RequestException as e:
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__}); "
-                                f"start it (mlflow server --host 127.0.0.1 --port 5000) or forward its port") from None
-        if refused:
-            raise TrackingError(refused)
+        if problem := R.server_problem(uri):   # the record's check of a server, as a report makes it
+            fix = "; start it (mlflow server --host 127.0.0.1 --port 5000) or forward its port"
+            raise TrackingError(problem + (fix if "unreachable" in problem else ""))
     elif kind == "sqlite":
         sqlite_path(uri)
     elif kind in ("", "file"):   # MLflow 3 keeps the file store read-only ("maintenance mode")
