@@ -188,18 +188,7 @@ def write_figures(uri: str, cells: pd.DataFrame, runs: entries.Runs, out: Path) 
         if {"necst", "iabf"} & set(hist.method):
             figures.save(figures.validation_curves(hist, entries.dataset_name(dataset)), out, f"fig2_val_curves_{name}")
         first = panels[panels.panel == panels.panel.iloc[0]]
-        grids = {}
-        for row in first.itertuples():
-            if "markov_chain.png" not in {a.path for a in client.list_artifacts(row.run_ids[0])}:
-                continue          # a search run (a table without confirmation) draws no samples
-            with tempfile.TemporaryDirectory() as d:
-                try:
-                    path = client.download_artifacts(row.run_ids[0], "markov_chain.png", d)
-                except Exception as e:  # an artifact store that lost a file must not sink the report
-                    warnings.warn(f"no Markov-chain samples for {dataset} {row.arm}: {e}", stacklevel=2)
-                    continue
-                grids[entries.arm_label(row.arm)] = np.asarray(Image.open(path).convert("L"))
-        if grids:
+        if grids := chain_samples(client, first, dataset):
             fig = figures.sample_grids(grids, f"Markov-chain samples, {' '.join(map(str, key))}, {first.panel.iloc[0]} "
                                               "(rows: every 1/9 of the chain)")
             figures.save(fig, out, f"fig3_markov_chain_{name}")
@@ -243,6 +232,23 @@ def seeds_sections(written: dict, out: Path, cells: pd.DataFrame, con: pd.DataFr
                        "spread. A rerun on that many seeds is a new test: an adaptive confirmation (`adaptive:` in the "
                        "study file) decides with the error controlled.",
                        sequential.power_markdown(open_, entries.cell_columns(con) or ["dataset", "bits", "eps"]))
+
+
+def chain_samples(client: MlflowClient, entries_: pd.DataFrame, dataset: str) -> dict:
+    """Each entry's Markov-chain samples (its first run's markov_chain.png), by arm label; an entry without
+    them (a search run: a table without confirmation) or whose file the artifact store lost is left out."""
+    grids = {}
+    for row in entries_.itertuples():
+        if "markov_chain.png" not in {a.path for a in client.list_artifacts(row.run_ids[0])}:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                path = client.download_artifacts(row.run_ids[0], "markov_chain.png", d)
+            except Exception as e:  # an artifact store that lost a file must not sink the report
+                warnings.warn(f"no Markov-chain samples for {dataset} {row.arm}: {e}", stacklevel=3)
+                continue
+            grids[entries.arm_label(row.arm)] = np.asarray(Image.open(path).convert("L"))
+    return grids
 
 
 def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: entries.Runs, markdown: str, rep: pd.DataFrame,
