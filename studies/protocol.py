@@ -138,7 +138,8 @@ class StudySearcher(Searcher):
         if self.looks is None or any(self._searching(k) for k in self.groups):
             return
         for look in self.looks.ready(set(self.chosen)):
-            print(look_line(look, len(self.looks.family), self.study.adaptive), flush=True)
+            self.looks.done = getattr(self.looks, "done", 0) + sum(d != UNDECIDED for d in look.decided.values())
+            print(look_line(look, self.looks.done, len(self.looks.family), self.study.adaptive), flush=True)
             for key in look.next_arms:
                 params, confirms = self.chosen[key]
                 self._enqueue_confirm(key, params, confirms, look=look.number)
@@ -212,15 +213,19 @@ class StudySearcher(Searcher):
             self.__dict__.update({"chosen": {}, "looks": None, **pickle.load(f)})   # saved before adaptive designs
 
 
-def look_line(look, comparisons: int, design) -> str:
-    """The console's line for one look of an adaptive confirmation."""
-    decided = ", ".join(f"{a.split(' | ')[0]}: {a.split(' | ')[1]} {d} than {b.split(' | ')[1]}" if d != UNDECIDED
-                        else f"{a.split(' | ')[0]}: {a.split(' | ')[1]} vs {b.split(' | ')[1]} undecided"
-                        for (a, b), d in look.decided.items())
+def look_line(look, done: int, comparisons: int, design) -> str:
+    """The console's line for one look of an adaptive confirmation; done: comparisons decided so far."""
+    def names(pair):
+        (cell, arm), (_, base) = (k.split(" | ") for k in pair)
+        return cell, arm, base
+    decided = [f"{c}: {a} {d} than {b}" for (c, a, b), d in ((names(p), d) for p, d in look.decided.items())
+               if d != UNDECIDED]
+    left = [f"{c}: {a} vs {b}" for (c, a, b), d in ((names(p), d) for p, d in look.decided.items()) if d == UNDECIDED]
     more = (f"; {len(look.next_arms)} arm(s) get seeds {look.number * design.batch}-"
             f"{(look.number + 1) * design.batch - 1}" if look.next_arms else "; the confirmation is complete")
     return (f"adaptive confirmation, look {look.number} of {design.looks} ({look.seeds} seeds per arm): "
-            f"{len(look.decided)} of {comparisons} comparisons decided{': ' + decided if decided else ''}{more}")
+            f"{len(decided)} decided here{': ' + ', '.join(decided) if decided else ''}; {done} of {comparisons} "
+            f"so far{'; undecided at the maximum: ' + ', '.join(left) if left else ''}{more}")
 
 
 # --- the scheduler: Ray's ASHA, one per group, none for confirmations ------------------------------
