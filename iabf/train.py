@@ -235,6 +235,25 @@ def plain_engine(models: dict, gen: torch.Generator, cfg: Config, resume: dict |
     return step, lambda: None, lambda: [{k: o.state_dict() for k, o in opts.items()}], dict
 
 
+def seeded_models(cfgs: list[Config], data: Splits, device, resume: list[dict] | None):
+    """Per seed: its networks (initialised from its seed), its batch-order generator and its best so far,
+    restored from `resume` where given; and the epoch and wall seconds to continue from."""
+    models, gens = [], []
+    for c in cfgs:
+        torch.manual_seed(c.seed)                                         # initialisation
+        models.append(dict(zip(NAMES, (m.to(device) for m in build(c.dataset, data.image_shape, c.latent_bits)))))
+        gens.append(torch.Generator(device=device).manual_seed(c.seed))   # batch order (one seed: its noise too)
+    if resume is None:
+        return models, gens, [{"val": math.inf, "epoch": 0, "model": None} for _ in cfgs], 0, 0.0
+    for m, g, st in zip(models, gens, resume):
+        for k in NAMES:
+            m[k].load_state_dict(st["model"][k])
+        g.set_state(st["generator"].cpu())
+    bests = [{"val": st["best_val"], "epoch": st["best_epoch"], "model": st["best_model"]} for st in resume]
+    # wall time is cumulative across restarts; a stack's is split evenly between its seeds
+    return models, gens, bests, resume[0]["epoch"], resume[0].get("wall_seconds", 0.0) * len(cfgs)
+
+
 def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = None,
         data: Splits | None = None) -> tuple[dict, list[dict]]:
     """Train `cfg` for cfg.epochs, validating every epoch, and test the best-by-validation model at
@@ -253,21 +272,7 @@ def run(cfg: Config, report: Report | None = None, resume: list[dict] | None = N
     if S > 1 and data.image_shape == (3, 32, 32):   # Config knows the table's datasets; this, one's own
         raise ConfigError(f"stack={S} is not allowed: 1 for {cfg.dataset} (a conv model: vmap cannot batch its "
                           "BatchNorm)", "stack")
-    models, gens = [], []
-    for c in cfgs:
-        torch.manual_seed(c.seed)                                         # initialisation
-        models.append(dict(zip(NAMES, (m.to(device) for m in build(c.dataset, data.image_shape, c.latent_bits)))))
-        gens.append(torch.Generator(device=device).manual_seed(c.seed))   # batch order (one seed: its noise too)
-    start, wall_before = 0, 0.0
-    bests = [{"val": math.inf, "epoch": 0, "model": None} for _ in cfgs]
-    if resume is not None:
-        for m, g, st in zip(models, gens, resume):
-            for k in NAMES:
-                m[k].load_state_dict(st["model"][k])
-            g.set_state(st["generator"].cpu())
-        bests = [{"val": st["best_val"], "epoch": st["best_epoch"], "model": st["best_model"]} for st in resume]
-        # wall time is cumulative across restarts; a stack's is split evenly between its seeds
-        start, wall_before = resume[0]["epoch"], resume[0].get("wall_seconds", 0.0) * S
+    models, gens, bests, start, wall_before = seeded_models(cfgs, data, device, resume)
     trained = source_code(cfg)   # what the step optimises (separation: its noiseless source code)
     step, sync, optimizer_states, extra_state = (
         plain_engine(models[0], gens[0], trained, resume and resume[0]) if S == 1 else

@@ -44,9 +44,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @functools.lru_cache(maxsize=1)   # constant for a study: one subprocess, not one per trial
 def git_commit() -> str:
+    """The commit the study's code comes from, `+dirty` where a tracked file differed from it when the study
+    began (its numbers then come from a working tree no commit holds)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=5)
+        head = out.stdout.strip()
+        return (head + ("+dirty" if changed.stdout.strip() else "")) if head else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

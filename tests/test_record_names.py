@@ -32,3 +32,24 @@ def test_the_scan_sees_a_name_typed_as_a_literal(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text('tags = {"trial_id": 1}\ncolumn = f"metric.{name}"\n')
     assert [v for _, v in literals(bad) if v in NAMES or v.startswith(PREFIXES)] == ["trial_id", "metric."]
+
+
+def test_a_run_from_a_changed_working_tree_says_so_in_its_commit(tmp_path, monkeypatch):
+    """git_commit names the commit, with +dirty where a tracked file differed from it when the study began."""
+    import subprocess
+
+    from studies import tracking
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f.py").write_text("a = 1\n")
+    subprocess.run([*git, "add", "f.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.setattr(tracking, "ROOT", tmp_path)
+    tracking.git_commit.cache_clear()               # read once per study: the code it began with
+    assert tracking.git_commit() == head
+    (tmp_path / "f.py").write_text("a = 22\n")
+    tracking.git_commit.cache_clear()
+    assert tracking.git_commit() == head + "+dirty"
+    tracking.git_commit.cache_clear()
