@@ -42,12 +42,12 @@ table1-cpu: $(STAMP)   ## Table 1 on a laptop (about 2 hours on 2 CPUs; DATA_DIR
 	    --storage $(STUDIES_HOME)/results --tracking-uri sqlite:///$(STUDIES_HOME)/mlflow.db $(ARGS)
 
 # the suite in TEST_WORKERS processes (pytest-xdist): its end-to-end tests are mostly one-core work (a
-# driver, Ray's start and stop, one trial at a time), and the cluster tests mostly wait (for sshd, slurmd,
-# KillWait, a node to join: the SLURM file keeps about one core of two busy), so three workers on two cores
-# keep both cores busy. A file goes whole to one worker (loadfile: a module's fixture is built once), in the
-# order tests/conftest.py sets (the files with the most slow tests first). TEST_WORKERS=0: one process.
+# driver, Ray's start and stop, one trial at a time), so two workers on two cores nearly halve its wall
+# time (a third does not: the suite keeps both cores busy, 1.92 of 2 on average, 1,272 s with three against
+# 1,206 with two). A file goes whole to one worker (loadfile: a module's fixture is built once), in the order
+# tests/conftest.py sets (the files with the most slow tests first). TEST_WORKERS=0: one process.
 # (Not --dist loadgroup: with pytest 9.2 it silently stops grouping, pytest-xdist issue 1386.)
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 test: $(STAMP)    ## the test suite (finds real data in IABF_DATA_DIR, default ../shared/data)
 	IABF_DATA_DIR=$${IABF_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 

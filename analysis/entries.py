@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis.fetch import chooser, fetch_runs, recorded_params, study_plan, table_runs
 from iabf import metrics as M
 from iabf import record as R
 from iabf.config import PAPER_METHODS
@@ -228,6 +227,8 @@ class Runs:
 
 def gather(uri: str, study: str, parent: str | None) -> Runs:
     """The study's runs and record; warns when its table can only be provisional."""
+    from analysis.fetch import fetch_runs, recorded_params, study_plan, table_runs   # MLflow: only when asked
+
     everything = fetch_runs(uri, study, parent, include_unfinished=True)
     completed = everything[everything[R.STOP_REASON] == R.COMPLETED].reset_index(drop=True)
     if completed.empty:
@@ -247,4 +248,6 @@ def gather(uri: str, study: str, parent: str | None) -> Runs:
 def chosen(runs: Runs) -> pd.DataFrame:
     """The table's entries: chosen as the study chose (its metric and mode), among all that each group
     searched (every run, unfinished ones included, for what a group tried)."""
+    from analysis.fetch import chooser
+
     return select_cells(runs.trials, context=runs.everything, **chooser(runs.params))

@@ -55,7 +55,7 @@ def test_smoke_study_tracks_parent_child_params_metrics_artifacts(smoke_pair):
     stdout, tmp_path = smoke_pair.outs[0], smoke_pair.folder / "a"
     assert stdout.splitlines()[0].startswith("started a local Ray with")
     assert "3 trials: 2 search, 1 confirmation" in stdout
-    assert "the configuration chosen per cell and arm by validation (confirmed on every seed)" in stdout
+    assert "the configuration chosen per cell and arm by validation distortion (confirmed on every seed)" in stdout
     assert "mlflow ui --backend-store-uri" in stdout
     # the link opens the study's runs (MLflow 3.17's UI otherwise opens its GenAI overview)
     assert "http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning" in stdout
