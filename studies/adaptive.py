@@ -11,7 +11,7 @@ from iabf import metrics as M
 from iabf.config import Config
 from studies.checks import check_keys, fail, number
 from studies.plan import groups
-from studies.space import SpaceError
+from studies.space import TOP, SpaceError
 
 
 def family(study) -> list[tuple[str, str]]:
@@ -24,22 +24,26 @@ def check_adaptive(raw: dict, confirm: bool):
     block = raw.get("adaptive")
     if block is None:
         return None
-    check_keys(block, ("batch", "max", "alpha", "permutations"), "adaptive")
+    spans = TOP["adaptive"].schema["properties"]   # the ranges, declared once beside the key (studies/space.py)
+    check_keys(block, tuple(spans), "adaptive")
     d = Design()
-    # bounds that keep the check of the design (earliest_look, at validation) to seconds
-    batch = number(block.get("batch", d.batch), "adaptive.batch", 2, integer=True, hi=50)
-    most = number(block.get("max", d.max), "adaptive.max", 2 * batch, integer=True, hi=200)
+
+    def read(key: str, lo=None):   # lo: a bound tighter than the declared one (max: two looks at least)
+        span = spans[key]
+        return number(block.get(key, getattr(d, key)), f"adaptive.{key}", span["minimum"] if lo is None else lo,
+                      integer=span["type"] == "integer", hi=span["maximum"])
+
+    batch = read("batch")
+    most = read("max", lo=2 * batch)
     if most % batch:
         fail("adaptive.max", f"{most} is not a multiple of batch {batch}: every look adds a whole batch")
-    alpha = number(block.get("alpha", d.alpha), "adaptive.alpha", 0.001, hi=0.5)
-    permutations = number(block.get("permutations", d.permutations), "adaptive.permutations", 100, integer=True,
-                          hi=100_000)
+    alpha, permutations = float(read("alpha")), read("permutations")
     if "seeds" in raw:
         fail("seeds", f"an adaptive confirmation draws its own seeds (0 to {most - 1}, {batch} at a look): remove "
                       "`seeds`, or `adaptive` for a fixed list")
     if not confirm:
         fail("adaptive", "decides what the confirmation phase compares: remove it, or `confirm: false`")
-    return Design(batch, most, float(alpha), permutations)
+    return Design(batch, most, alpha, permutations)
 
 
 def check_family(study):
