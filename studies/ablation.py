@@ -306,12 +306,14 @@ def restore_runs(uri: str, exp_id: str, parent: str, name: str, results, resume_
 def close_record(tracker, stop: StopSignal, uri: str, exp_id: str, parent: str, experiment_dir: str,
                  grace: float, resume_args: str) -> tuple[dict, int]:
     """The parent run ended (FINISHED, or KILLED when stopped) with the study's counts; a tracking server
-    that went away gets `grace` seconds to come back. Returns (counts, updates it never took)."""
+    that went away gets `grace` seconds to come back, in all (SLURM's SIGKILL follows its SIGTERM after
+    KillWait: the sbatch's grace fits in it). Returns (counts, updates it never took)."""
     from studies import store, tracking
 
+    deadline = time.monotonic() + grace
     try:
         left = tracker.flush(timeout=grace) if tracker else 0
-        counts = store.retrying(tracking.end_study, grace, uri, exp_id, parent,
+        counts = store.retrying(tracking.end_study, max(0.0, deadline - time.monotonic()), uri, exp_id, parent,
                                    "KILLED" if stop.received else "FINISHED", tracker.seconds if tracker else 0.0)
     except store.TRACKING_ERRORS as e:
         raise Refused(f"the study ran (results: {experiment_dir}) but MLflow at {uri} {store.store_problem(e, uri)}; "
