@@ -213,8 +213,8 @@ def seeds_sections(written: dict, out: Path, cells: pd.DataFrame, con: pd.DataFr
         stopped = frame.attrs["stopped"]
         return csv_section(
             written, out, "adaptive.csv", frame, "The adaptive confirmation",
-            f"Seeds decided by the data (AdaStop, group-sequential permutation tests): {design.batch} seeds per arm "
-            f"at each look, up to {design.max}; the family-wise error over these {len(frame)} comparisons and every "
+            f"Seeds decided by the data (AdaStop's group-sequential permutation test, analysis/sequential.py): "
+            f"{design.batch} seeds per arm at each look, up to {design.max}; the family-wise error over these {len(frame)} comparisons and every "
             f"look is at most {design.alpha:g}. Decisions on {test} ({'lower' if mode == 'min' else 'higher'} is "
             "better), replayed from the runs: a look used only the seeds up to it. The interval is Welch's "
             "fixed-sample 95% interval on the seeds of the deciding look: it does not account for the sequential "

@@ -1,14 +1,15 @@
 """Seeds decided by the data: the adaptive confirmation's tests, and what an undecided contrast would need.
 
-The method is AdaStop (Mathieu et al., "AdaStop: adaptive statistical testing for sound comparisons of
-Deep RL agents", TMLR 2024), through its authors' package `adastop`: group-sequential permutation tests
-over a family of comparisons, with a step-down over the family at every look and the level spent
-linearly over the looks, so that the family-wise error is at most alpha however many looks were taken.
-Why it and not a t-test with an alpha-spending boundary (Pocock, O'Brien-Fleming): a study's arms are
-compared on 3 to 12 seeds, where a t boundary rests on normality that a handful of test distortions
-cannot check, and the family (every arm against its baselines in every cell) would need a correction of
-its own on top; AdaStop's permutation test assumes only that seeds are exchangeable, and controls the
-error over the whole family and every look at once.
+The method is AdaStop's (Mathieu et al., "AdaStop: adaptive statistical testing for sound comparisons of
+Deep RL agents", TMLR 2024): group-sequential permutation tests over a family of comparisons, with a
+step-down over the family at every look and the level spent linearly over the looks, so that the
+family-wise error is at most alpha however many looks were taken. Why it and not a t-test with an
+alpha-spending boundary (Pocock, O'Brien-Fleming): a study's arms are compared on 3 to 12 seeds, where a t
+boundary rests on normality that a handful of test distortions cannot check, and the family (every arm
+against its baselines in every cell) would need a correction of its own on top; a permutation test assumes
+only that seeds are exchangeable, and controls the error over the whole family and every look at once.
+Why not its authors' package (`adastop` 0.1.3): its error, measured (docs/seeds.md), is twice alpha for one
+comparison and above it for comparisons that share an arm; `_Paths` says what differs here.
 
 Pure functions: per-seed values in, decisions out. The driver (studies/protocol.py) and the report
 (analysis/report.py) call the same `decide`, so the report replays from the record exactly the looks the
@@ -16,6 +17,7 @@ study took: a look uses only the seeds of the batches up to it, so what it decid
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
@@ -33,7 +35,7 @@ class Design:
     batch: int = 3           # seeds per arm per look (AdaStop's n); the first look has `batch` seeds too
     max: int = 12            # seeds per arm at most: max / batch looks (AdaStop's K)
     alpha: float = 0.05      # family-wise error over every comparison and every look
-    permutations: int = 10000   # AdaStop's B: permutations drawn where enumerating them all would be more
+    permutations: int = 10000   # random relabelling paths beside the observed one (AdaStop's B)
 
     @property
     def looks(self) -> int:
@@ -66,20 +68,11 @@ def decide(design: Design, values: dict[str, dict[int, float]], family: list[tup
     one seed (key: "cell | arm"); family: (arm, baseline) pairs, the comparisons the error is controlled over.
     A look is taken when every arm of a still open comparison has every seed of the batches up to it.
     Returns (the looks taken, why the next cannot be taken where it never can: a seed with no value)."""
-    from adastop import MultipleAgentsComparator
-
-    family = sorted(family)   # one order, whoever asks: AdaStop draws its permutations comparison by comparison
+    family = sorted(family)
     agents = sorted({k for pair in family for k in pair})
-    index = {a: i for i, a in enumerate(agents)}
-    comps = np.array([(index[a], index[b]) for a, b in family])
-    names = [str(c) for c in comps]
-    # alpha / 2: adastop 0.1.3 compares the two-sided |T| with the boundary of the signed T's permutation
-    # distribution (one tail), which rejects a true null twice as often as asked (measured: 0.10 at alpha 0.05,
-    # one look, two arms of 6 seeds; tests/test_sequential.py). By the distribution's symmetry (equal seeds per
-    # arm), each tail at alpha / 2 is a two-sided test at alpha, over the family and every look.
-    comparator = MultipleAgentsComparator(n=design.batch, K=design.looks, B=design.permutations, comparisons=comps,
-                                          alpha=design.alpha / 2, seed=0)
-    looks, live = [], set(agents)
+    cells = sorted({a.split(" | ", 1)[0] for a in agents})
+    paths = _Paths(design, agents, cells)
+    looks, live, open_ = [], set(agents), list(family)
     for k in range(design.looks):
         seeds = [s for look in range(k + 1) for s in design.batch_seeds(look, first)]
         missing = [a for a in sorted(live) if any(s not in values.get(a, {}) for s in seeds)]
@@ -88,26 +81,87 @@ def decide(design: Design, values: dict[str, dict[int, float]], family: list[tup
         failed = [(a, s) for a in sorted(live) for s in seeds if not math.isfinite(values[a][s])]
         if failed:
             return looks, f"{failed[0][0]} has no value on seed {failed[0][1]} (its trial failed)"
-        z = {a: np.array([values.get(a, {}).get(s, np.nan) for s in seeds if s in values.get(a, {})], dtype=float)
-             for a in agents}
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            comparator.partial_compare(z, verbose=False)
+        scale = paths.add_block(k, {a: [values[a][s] for s in design.batch_seeds(k, first)] for a in sorted(live)})
         look = Look(k + 1, len(seeds))
-        for (a, b), name in zip(family, names):
-            said = comparator.decisions[name]
-            already = any((a, b) in earlier.decided for earlier in looks)
-            if said in ("larger", "smaller") and not already:
-                larger_is_better = mode == "max"
-                look.decided[(a, b)] = BETTER if (said == "larger") == larger_is_better else WORSE
-            elif said == "equal" and not already:
-                look.decided[(a, b)] = UNDECIDED
-        live = {agents[i] for c in comparator.current_comparisons for i in c} if not comparator.is_finished else set()
-        look.next_arms = sorted(live) if k + 1 < design.looks else []
+        for (a, b), sign in paths.step_down(k, open_, scale):
+            look.decided[(a, b)] = BETTER if (sign > 0) == (mode == "max") else WORSE
+        open_ = [pair for pair in open_ if pair not in look.decided]
+        if k + 1 == design.looks:
+            look.decided.update({pair: UNDECIDED for pair in open_})
+            open_ = []
+        live = {a for pair in open_ for a in pair}
+        look.next_arms = sorted(live)
         looks.append(look)
-        if comparator.is_finished:
+        if not open_:
             break
     return looks, None
+
+
+class _Paths:
+    """The group-sequential permutation test of AdaStop (Mathieu et al.; linear alpha spending over the looks, a
+    step-down over the family at each look, the paths that crossed a boundary left out of the later looks'
+    distributions), on B random permutation paths and the observed one (path 0). A path relabels, at each look
+    and in each cell, the new seeds' values among the cell's arms at once, so that comparisons sharing an arm keep
+    the dependence they have under the null (the `adastop` package, 0.1.3, permutes each pair on its own, which
+    our simulations measured at 0.087 family-wise error for alpha 0.05 with 3 comparisons in a cell, and compares
+    |T| with a one-tailed boundary: 0.10 for a single comparison). With the observed path among the B + 1 and
+    every boundary computed from all of them alike, a look rejects a true null with probability at most its share
+    of alpha (the paths are exchangeable under the null), however many permutations there are."""
+
+    def __init__(self, design: Design, agents: list[str], cells: list[str]):
+        self.design, self.n = design, design.permutations + 1
+        self.cell_of = {a: a.split(" | ", 1)[0] for a in agents}
+        self.column = {a: i for i, a in enumerate(agents)}
+        self.sums = np.zeros((self.n, len(agents)))          # per path and arm: the sum of its block means
+        self.pooled = {c: [] for c in cells}                 # per cell: every value so far (the scale's)
+        self.alive = np.ones(self.n, dtype=bool)             # paths that crossed no earlier boundary
+        self.spent = 0.0
+        self.cells = cells
+
+    def add_block(self, k: int, block: dict[str, list[float]]) -> dict[str, float]:
+        """Look k's new seeds (per live arm) into every path; returns each cell's scale (the spread of its values
+        so far, the same under every relabelling within the cell)."""
+        for ci, cell in enumerate(self.cells):
+            arms = [a for a in block if self.cell_of[a] == cell]
+            if not arms:
+                continue
+            x = np.concatenate([np.asarray(block[a], dtype=float) for a in arms])
+            # seeded by the block's values as a set (the same under every relabelling, so the paths stay
+            # exchangeable with the observed one): a replay draws the same paths, another study other ones
+            digest = hashlib.sha256(np.sort(x).tobytes()).digest()
+            rng = np.random.default_rng([k, ci, *np.frombuffer(digest[:16], dtype=np.uint32).tolist()])
+            perm = rng.permuted(np.tile(np.arange(x.size, dtype=np.int32), (self.n, 1)), axis=1)
+            perm[0] = np.arange(x.size)                        # path 0: the observed labels
+            means = x[perm].reshape(self.n, len(arms), self.design.batch).mean(axis=2)
+            self.sums[:, [self.column[a] for a in arms]] += means
+            self.pooled[cell].extend(x.tolist())
+        return {c: (float(np.std(v)) or 1.0) if v else 1.0 for c, v in self.pooled.items()}
+
+    def _max_t(self, pairs: list[tuple[str, str]], scale: dict[str, float]) -> np.ndarray:
+        """Per path (rows) and comparison (columns): the difference of summed block means, in its cell's scale."""
+        return np.stack([(self.sums[:, self.column[a]] - self.sums[:, self.column[b]]) / scale[self.cell_of[a]]
+                         for a, b in pairs], axis=1)
+
+    def step_down(self, k: int, open_: list[tuple[str, str]], scale: dict[str, float]) -> list[tuple[tuple, int]]:
+        """Look k's rejections, largest first: (comparison, the sign of its difference)."""
+        budget = self.design.alpha * (k + 1) / self.design.looks - self.spent
+        allowed = int(math.floor(budget * self.n + 1e-9))   # paths a boundary may leave above it at this look
+        rejected, pairs, bound = [], list(open_), math.inf
+        while pairs:
+            t = self._max_t(pairs, scale)
+            top = np.abs(t).max(axis=1)
+            values = np.sort(top[self.alive])[::-1]
+            bound = values[allowed] if 0 < allowed < values.size else (-math.inf if allowed >= values.size else math.inf)
+            i = int(np.argmax(np.abs(t[0])))
+            if not top[0] > bound:
+                break
+            rejected.append((pairs[i], int(np.sign(t[0, i]))))
+            pairs.pop(i)
+        if pairs and math.isfinite(bound):   # the paths beyond this look's boundary leave the later looks' tests
+            crossed = self.alive & (np.abs(self._max_t(pairs, scale)).max(axis=1) > bound)
+            self.spent += crossed.sum() / self.n
+            self.alive &= ~crossed
+        return rejected
 
 
 def outcome(looks: list[Look], family: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, int, int]]:
@@ -139,8 +193,7 @@ def earliest_look(design: Design, family: list[tuple[str, str]]) -> int | None:
     agents = sorted({k for pair in family for k in pair})
     seeds = range(design.max)
     values = {a: {s: 1000.0 * i + 1e-3 * s for s in seeds} for i, a in enumerate(agents)}
-    looks, _ = decide(Design(design.batch, design.max, design.alpha, min(design.permutations, 2000)), values,
-                      family, "min")
+    looks, _ = decide(design, values, family, "min")
     return next((look.number for look in looks if look.decided and any(
         d != UNDECIDED for d in look.decided.values())), None)
 

@@ -62,7 +62,8 @@ def check_family(study):
     if earliest_look(design, pairs) is None:
         raise SpaceError(f"{where}: batches of {design.batch} up to {design.max} seeds cannot reach alpha "
                          f"{design.alpha:g} over {len(pairs)} comparisons: even arms whose values never overlap stay "
-                         f"undecided (too few permutations for the level a look may spend); raise batch or max")
+                         f"undecided (too few relabellings of so few seeds, or too few permutation paths, for the "
+                         "level a look may spend); raise batch, max or permutations")
     return study
 
 
@@ -77,7 +78,7 @@ def cost(study) -> dict:
 def plan_line(study) -> str:
     d, c = study.adaptive, cost(study)
     return (f"adaptive confirmation: {d.batch} seeds per arm at each of up to {d.looks} looks ({d.max} at most), "
-            f"{len(family(study))} comparisons at family-wise alpha {d.alpha:g} (AdaStop); the earliest decision at "
+            f"{len(family(study))} comparisons at family-wise alpha {d.alpha:g} (AdaStop's test); the earliest decision at "
             f"look {c['earliest']} ({c['least']} seeds): the confirmation costs {c['least'] / d.max:.0%} to 100% of "
             f"fixed {d.max} seeds")
 

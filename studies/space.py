@@ -87,7 +87,7 @@ TOP = {
     "adaptive": Key("`{batch, max, alpha, permutations}`", None, "seeds decided by the data instead of `seeds`: "
                     "each chosen configuration gets `batch` seeds (0, 1, ...), then each arm still in an undecided "
                     "comparison (an arm against its baselines in its cell, as the report contrasts them) `batch` more, "
-                    "up to `max`; AdaStop's group-sequential permutation tests keep the family-wise error at `alpha` "
+                    "up to `max`; AdaStop's group-sequential permutation test keeps the family-wise error at `alpha` "
                     "over every comparison and look (`analysis/sequential.py`). Defaults: batch 3, max 12, alpha "
                     "0.05, permutations 10000",
                     {"type": "object", "additionalProperties": False,

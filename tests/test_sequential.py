@@ -16,8 +16,8 @@ from analysis.significance import holm, welch_samples
 
 ARMS = ("c | necst", "c | abf", "c | iabf")
 FAMILY = family({a: a.split(" | ")[1] for a in ARMS})   # abf-necst, iabf-necst, iabf-abf
-DESIGN = Design(batch=2, max=6, alpha=0.05, permutations=1000)   # 3 looks; every permutation enumerated
-EARLY = Design(batch=3, max=9, alpha=0.05, permutations=1000)    # can decide at its second look
+DESIGN = Design(batch=2, max=8, alpha=0.05, permutations=1000)   # 4 looks of 2 seeds: few distinct relabellings
+EARLY = Design(batch=3, max=9, alpha=0.05, permutations=1000)    # 3 looks of 3 seeds
 
 
 def draw(rng, shift: dict, design: Design) -> dict:
@@ -40,18 +40,24 @@ def simulate(n: int, shift: dict, seed: int, design: Design = DESIGN) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def test_with_no_true_difference_the_family_wise_error_is_at_most_alpha():
-    """300 studies of three arms with the same distribution: the share of studies with any comparison decided
-    (a false discovery) is at most alpha plus 2.6 Monte Carlo standard errors (0.083 at 300). adastop 0.1.3
-    called at alpha itself erred in 0.10 to 0.14 of such studies (its one-tailed boundary for a two-sided
-    statistic): this test is what caught it."""
-    n = 300
-    sims = simulate(n, {}, seed=1)
-    errors = sims.groupby("study").decision.agg(lambda d: bool(d.isin([BETTER, WORSE]).any())).mean()
-    bound = DESIGN.alpha + 2.6 * math.sqrt(DESIGN.alpha * (1 - DESIGN.alpha) / n)
-    print(f"family-wise error {errors:.3f} over {n} null studies (bound {bound:.3f})")
+@pytest.mark.parametrize("design, cells", [(DESIGN, 1), (EARLY, 3)])
+def test_with_no_true_difference_the_family_wise_error_is_at_most_alpha(design, cells):
+    """2,000 studies whose arms share one distribution: the share with any comparison decided (a false
+    discovery) is at most alpha plus 2.6 Monte Carlo standard errors (0.063). Three comparisons share each arm in
+    a cell, which is what the `adastop` package (0.1.3) got wrong: permuting each pair on its own it erred in
+    0.087 of such studies, and 0.10 for a single comparison (its one-tailed boundary for |T|)."""
+    n = 2000
+    rng = np.random.default_rng(cells)
+    arms = [f"c{c} | {m}" for c in range(cells) for m in ("necst", "abf", "iabf")]
+    pairs = family({a: a.split(" | ")[1] for a in arms})
+    decisions = [[d[0] for d in outcome(decide(design, {a: {s: float(rng.normal()) for s in range(design.max)}
+                                                         for a in arms}, pairs, "min")[0], pairs).values()]
+                 for _ in range(n)]
+    assert {d for study in decisions for d in study} <= {BETTER, WORSE, UNDECIDED}   # every comparison ends
+    errors = np.mean([any(d in (BETTER, WORSE) for d in study) for study in decisions])
+    bound = design.alpha + 2.6 * math.sqrt(design.alpha * (1 - design.alpha) / n)
+    print(f"family-wise error {errors:.4f} over {n} null studies, {len(pairs)} comparisons (bound {bound:.4f})")
     assert errors <= bound
-    assert set(sims.decision) <= {BETTER, WORSE, UNDECIDED}   # every comparison ends: decided or at the maximum
 
 
 def test_a_true_difference_is_found_on_fewer_seeds_than_a_fixed_design_at_comparable_power():
@@ -80,7 +86,8 @@ def test_a_look_once_taken_is_never_retaken_with_more_data():
         early = {a: {s: v for s, v in per.items() if s < 2 * DESIGN.batch} for a, per in values.items()}
         first, _ = decide(DESIGN, early, FAMILY, "min")
         later, _ = decide(DESIGN, values, FAMILY, "min")
-        assert len(first) == 2 and [(look.decided, look.next_arms) for look in later[:2]] == \
+        assert len(first) == 2 or not first[-1].next_arms   # two looks, or every comparison decided at the first
+        assert [(look.decided, look.next_arms) for look in later[:len(first)]] == \
             [(look.decided, look.next_arms) for look in first]
 
 
@@ -110,8 +117,12 @@ def test_mode_max_reads_a_higher_value_as_better():
 
 
 def test_a_design_too_small_for_its_level_is_said_unreachable():
-    assert earliest_look(Design(2, 4, 0.001), FAMILY) is None
-    assert earliest_look(Design(3, 12, 0.05), FAMILY) == 2
+    """Too few relabellings (two arms of 2 seeds: 36 over two looks, the observed extreme among the 2 alike of
+    them) or too few paths for alpha (100 paths cannot leave 1 above a boundary at alpha 0.001)."""
+    assert earliest_look(Design(2, 4, 0.001), [("c | abf", "c | necst")]) is None
+    assert earliest_look(Design(2, 4, 0.001, permutations=100), FAMILY) is None
+    assert earliest_look(Design(2, 4, 0.001), FAMILY) == 2
+    assert earliest_look(Design(3, 12, 0.05), FAMILY) == 1
 
 
 @pytest.mark.parametrize("diff", [0.05, 0.3, 1.0, 2.5])
