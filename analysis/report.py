@@ -215,12 +215,15 @@ def seeds_sections(written: dict, out: Path, cells: pd.DataFrame, con: pd.DataFr
             written, out, "adaptive.csv", frame, "The adaptive confirmation",
             f"Seeds decided by the data (AdaStop's group-sequential permutation test, analysis/sequential.py): "
             f"{design.batch} seeds per arm at each look, up to {design.max}; the family-wise error over these {len(frame)} comparisons and every "
-            f"look is at most {design.alpha:g}. Decisions on {test} ({'lower' if mode == 'min' else 'higher'} is "
+            f"look is at most {design.alpha:g} ({design.spending} spending over the looks). Decisions on {test} ({'lower' if mode == 'min' else 'higher'} is "
             "better), replayed from the runs: a look used only the seeds up to it. The interval is Welch's "
             "fixed-sample 95% interval on the seeds of the deciding look: it does not account for the sequential "
             "design. For an undecided comparison: the difference the maximum could detect with 80% power, and the "
             f"seeds per arm that would detect the observed one (t-tests at alpha / {len(frame)})."
-            + (f" The looks stopped early: {stopped}." if stopped else ""),
+            + (f" The looks stopped early: {stopped}." if stopped else "")
+            + (f" The study took its looks with {design.test}, since replaced (docs/seeds.md): its seeds are the ones "
+               "that test asked for, and the decisions here are the current test's on them ('pending': it would "
+               "have asked for more)." if design.test != sequential.CURRENT_TEST else ""),
             sequential.adaptive_markdown(frame, design, test))
     open_ = sequential.power_frame(con) if len(con) else con
     if not len(open_):

@@ -29,6 +29,12 @@ import pandas as pd
 BETTER, WORSE, UNDECIDED, PENDING = "better", "worse", "undecided", "pending"
 
 
+# The level spent by look k of K: alpha * (k / K) ** rho (Kim & DeMets' power family). 1: AdaStop's linear
+# spending (Pocock-like: early looks decide more, the last has little left); 3: O'Brien-Fleming-like (little
+# spent early, the last look close to a fixed design's level: 0.96 of its power against 0.84, benchmarks/sequential.py)
+SPENDING = {"linear": 1.0, "obrien-fleming": 3.0}
+
+
 @dataclass(frozen=True)
 class Design:
     """A study's `adaptive:` block: `batch` new seeds per arm at each look, up to `max` per arm."""
@@ -36,6 +42,8 @@ class Design:
     max: int = 12            # seeds per arm at most: max / batch looks (AdaStop's K)
     alpha: float = 0.05      # family-wise error over every comparison and every look
     permutations: int = 10000   # random relabelling paths beside the observed one (AdaStop's B)
+    spending: str = "obrien-fleming"   # how alpha is spent over the looks: a key of SPENDING
+    test: str = "joint-relabel-welch"   # which test took the looks: a study begun under another is not resumed so
 
     @property
     def looks(self) -> int:
@@ -50,7 +58,11 @@ class Design:
 
     @classmethod
     def parse(cls, text: str | None) -> "Design | None":
-        return cls(**json.loads(text)) if text else None
+        # recorded before `test` was: the package's test, which spent linearly
+        return cls(**{"test": LEGACY_TEST, "spending": "linear", **json.loads(text)}) if text else None
+
+
+CURRENT_TEST, LEGACY_TEST = Design.test, "adastop-0.1.3"
 
 
 @dataclass
@@ -81,9 +93,9 @@ def decide(design: Design, values: dict[str, dict[int, float]], family: list[tup
         failed = [(a, s) for a in sorted(live) for s in seeds if not math.isfinite(values[a][s])]
         if failed:
             return looks, f"{failed[0][0]} has no value on seed {failed[0][1]} (its trial failed)"
-        scale = paths.add_block(k, {a: [values[a][s] for s in design.batch_seeds(k, first)] for a in sorted(live)})
+        paths.add_block(k, {a: [values[a][s] for s in design.batch_seeds(k, first)] for a in sorted(live)})
         look = Look(k + 1, len(seeds))
-        for (a, b), sign in paths.step_down(k, open_, scale):
+        for (a, b), sign in paths.step_down(k, open_):
             look.decided[(a, b)] = BETTER if (sign > 0) == (mode == "max") else WORSE
         open_ = [pair for pair in open_ if pair not in look.decided]
         if k + 1 == design.looks:
@@ -112,15 +124,15 @@ class _Paths:
         self.design, self.n = design, design.permutations + 1
         self.cell_of = {a: a.split(" | ", 1)[0] for a in agents}
         self.column = {a: i for i, a in enumerate(agents)}
-        self.sums = np.zeros((self.n, len(agents)))          # per path and arm: the sum of its block means
-        self.pooled = {c: [] for c in cells}                 # per cell: every value so far (the scale's)
+        self.sums = np.zeros((self.n, len(agents)))          # per path and arm: the sum of its values
+        self.squares = np.zeros((self.n, len(agents)))       # ... and of their squares
+        self.count = np.zeros(len(agents))                   # values per arm so far (the same on every path)
         self.alive = np.ones(self.n, dtype=bool)             # paths that crossed no earlier boundary
         self.spent = 0.0
         self.cells = cells
 
-    def add_block(self, k: int, block: dict[str, list[float]]) -> dict[str, float]:
-        """Look k's new seeds (per live arm) into every path; returns each cell's scale (the spread of its values
-        so far, the same under every relabelling within the cell)."""
+    def add_block(self, k: int, block: dict[str, list[float]]) -> None:
+        """Look k's new seeds (per live arm) into every path."""
         for ci, cell in enumerate(self.cells):
             arms = [a for a in block if self.cell_of[a] == cell]
             if not arms:
@@ -132,23 +144,35 @@ class _Paths:
             rng = np.random.default_rng([k, ci, *np.frombuffer(digest[:16], dtype=np.uint32).tolist()])
             perm = rng.permuted(np.tile(np.arange(x.size, dtype=np.int32), (self.n, 1)), axis=1)
             perm[0] = np.arange(x.size)                        # path 0: the observed labels
-            means = x[perm].reshape(self.n, len(arms), self.design.batch).mean(axis=2)
-            self.sums[:, [self.column[a] for a in arms]] += means
-            self.pooled[cell].extend(x.tolist())
-        return {c: (float(np.std(v)) or 1.0) if v else 1.0 for c, v in self.pooled.items()}
+            values = x[perm].reshape(self.n, len(arms), self.design.batch)
+            columns = [self.column[a] for a in arms]
+            self.sums[:, columns] += values.sum(axis=2)
+            self.squares[:, columns] += (values ** 2).sum(axis=2)
+            self.count[columns] += self.design.batch
 
-    def _max_t(self, pairs: list[tuple[str, str]], scale: dict[str, float]) -> np.ndarray:
-        """Per path (rows) and comparison (columns): the difference of summed block means, in its cell's scale."""
-        return np.stack([(self.sums[:, self.column[a]] - self.sums[:, self.column[b]]) / scale[self.cell_of[a]]
-                         for a, b in pairs], axis=1)
+    def _max_t(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Per path (rows) and comparison (columns): Welch's t statistic of the two arms' values on that path.
+        Studentised on each path (not by one fixed scale): where an arm truly differs, relabelling its values
+        into the others widens their spread, so the other comparisons' permutation distributions are not
+        inflated by its difference, and the cells' scales need no common unit."""
+        a = [self.column[x] for x, _ in pairs]
+        b = [self.column[y] for _, y in pairs]
+        n_a, n_b = self.count[a], self.count[b]
+        mean_a, mean_b = self.sums[:, a] / n_a, self.sums[:, b] / n_b
+        var_a = np.maximum(self.squares[:, a] / n_a - mean_a ** 2, 0) * n_a / (n_a - 1)
+        var_b = np.maximum(self.squares[:, b] / n_b - mean_b ** 2, 0) * n_b / (n_b - 1)
+        se = np.sqrt(var_a / n_a + var_b / n_b)
+        diff = mean_a - mean_b
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(se > 0, diff / np.where(se > 0, se, 1.0), np.sign(diff) * np.inf)
 
-    def step_down(self, k: int, open_: list[tuple[str, str]], scale: dict[str, float]) -> list[tuple[tuple, int]]:
+    def step_down(self, k: int, open_: list[tuple[str, str]]) -> list[tuple[tuple, int]]:
         """Look k's rejections, largest first: (comparison, the sign of its difference)."""
-        budget = self.design.alpha * (k + 1) / self.design.looks - self.spent
+        budget = self.design.alpha * ((k + 1) / self.design.looks) ** SPENDING[self.design.spending] - self.spent
         allowed = int(math.floor(budget * self.n + 1e-9))   # paths a boundary may leave above it at this look
         rejected, pairs, bound = [], list(open_), math.inf
         while pairs:
-            t = self._max_t(pairs, scale)
+            t = self._max_t(pairs)
             top = np.abs(t).max(axis=1)
             values = np.sort(top[self.alive])[::-1]
             bound = values[allowed] if 0 < allowed < values.size else (-math.inf if allowed >= values.size else math.inf)
@@ -158,7 +182,7 @@ class _Paths:
             rejected.append((pairs[i], int(np.sign(t[0, i]))))
             pairs.pop(i)
         if pairs and math.isfinite(bound):   # the paths beyond this look's boundary leave the later looks' tests
-            crossed = self.alive & (np.abs(self._max_t(pairs, scale)).max(axis=1) > bound)
+            crossed = self.alive & (np.abs(self._max_t(pairs)).max(axis=1) > bound)
             self.spent += crossed.sum() / self.n
             self.alive &= ~crossed
         return rejected

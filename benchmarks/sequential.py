@@ -7,7 +7,7 @@ of `--cells` cells (NECST, ABF, IABF: the report's 3 comparisons per cell).
            the power on those comparisons and the mean seeds per arm, against a fixed design of `max` seeds
            (Welch's t-test per comparison, Holm over the family)
 
-    python benchmarks/sequential.py --studies 200 --cells 3 --batch 3 --max 12 --effect 1.5
+    python benchmarks/sequential.py --studies 2000 --cells 3 --batch 3 --max 12 --effect 1.5
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def run(design: Design, cells: int, effect: float, studies: int, workers: int, s
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--studies", type=int, default=200)
+    ap.add_argument("--studies", type=int, default=2000)
     ap.add_argument("--cells", type=int, default=3)
     ap.add_argument("--batch", type=int, default=3)
     ap.add_argument("--max", type=int, default=12)

@@ -38,12 +38,15 @@ def check_adaptive(raw: dict, confirm: bool):
     if most % batch:
         fail("adaptive.max", f"{most} is not a multiple of batch {batch}: every look adds a whole batch")
     alpha, permutations = float(read("alpha")), read("permutations")
+    spending = block.get("spending", d.spending)
+    if spending not in spans["spending"]["enum"]:
+        fail("adaptive.spending", f"{spending!r} is not one of {', '.join(spans['spending']['enum'])}")
     if "seeds" in raw:
         fail("seeds", f"an adaptive confirmation draws its own seeds (0 to {most - 1}, {batch} at a look): remove "
                       "`seeds`, or `adaptive` for a fixed list")
     if not confirm:
         fail("adaptive", "decides what the confirmation phase compares: remove it, or `confirm: false`")
-    return Design(batch, most, alpha, permutations)
+    return Design(batch, most, alpha, permutations, spending)
 
 
 def check_family(study):
@@ -78,7 +81,8 @@ def cost(study) -> dict:
 def plan_line(study) -> str:
     d, c = study.adaptive, cost(study)
     return (f"adaptive confirmation: {d.batch} seeds per arm at each of up to {d.looks} looks ({d.max} at most), "
-            f"{len(family(study))} comparisons at family-wise alpha {d.alpha:g} (AdaStop's test); the earliest decision at "
+            f"{len(family(study))} comparisons at family-wise alpha {d.alpha:g} (AdaStop's test, {d.spending} "
+            f"spending); the earliest decision at "
             f"look {c['earliest']} ({c['least']} seeds): the confirmation costs {c['least'] / d.max:.0%} to 100% of "
             f"fixed {d.max} seeds")
 

@@ -8,6 +8,7 @@ import copy
 import re
 from dataclasses import dataclass, field, replace
 
+from analysis.sequential import SPENDING
 from iabf import metrics as M
 from iabf.config import ARCH_KIND, Config, one_line
 from iabf.record import DEFAULT_CELL_TEXT, PHASE
@@ -84,17 +85,20 @@ TOP = {
                  "dataset's model allows it (MLP datasets, consecutive seeds), else 1; `--stack S` overrides it",
                  {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}]}),
     "confirm": Key("bool", True, "run the confirmation phase (see above)", {"type": "boolean"}),
-    "adaptive": Key("`{batch, max, alpha, permutations}`", None, "seeds decided by the data instead of `seeds`: "
+    "adaptive": Key("`{batch, max, alpha, permutations, spending}`", None, "seeds decided by the data instead of `seeds`: "
                     "each chosen configuration gets `batch` seeds (0, 1, ...), then each arm still in an undecided "
                     "comparison (an arm against its baselines in its cell, as the report contrasts them) `batch` more, "
                     "up to `max`; AdaStop's group-sequential permutation test keeps the family-wise error at `alpha` "
-                    "over every comparison and look (`analysis/sequential.py`). Defaults: batch 3, max 12, alpha "
-                    "0.05, permutations 10000",
+                    "over every comparison and look (`analysis/sequential.py`), spent over the looks as `spending` says "
+                    "(`obrien-fleming`: little early, the last look near a fixed design's power; `linear`: AdaStop's, "
+                    "more early stops, less power at the end). Defaults: batch 3, max 12, alpha 0.05, permutations "
+                    "10000, spending obrien-fleming",
                     {"type": "object", "additionalProperties": False,
                      "properties": {"batch": {"type": "integer", "minimum": 2, "maximum": 50},
                                     "max": {"type": "integer", "minimum": 4, "maximum": 200},
                                     "alpha": {"type": "number", "minimum": 0.001, "maximum": 0.5},
-                                    "permutations": {"type": "integer", "minimum": 100, "maximum": 100000}},
+                                    "permutations": {"type": "integer", "minimum": 100, "maximum": 100000},
+                                    "spending": {"enum": list(SPENDING)}},
                      "description": "the confirmation's seeds decided by the data (AdaStop)"}, "none: `seeds`"),
     "searcher": Key("`grid`, `random`, `optuna`", "grid", "`grid`: every combination of `grid` values; `random` / "
                     "`optuna`: `num_samples` draws per group from Optuna's random or TPE sampler, seeded by the group",

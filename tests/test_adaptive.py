@@ -32,8 +32,9 @@ def test_an_adaptive_confirmation_stops_decided_arms_and_a_killed_driver_resumes
     p = adaptive_space(tmp_path)
     plan = study(tmp_path, "--space", str(p), "--plan")
     assert plan.returncode == 0 and re.search(r"adaptive confirmation: 3 seeds per arm at each of up to 3 looks "
-                                              r"\(9 at most\), 3 comparisons at family-wise alpha 0.05 \(AdaStop's "
-                                              r"test\); the earliest decision at look 1 \(3 seeds\)", plan.stdout), plan.stdout
+                                              r"\(9 at most\), 3 comparisons at family-wise alpha 0.05 \(AdaStop's test, "
+                                              r"obrien-fleming spending\); the earliest decision at look 2 \(6 seeds\)",
+                                              plan.stdout), plan.stdout
 
     proc = study(tmp_path, "--space", str(p), wait=False)
     seen = []

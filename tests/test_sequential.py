@@ -4,14 +4,15 @@ Carlo error); with one, the design finds it on fewer seeds than a fixed design o
 power. The numbers of a bigger simulation are benchmarks/sequential.py's."""
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.sequential import (BETTER, PENDING, UNDECIDED, WORSE, Design, decide, detectable, earliest_look,
-                                 family, outcome, seeds_needed)
+from analysis.sequential import (BETTER, CURRENT_TEST, LEGACY_TEST, PENDING, UNDECIDED, WORSE, Design, decide,
+                                 detectable, earliest_look, family, outcome, seeds_needed)
 from analysis.significance import holm, welch_samples
 
 ARMS = ("c | necst", "c | abf", "c | iabf")
@@ -60,18 +61,21 @@ def test_with_no_true_difference_the_family_wise_error_is_at_most_alpha(design, 
     assert errors <= bound
 
 
-def test_a_true_difference_is_found_on_fewer_seeds_than_a_fixed_design_at_comparable_power():
-    """IABF better than NECST and ABF by two seed-to-seed standard deviations: the adaptive design finds it
-    in most studies, on fewer seeds per arm on average than the fixed design's 9, with power within 0.15 of
-    the fixed design's; the two null comparisons among them stay at alpha."""
+@pytest.mark.parametrize("spending, power_lost, seeds_below", [("obrien-fleming", 0.05, 8.0), ("linear", 0.15, 7.5)])
+def test_a_true_difference_is_found_on_fewer_seeds_than_a_fixed_design_at_comparable_power(spending, power_lost,
+                                                                                         seeds_below):
+    """IABF better than NECST and ABF by two seed-to-seed standard deviations: the adaptive design finds it in
+    most studies on fewer seeds per arm on average than the fixed design's 9; O'Brien-Fleming-like spending at
+    nearly the fixed design's power, linear spending on fewer seeds at some power; the null comparison among
+    them stays at alpha."""
     n = 100
-    sims = simulate(n, {"c | iabf": -2.0}, seed=2, design=EARLY)
+    sims = simulate(n, {"c | iabf": -2.0}, seed=2, design=replace(EARLY, spending=spending))
     true = sims[sims.pair.map(lambda p: p[0] == "c | iabf")]
     power, fixed = (true.decision == BETTER).mean(), (true.fixed == BETTER).mean()
     seeds = true.seeds.mean()
-    print(f"power {power:.2f} (fixed design {fixed:.2f}), mean seeds per arm {seeds:.2f} of {EARLY.max}")
-    assert power >= 0.7 and power >= fixed - 0.15
-    assert seeds < EARLY.max - 1.5
+    print(f"{spending}: power {power:.2f} (fixed design {fixed:.2f}), mean seeds per arm {seeds:.2f} of {EARLY.max}")
+    assert power >= 0.7 and power >= fixed - power_lost
+    assert seeds < seeds_below
     assert (true.decision != WORSE).all()                       # never the wrong direction
     null = sims[sims.pair == ("c | abf", "c | necst")]
     assert null.decision.isin([BETTER, WORSE]).mean() <= 0.1
@@ -122,7 +126,16 @@ def test_a_design_too_small_for_its_level_is_said_unreachable():
     assert earliest_look(Design(2, 4, 0.001), [("c | abf", "c | necst")]) is None
     assert earliest_look(Design(2, 4, 0.001, permutations=100), FAMILY) is None
     assert earliest_look(Design(2, 4, 0.001), FAMILY) == 2
-    assert earliest_look(Design(3, 12, 0.05), FAMILY) == 1
+    assert earliest_look(Design(3, 12, 0.05, spending="linear"), FAMILY) == 1
+    assert earliest_look(Design(3, 12, 0.05), FAMILY) == 2   # O'Brien-Fleming-like: little spent at the first
+
+
+def test_a_design_recorded_before_its_test_was_named_is_the_replaced_one_and_not_resumed_under_this():
+    """Studies begun before the test was rebuilt recorded their design without `test`: read back, it names the
+    package's test, and its record differs from the same block's today, which --resume refuses as an edit."""
+    legacy = '{"alpha": 0.05, "batch": 3, "max": 12, "permutations": 10000}'
+    assert Design.parse(legacy).test == LEGACY_TEST != CURRENT_TEST
+    assert Design.parse(Design().text()) == Design() and Design.parse(legacy).text() != Design(3, 12, 0.05).text()
 
 
 @pytest.mark.parametrize("diff", [0.05, 0.3, 1.0, 2.5])
@@ -144,11 +157,14 @@ from hypothesis import strategies as st  # noqa: E402
 
 ANY = st.one_of(st.integers(-5, 300), st.floats(-1, 2), st.just(float("nan")), st.text(max_size=3), st.booleans(), st.none(),
                 st.lists(st.integers(), max_size=2))
-NEAR = st.builds(lambda b, k, a, p, drop: {k_: v for k_, v in {"batch": b, "max": b * k + (k > 4), "alpha": a,
-                                                                 "permutations": p}.items() if k_ != drop},
+NEAR = st.builds(lambda b, k, a, p, sp, drop: {k_: v for k_, v in {"batch": b, "max": b * k + (k > 4), "alpha": a,
+                                                                     "permutations": p, "spending": sp}.items()
+                                               if k_ != drop},
                  st.integers(1, 6), st.integers(1, 5), st.sampled_from([0.0005, 0.001, 0.01, 0.05, 0.5, 0.6]),
-                 st.sampled_from([99, 100, 1000, 10000]), st.sampled_from(["", "alpha", "permutations", "max"]))
-BLOCK = st.one_of(NEAR, st.dictionaries(st.sampled_from(["batch", "max", "alpha", "permutations", "first", "seeds"]),
+                 st.sampled_from([99, 100, 1000, 10000]), st.sampled_from(["linear", "obrien-fleming", "pocock"]),
+                 st.sampled_from(["", "alpha", "permutations", "max", "spending"]))
+BLOCK = st.one_of(NEAR, st.dictionaries(st.sampled_from(["batch", "max", "alpha", "permutations", "spending", "first",
+                                                         "seeds"]),
                                         st.one_of(st.integers(1, 30), st.sampled_from([0.001, 0.05, 0.6]), ANY),
                                         max_size=4))
 
@@ -181,7 +197,7 @@ def test_an_adaptive_block_is_a_design_the_schema_accepts_or_one_line_naming_its
         return
     jsonschema.validate(raw, schema)
     given_ = {**Design().__dict__, **block}
-    assert (design.batch, design.max, design.alpha, design.permutations) == \
-        (given_["batch"], given_["max"], given_["alpha"], given_["permutations"])
+    assert (design.batch, design.max, design.alpha, design.permutations, design.spending) == \
+        (given_["batch"], given_["max"], given_["alpha"], given_["permutations"], given_["spending"])
     assert design.max % design.batch == 0 and study.seeds == list(range(design.max)) and not seeds
     assert earliest_look(design, family({"c | necst": "necst", "c | abf": "abf"})) is not None
