@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
-from analysis.sequential import BETTER, WORSE, Design, decide, family, outcome
+from analysis.sequential import BETTER, SPENDING, WORSE, Design, decide, family, outcome
 from analysis.significance import holm, welch_samples
 
 
@@ -58,9 +58,10 @@ def main(argv=None) -> None:
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--permutations", type=int, default=10000)
     ap.add_argument("--effect", type=float, default=1.5)
+    ap.add_argument("--spending", choices=sorted(SPENDING), default=Design.spending)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
-    design = Design(args.batch, args.max, args.alpha, args.permutations)
+    design = Design(args.batch, args.max, args.alpha, args.permutations, args.spending)
     print(f"design: {design}; {args.cells} cells x 3 arms, {3 * args.cells} comparisons; {args.studies} studies each")
     for name, effect in (("null", 0.0), (f"effect {args.effect:g} sd", args.effect)):
         t = time.perf_counter()
