@@ -164,8 +164,9 @@ class Config:
                                    "matching, belief-propagation decoding), capacity (the optimistic bound, not a "
                                    "scheme: k = floor(M C(eps)) bits delivered error-free) or none (uncoded: k = M bits "
                                    "straight through the channel)", _one_of(CHANNEL_CODES))
-    code_rate: float = _f(0.0, "separation with ldpc: the code's rate k/M in [0.2, 0.926] (k = round(rate x M), kept "
-                               "to the k 5G allows); 0 = the largest k below M C(eps), or rate 1/5 where C(eps) < 1/5",
+    code_rate: float = _f(0.0, f"separation with ldpc: the code's rate k/M in [{RATE_MIN:g}, {RATE_MAX:.3g}] (k = "
+                               "round(rate x M), kept to the k 5G allows); 0 = the largest k below M C(eps), or rate "
+                               "1/5 where C(eps) < 1/5",
                        Allowed(lo=RATE_MIN, hi=RATE_MAX, also=(0,), note="(the default k)", noun="a rate",
                                source="3GPP TS 38.212: 1/5 to 948/1024"))
     bp_iters: int = _f(20, "separation with ldpc: belief-propagation iterations (Sionna's default)", AT_LEAST_1)

@@ -90,6 +90,7 @@ PLAN_ARTIFACT = "plan.json"                     # on the study's parent run (stu
 VARIANT = "variant."                            # the parent run's keys of arm i: variant.<i>.<key>, variant.<i>.search.<key>
 DEFAULT_CELL = ("dataset", "channel", "bits", "eps")   # a cell when a study names none (eps: the test eps)
 DEFAULT_CELL_TEXT = "dataset, channel, bits, test eps"  # the same, as the parent run records it (and --resume compares)
+DEFAULT_CELL_FIELDS = dict(zip(DEFAULT_CELL, ("dataset", "channel", "n_bits", "test_eps")))   # the Config field of each
 CELL_PREFIX = "cell."                           # a frame's value of each cell axis: cell.K, cell.flip_budget
 
 

@@ -30,7 +30,7 @@ from studies.plan import groups, plan  # noqa: E402
 from studies.signals import StopSignal  # noqa: E402
 from studies.space import TOP, SpaceError, smoke, table_columns  # noqa: E402
 from studies.validation import check_gpu, check_stack, load_study  # noqa: E402
-from studies.storage import check_storage, local_dir, resolve_experiment, tune_filesystem  # noqa: E402
+from studies.folder import check_storage, local_dir, resolve_experiment, tune_filesystem  # noqa: E402
 
 DEFAULT_SPACE = ROOT / "search_spaces" / "quick.yaml"
 

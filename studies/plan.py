@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 
 from iabf.config import Config
-from iabf.record import DEFAULT_CELL, cell_label, cell_of
+from iabf.record import DEFAULT_CELL, DEFAULT_CELL_FIELDS, cell_label, cell_of
 
 
 # --- cells and groups -----------------------------------------------------------------------------
@@ -46,7 +46,7 @@ def is_cell(key: str, cells: list | None, fixed: dict) -> bool:
     (DEFAULT_CELL: dataset, channel, bits, test eps; a test eps of -1 means the training eps)."""
     if cells is not None:
         return key in cells
-    return key in ("dataset", "channel", "n_bits", "test_eps") or (key == "eps" and fixed.get("test_eps", -1.0) < 0)
+    return key in DEFAULT_CELL_FIELDS.values() or (key == "eps" and fixed.get("test_eps", -1.0) < 0)
 
 
 def is_cell_key(key: str, study) -> bool:

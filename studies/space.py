@@ -8,7 +8,7 @@ import copy
 import re
 from dataclasses import dataclass, field, replace
 
-from analysis.sequential import SPENDING
+from analysis.sequential import SPENDING, Design
 from iabf import metrics as M
 from iabf.config import ARCH_KIND, Config, one_line
 from iabf.record import DEFAULT_CELL_TEXT, PHASE
@@ -91,8 +91,8 @@ TOP = {
                     "up to `max`; AdaStop's group-sequential permutation test keeps the family-wise error at `alpha` "
                     "over every comparison and look (`analysis/sequential.py`), spent over the looks as `spending` says "
                     "(`obrien-fleming`: little early, the last look near a fixed design's power; `linear`: AdaStop's, "
-                    "more early stops, less power at the end). Defaults: batch 3, max 12, alpha 0.05, permutations "
-                    "10000, spending obrien-fleming",
+                    "more early stops, less power at the end). Defaults: "
+                    + ", ".join(f"{k} {getattr(Design, k)}" for k in ("batch", "max", "alpha", "permutations", "spending")),
                     {"type": "object", "additionalProperties": False,
                      "properties": {"batch": {"type": "integer", "minimum": 2, "maximum": 50},
                                     "max": {"type": "integer", "minimum": 4, "maximum": 200},
@@ -209,7 +209,8 @@ class Study:
 
 def smoke(study: Study) -> Study:
     """The same study, shrunk to a few tiny CPU trials through both phases: one cell; a group with
-    two configurations to search (then its confirmation), else two arms; one seed; 2 epochs."""
+    two configurations to search (then its confirmation), else two arms; one seed; 2 epochs of 256
+    images, validated on 256."""
     s = copy.deepcopy(study)
 
     for k in cell_axes(s):
@@ -226,8 +227,8 @@ def smoke(study: Study) -> Study:
     s.arms = [replace(searching[0], search=shrink(searching[0].search))] if searching else s.arms[:2]
     s.num_samples = min(s.num_samples, 2)
     s.seeds, s.search_seeds, s.stack = s.seeds[:1], s.search_seeds[:1], 1
-    s.fixed.update(epochs=2, max_train_examples=256, device="cpu")
-    s.by_dataset = {d: {k: v for k, v in values.items() if k not in ("epochs", "max_train_examples", "device")}
+    s.fixed.update(epochs=2, max_train_examples=256, val_subset=256, device="cpu")
+    s.by_dataset = {d: {k: v for k, v in values.items() if k not in ("epochs", "max_train_examples", "val_subset", "device")}
                     for d, values in s.by_dataset.items()}
     s.chain_steps = 90
     # ASHA still runs, but with its only rung at the end it never stops a smoke trial

@@ -21,7 +21,7 @@ from iabf import metrics as M
 from iabf.record import STATE_RESET
 from studies.signals import StopSignal
 from studies.space import SpaceError
-from studies.storage import resolve_experiment
+from studies.folder import resolve_experiment
 
 @pytest.mark.slow
 def test_a_study_stopped_every_way_a_study_stops_resumes_to_one_run_per_trial_and_seed(tmp_path):

@@ -1,4 +1,4 @@
-"""Where a study keeps its results (`--storage`: a folder, or a URI such as s3://bucket/prefix):
+"""A study's folder on its storage (`--storage`: a folder, or a URI such as s3://bucket/prefix):
 the checks before a study starts, its folder, and the filesystem that writes Tune's files whole."""
 from __future__ import annotations
 
