@@ -209,8 +209,7 @@ class Study:
 
 def smoke(study: Study) -> Study:
     """The same study, shrunk to a few tiny CPU trials through both phases: one cell; a group with
-    two configurations to search (then its confirmation), else two arms; one seed; 2 epochs of 256
-    images, validated on 256."""
+    two configurations to search (then its confirmation), else two arms; one seed; 2 epochs."""
     s = copy.deepcopy(study)
 
     for k in cell_axes(s):
@@ -227,8 +226,8 @@ def smoke(study: Study) -> Study:
     s.arms = [replace(searching[0], search=shrink(searching[0].search))] if searching else s.arms[:2]
     s.num_samples = min(s.num_samples, 2)
     s.seeds, s.search_seeds, s.stack = s.seeds[:1], s.search_seeds[:1], 1
-    s.fixed.update(epochs=2, max_train_examples=256, val_subset=256, device="cpu")
-    s.by_dataset = {d: {k: v for k, v in values.items() if k not in ("epochs", "max_train_examples", "val_subset", "device")}
+    s.fixed.update(epochs=2, max_train_examples=256, device="cpu")
+    s.by_dataset = {d: {k: v for k, v in values.items() if k not in ("epochs", "max_train_examples", "device")}
                     for d, values in s.by_dataset.items()}
     s.chain_steps = 90
     # ASHA still runs, but with its only rung at the end it never stops a smoke trial
