@@ -31,7 +31,7 @@ BETTER, WORSE, UNDECIDED, PENDING = "better", "worse", "undecided", "pending"
 
 # The level spent by look k of K: alpha * (k / K) ** rho (Kim & DeMets' power family). 1: AdaStop's linear
 # spending (Pocock-like: early looks decide more, the last has little left); 3: O'Brien-Fleming-like (little
-# spent early, the last look close to a fixed design's level: 0.96 of its power against 0.84, benchmarks/sequential.py)
+# spent early, the last look close to a fixed design's level: 0.95 of its power against 0.84, benchmarks/sequential.py)
 SPENDING = {"linear": 1.0, "obrien-fleming": 3.0}
 
 
