@@ -29,6 +29,12 @@ from studies.adaptive import Looks
 from studies.plan import grid_points, groups, n_configs, seed_groups
 
 META = R.LABELS   # trial parameters that are labels, not Config fields
+SEED_KEYS = ("seed", "stack")   # what a trial's seeds add to its configuration (Config's first seed, stack size)
+
+
+def with_seeds(params: dict, seeds: list[int]) -> dict:
+    """A configuration on consecutive seeds, as one trial (one seed where the stack is 1)."""
+    return {**params, **dict(zip(SEED_KEYS, (seeds[0], len(seeds))))}
 
 
 def trainable(config: dict, chain_steps: int = 9000, state_root: str | None = None, mark: str | None = None,
@@ -110,7 +116,7 @@ class StudySearcher(Searcher):
                 self.left[key] = study.num_samples
                 self.samplers[key] = optuna_searcher(g, study)
             else:
-                self.todo[key] = deque({**p, "seed": s[0], "stack": len(s)} for p in points for s in seeds)
+                self.todo[key] = deque(with_seeds(p, s) for p in points for s in seeds)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True    # metric, mode and space come from the study itself
@@ -130,7 +136,7 @@ class StudySearcher(Searcher):
         seeds = self.study.adaptive.batch_seeds(look, self.study.seeds[0]) if self.looks else self.study.seeds
         self.chosen[key] = (params, confirms)
         for s in seed_groups(seeds, self.study.stack_for(self.groups[key].dataset)):
-            self.confirms.append((key, {**params, "seed": s[0], "stack": len(s)}, confirms))
+            self.confirms.append((key, with_seeds(params, s), confirms))
 
     def _look(self) -> None:
         """An adaptive design's look, once no group searches and every open comparison's arms have their batch:
@@ -162,7 +168,7 @@ class StudySearcher(Searcher):
                     continue
                 self.left[key] -= 1
                 seeds = self.study.search_seeds if self.study.confirm else self.study.seeds
-                params = {**params, "seed": seeds[0], "stack": len(seeds)}
+                params = with_seeds(params, seeds)
             else:
                 continue
             config = self._trial(key, SEARCH, params)
@@ -200,7 +206,7 @@ class StudySearcher(Searcher):
         if self.study.confirm and not self._searching(key):
             best = choose(self.results[key], self.mode)
             if best is not None:              # a group whose every search trial failed has nothing to confirm
-                params = {k: v for k, v in best["params"].items() if k not in ("seed", "stack")}
+                params = {k: v for k, v in best["params"].items() if k not in SEED_KEYS}
                 self._enqueue_confirm(key, params, confirms=best["uid"])
             self._look()                      # the last search to end may be what a look waited for
 
