@@ -109,7 +109,7 @@ TOP = {
                          "type": "object", "additionalProperties": False,
                          "properties": {"name": {"enum": ["asha", "none"]}, "max_t": {"type": "integer", "minimum": 1},
                                         "grace_period": {"type": "integer", "minimum": 1},
-                                        "reduction_factor": {"type": "number", "minimum": 2}}}]}),
+                                        "reduction_factor": {"type": "number", "minimum": 2, "maximum": 1000}}}]}),
     "metric": Key("a reported metric", M.VAL_DISTORTION, "what ASHA, Optuna and the choice of a configuration "
                   "optimise", {"enum": list(METRICS)}),
     "mode": Key("`min`/`max`", "min", "whether `metric` is minimised or maximised", {"enum": ["min", "max"]}),

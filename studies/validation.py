@@ -24,11 +24,11 @@ from studies.checks import (  # noqa: F401  (Invalid, fail, in_file: the validat
 )
 from studies.plan import cell_axes, is_cell
 from studies.space import (
-    ARM_NAME, DISPLAY, DISTRIBUTIONS, METRICS, NOT_SEARCHABLE, SEARCHERS, TOP_KEYS, Arm, SpaceError, Study, default,
+    ARM_NAME, DISPLAY, DISTRIBUTIONS, METRICS, NOT_SEARCHABLE, SEARCHERS, TOP, TOP_KEYS, Arm, SpaceError, Study, default,
 )
 
 ARM_KEYS = ("name", "search", "preset")          # besides Config fields
-ASHA_KEYS = ("name", "max_t", "grace_period", "reduction_factor")
+ASHA = TOP["scheduler"].schema["anyOf"][1]["properties"]   # ASHA's keys and ranges, declared once beside the key
 RESOURCE_KEYS = ("cpu", "gpu")
 MAX_BYTES = 1 << 20   # a search space is a short YAML file; anything bigger is not one
 # Trials one study may plan (both phases). Far above any real study (table1.yaml: 336), and what the
@@ -321,15 +321,16 @@ def check_scheduler(raw: dict, fixed: dict, by_dataset: dict, datasets: list) ->
     scheduler = raw.get("scheduler", default("scheduler"))
     if scheduler == "none" or scheduler == {"name": "none"}:
         return None
-    check_keys(scheduler, ASHA_KEYS, "scheduler")
+    check_keys(scheduler, tuple(ASHA), "scheduler")
     if scheduler.get("name") != "asha":
         fail("scheduler.name", f"{short(scheduler.get('name'))} is not allowed: asha or none")
     epochs = max({**fixed, **by_dataset.get(d, {})}.get("epochs", Config().epochs) for d in datasets)
     scheduler = {"max_t": scheduler.get("max_t", epochs), "grace_period": scheduler.get("grace_period", 1),
                  "reduction_factor": scheduler.get("reduction_factor", 2)}
-    number(scheduler["max_t"], "scheduler.max_t", 1, integer=True)
-    number(scheduler["grace_period"], "scheduler.grace_period", 1, integer=True)
-    number(scheduler["reduction_factor"], "scheduler.reduction_factor", 2, hi=1000)
+    for key in ("max_t", "grace_period", "reduction_factor"):
+        span = ASHA[key]
+        number(scheduler[key], f"scheduler.{key}", span["minimum"], integer=span["type"] == "integer",
+               **({"hi": span["maximum"]} if "maximum" in span else {}))
     if scheduler["grace_period"] > scheduler["max_t"]:
         fail("scheduler.grace_period", f"{scheduler['grace_period']} exceeds max_t {scheduler['max_t']}")
     return scheduler
