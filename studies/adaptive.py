@@ -9,7 +9,7 @@ from analysis.sequential import Design, decide, earliest_look
 from analysis.sequential import family as sequential_family
 from iabf import metrics as M
 from iabf.config import Config
-from studies.checks import check_keys, fail, number
+from studies.checks import check_keys, fail, in_span
 from studies.plan import groups
 from studies.space import TOP, SpaceError
 
@@ -29,9 +29,7 @@ def check_adaptive(raw: dict, confirm: bool):
     d = Design()
 
     def read(key: str, lo=None):   # lo: a bound tighter than the declared one (max: two looks at least)
-        span = spans[key]
-        return number(block.get(key, getattr(d, key)), f"adaptive.{key}", span["minimum"] if lo is None else lo,
-                      integer=span["type"] == "integer", hi=span["maximum"])
+        return in_span(block.get(key, getattr(d, key)), f"adaptive.{key}", spans[key], lo)
 
     batch = read("batch")
     most = read("max", lo=2 * batch)

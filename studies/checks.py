@@ -54,6 +54,12 @@ def number(value, key: str, lo: float, integer: bool = False, above: bool = Fals
     return value
 
 
+def in_span(value, key: str, span: dict, lo: float | None = None):
+    """number() within a JSON-schema span declared beside its key (studies/space.py); lo: a tighter minimum."""
+    return number(value, key, span["minimum"] if lo is None else lo, integer=span["type"] == "integer",
+                  hi=span.get("maximum", INT_MAX))
+
+
 def top_int(raw: dict, key: str) -> int:
     """An integer top-level key within its declared span (studies/space.py: TOP), or its default."""
     lo, hi = TOP[key].span

@@ -20,7 +20,7 @@ from iabf.config import FIELD_TYPES, Config, ConfigError, short
 from iabf.datasets import SPECS
 from studies.adaptive import check_adaptive, check_family
 from studies.checks import (  # noqa: F401  (Invalid, fail, in_file: the validator's, for those who import them here)
-    Invalid, check_choice, check_keys, check_value, fail, in_file, number, preset, seed_list, top_int, want,
+    Invalid, check_choice, check_keys, check_value, fail, in_file, in_span, number, preset, seed_list, top_int, want,
 )
 from studies.plan import cell_axes, is_cell
 from studies.space import (
@@ -328,9 +328,7 @@ def check_scheduler(raw: dict, fixed: dict, by_dataset: dict, datasets: list) ->
     scheduler = {"max_t": scheduler.get("max_t", epochs), "grace_period": scheduler.get("grace_period", 1),
                  "reduction_factor": scheduler.get("reduction_factor", 2)}
     for key in ("max_t", "grace_period", "reduction_factor"):
-        span = ASHA[key]
-        number(scheduler[key], f"scheduler.{key}", span["minimum"], integer=span["type"] == "integer",
-               **({"hi": span["maximum"]} if "maximum" in span else {}))
+        in_span(scheduler[key], f"scheduler.{key}", ASHA[key])
     if scheduler["grace_period"] > scheduler["max_t"]:
         fail("scheduler.grace_period", f"{scheduler['grace_period']} exceeds max_t {scheduler['max_t']}")
     return scheduler
