@@ -128,7 +128,8 @@ def write_report(uri: str, study: str, out: str | Path, parent: str | None = Non
     cells = entries.with_cells(cells)
     write_figures(uri, cells, runs, out)
     notes = axis_figures(runs, cells, out)   # the axes of the search: every search run against what it searched
-    report = report_lines(uri, study, cells, runs, markdown, rep, notes, out, written, against)
+    report = (overview_lines(uri, study, cells, runs, markdown) + statistics_lines(cells, runs, out, written, against)
+              + closing_lines(runs, notes, rep, out, written))
     written["report.md"] = out / "report.md"
     written["report.md"].write_text("\n".join(report))
     if not quiet:
@@ -254,16 +255,10 @@ def chain_samples(client: MlflowClient, entries_: pd.DataFrame, dataset: str) ->
     return grids
 
 
-def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: entries.Runs, markdown: str, rep: pd.DataFrame,
-                 notes: list[str], out: Path, written: dict, against: str | Path | None) -> list[str]:
-    """report.md, line by line (writing the CSV of each of its statistics sections)."""
+def overview_lines(uri: str, study: str, cells: pd.DataFrame, runs: entries.Runs, markdown: str) -> list[str]:
+    """report.md's head: what ran, the budget, the table and the chosen configurations."""
     axes = entries.cell_columns(cells)
     trials, completed, confirmed = runs.trials, runs.completed, runs.confirmed
-    spent = entries.cost(runs.everything, runs.plan)
-    failed = runs.everything[runs.everything[R.STOP_REASON] == R.FAILED]
-    written["cost.csv"] = out / "cost.csv"
-    spent.to_csv(written["cost.csv"], index=False)
-
     phases = (f"{len(trials)} confirmation runs (every configuration chosen in the search, on every seed) and "
               f"{len(completed) - len(trials)} completed search runs" if confirmed else
               f"**Provisional**: {len(trials)} completed search runs; the study's confirmation phase has not run "
@@ -281,8 +276,15 @@ def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: entries.Runs, 
                  "cell of the table above.", "", grids] if (grids := layout.arm_grids(cells)) else []),
               "## The chosen configurations", "",
               "| cell | arm | configuration | n | val | test | std |", "|---|---|---|---|---|---|---|"]
-    report += [f"| {c.cell} | {c.arm} | {c.config} | {c.n} | "
-               f"{c.val:.4g} | {c.test:.4g} | {c.std:.3g} |" for c in cells.itertuples()]
+    return report + [f"| {c.cell} | {c.arm} | {c.config} | {c.n} | "
+                     f"{c.val:.4g} | {c.test:.4g} | {c.std:.3g} |" for c in cells.itertuples()]
+
+
+def statistics_lines(cells: pd.DataFrame, runs: entries.Runs, out: Path, written: dict,
+                     against: str | Path | None) -> list[str]:
+    """report.md's statistics sections, each with its CSV: the contrasts, their tally, the seeds (adaptive
+    decisions or what an undecided contrast would need), each cell axis, and `--against`."""
+    report = []
     con = significance.contrasts(cells)
     if len(con):
         report += csv_section(written, out, "contrasts.csv", con, "Each arm against the baselines",
@@ -313,7 +315,17 @@ def report_lines(uri: str, study: str, cells: pd.DataFrame, runs: entries.Runs, 
                                   significance.axis_contrasts_markdown(con, axis))
     if against is not None:
         report += against_section(written, out, cells, against)
-    report += ["", "## Notes on the search ranges", ""]
+    return report
+
+
+def closing_lines(runs: entries.Runs, notes: list[str], rep: pd.DataFrame, out: Path, written: dict) -> list[str]:
+    """report.md's tail: the search-range notes, failed trials, the cost per cell (cost.csv), the
+    reproduction against the paper and the figures."""
+    spent = entries.cost(runs.everything, runs.plan)
+    failed = runs.everything[runs.everything[R.STOP_REASON] == R.FAILED]
+    written["cost.csv"] = out / "cost.csv"
+    spent.to_csv(written["cost.csv"], index=False)
+    report = ["", "## Notes on the search ranges", ""]
     report += [f"- {n}" for n in notes] or ["- no searched hyperparameter's chosen value is at an edge of its range"]
     report += ["", "## Failed trials", ""]
     report += [f"- {f.run_name} ({f.run_id}): {f.failure or 'no reason recorded'}" for f in failed.itertuples()] or ["- none"]

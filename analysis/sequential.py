@@ -17,6 +17,7 @@ study took: a look uses only the seeds of the batches up to it, so what it decid
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -214,6 +215,11 @@ def earliest_look(design: Design, family: list[tuple[str, str]]) -> int | None:
     """The first look at which the design can decide anything: arms whose values never overlap, fed to the
     same test. None: not even at `max` seeds; such a design cannot reach its level (too few permutations
     for alpha spent over its looks)."""
+    return _earliest_look(design, tuple(family))
+
+
+@functools.cache   # a pure function of the design and the family, asked by the check, the plan and the cost
+def _earliest_look(design: Design, family: tuple[tuple[str, str], ...]) -> int | None:
     agents = sorted({k for pair in family for k in pair})
     seeds = range(design.max)
     values = {a: {s: 1000.0 * i + 1e-3 * s for s in seeds} for i, a in enumerate(agents)}

@@ -71,15 +71,16 @@ def check_family(study):
 def cost(study) -> dict:
     """The least and the most seeds per arm the design can take: every comparison decided at the earliest
     look the test allows, or none before `max`."""
-    design = study.adaptive
-    first = earliest_look(design, family(study))
-    return {"least": first * design.batch, "most": design.max, "looks": design.looks, "earliest": first}
+    design, pairs = study.adaptive, family(study)
+    first = earliest_look(design, pairs)
+    return {"least": first * design.batch, "most": design.max, "looks": design.looks, "earliest": first,
+            "comparisons": len(pairs)}
 
 
 def plan_line(study) -> str:
     d, c = study.adaptive, cost(study)
     return (f"adaptive confirmation: {d.batch} seeds per arm at each of up to {d.looks} looks ({d.max} at most), "
-            f"{len(family(study))} comparisons at family-wise alpha {d.alpha:g} (AdaStop's test, {d.spending} "
+            f"{c['comparisons']} comparisons at family-wise alpha {d.alpha:g} (AdaStop's test, {d.spending} "
             f"spending); the earliest decision at "
             f"look {c['earliest']} ({c['least']} seeds): the confirmation costs {c['least'] / d.max:.0%} to 100% of "
             f"fixed {d.max} seeds")
