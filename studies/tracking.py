@@ -30,6 +30,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from analysis.sequential import CURRENT_TEST, Design
 from iabf import metrics as M
 from iabf import record as R
 from iabf.config import run_name
@@ -106,8 +107,16 @@ def changed_since(uri: str, study, experiment_dir: str) -> list[str]:
     then, now = parent.data.params, study_params(study)
     if not any(k.startswith(VARIANT) for k in then):   # begun before the record kept its arms: not compared
         now = {k: v for k, v in now.items() if not k.startswith(VARIANT)}
-    return [f"{k}: {then.get(k, '(none)')} -> {now.get(k, '(none)')}" for k in sorted(set(then) | set(now))
-            if k not in RESUME_MAY_CHANGE and then.get(k) != now.get(k)]
+    return [f"{k}: {then.get(k, '(none)')} -> {now.get(k, '(none)')}{replaced_test(then) if k == R.ADAPTIVE else ''}"
+            for k in sorted(set(then) | set(now)) if k not in RESUME_MAY_CHANGE and then.get(k) != now.get(k)]
+
+
+def replaced_test(params: dict) -> str:
+    """Why an adaptive study begun under a replaced test cannot go on (its looks are that test's), or ''."""
+    design = Design.parse(params.get(R.ADAPTIVE))
+    return "" if design is None or design.test == CURRENT_TEST else (
+        f" (its looks were taken by {design.test}, since replaced by {CURRENT_TEST}: docs/seeds.md; the seeds it "
+        "has cannot be continued under another test's boundaries)")
 
 
 def parent_of(client: MlflowClient, exp_id: str, experiment_dir: str):

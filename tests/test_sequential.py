@@ -136,6 +136,11 @@ def test_a_design_recorded_before_its_test_was_named_is_the_replaced_one_and_not
     legacy = '{"alpha": 0.05, "batch": 3, "max": 12, "permutations": 10000}'
     assert Design.parse(legacy).test == LEGACY_TEST != CURRENT_TEST
     assert Design.parse(Design().text()) == Design() and Design.parse(legacy).text() != Design(3, 12, 0.05).text()
+    # and --resume's refusal says why, not only that the block changed
+    from studies.tracking import replaced_test
+    why = replaced_test({"adaptive": legacy})
+    assert LEGACY_TEST in why and CURRENT_TEST in why and "docs/seeds.md" in why
+    assert replaced_test({"adaptive": Design().text()}) == "" == replaced_test({})
 
 
 @pytest.mark.parametrize("diff", [0.05, 0.3, 1.0, 2.5])
