@@ -44,6 +44,11 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
+# as cluster/mlflow_server.sh starts it: without MLflow 3's job runner (seven huey consumers for GenAI jobs a
+# study never asks for, about 16 CPU-seconds at each start)
+SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def start_server(tmp_path, port: int) -> subprocess.Popen:
     """A real `mlflow server` on 127.0.0.1 with a sqlite store and served artifacts, up and answering."""
     import requests
@@ -52,7 +57,7 @@ def start_server(tmp_path, port: int) -> subprocess.Popen:
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
          str(tmp_path / "server-artifacts")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        start_new_session=True, env=SERVER_ENV)
     for _ in range(240):
         try:
             if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:

@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import requests
-from procs import free_port, kill_tree
+from procs import SERVER_ENV, free_port, kill_tree
 import ray
 import yaml
 
@@ -234,7 +234,7 @@ def test_a_tracking_server_that_refuses_the_client_is_one_line_before_ray_starts
     guarded = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
                                 str(guarded_port), "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'g.db'}",
                                 "--allowed-hosts", "example.org"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=SERVER_ENV)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(kill_tree, guarded.pid)   # whatever fails first
         # another Ray's GCS on this machine (a process named gcs_server): a server started without

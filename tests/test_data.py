@@ -6,6 +6,19 @@ import torch
 from iabf.data import BINARY, DataError, binarize, load, load_arrays, main, npz_path, prepare, split
 
 
+def test_digits_read_from_scikit_learns_file_are_load_digits_own(monkeypatch):
+    """The digits are read from the file load_digits reads, without importing scikit-learn: the same arrays."""
+    import iabf.data as D
+
+    assert D._digits_file() is not None
+    direct = D._digits_arrays()
+    monkeypatch.setattr(D, "_digits_file", lambda: None)
+    through_sklearn = D._digits_arrays()
+    assert direct.keys() == through_sklearn.keys()
+    for k in direct:
+        assert direct[k].dtype == through_sklearn[k].dtype and np.array_equal(direct[k], through_sklearn[k]), k
+
+
 def test_digits_needs_no_file_and_splits_1200_300_297(tmp_path):
     d = load("digits", tmp_path)
     assert (len(d.train), len(d.val), len(d.test)) == (1200, 300, 297)
