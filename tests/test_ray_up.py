@@ -44,9 +44,9 @@ def test_the_derived_config_runs_the_shipped_commands():
 
 def wheelhouse() -> Path | None:
     """The node's packages (constraints.txt's, for the project and its cluster extras, and uv's seed), downloaded
-    once per constraints.txt and pyproject.toml into /var/tmp: from pip's cache where make venv filled it, so
-    the node installs from this machine's disk and the index is not asked on every run. None (the node then
-    installs through the proxy) when they cannot be had."""
+    once per constraints.txt and pyproject.toml into /var/tmp (about 40 s here), so the node installs from this
+    machine's disk and the index is not asked on every run. None (the node then installs through the proxy) when
+    they cannot be had."""
     key = hashlib.sha256((ROOT / "constraints.txt").read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
     where = Path("/var/tmp") / f"iabf-wheelhouse-{key[:12]}"
     if not (where / ".whole").exists():
