@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
 .PHONY: venv study smoke test table1-cpu bench bench-gpu gpu-check lock clean
 
@@ -14,9 +15,8 @@ venv: $(STAMP)
 # machine whose index only pip is configured for (uv does not read pip.conf; UV_INDEX_URL points it there).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	($(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt uv && \
-	  $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e '.[test,cluster]') || \
-	  $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,cluster]'
+	($(PIP) uv && $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e '.[test,cluster]') || \
+	  $(PIP) -e '.[test,cluster]'
 	touch $(STAMP)
 
 lock:   ## upgrade constraints.txt to the newest versions pyproject.toml allows (then: make test, and commit it)
