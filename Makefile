@@ -46,14 +46,18 @@ table1-cpu: $(STAMP)   ## Table 1 on a laptop (about 2 hours on 2 CPUs; DATA_DIR
 	$(PY) studies/ablation.py --space search_spaces/table1_cpu.yaml --data-dir $${DATA_DIR:-../shared/data} \
 	    --storage $(STUDIES_HOME)/results --tracking-uri sqlite:///$(STUDIES_HOME)/mlflow.db $(ARGS)
 
-# the suite in TEST_WORKERS processes (pytest-xdist): its end-to-end tests are mostly one-core work (a
-# driver, Ray's start and stop, one trial at a time), so two workers on two cores nearly halve its wall
-# time (a third does not: the suite keeps both cores busy, 1.92 of 2 on average, 1,272 s with three against
-# 1,206 with two). A file goes whole to one worker (loadfile: a module's fixture is built once), in the order
-# tests/conftest.py sets (the files with the most slow tests first). TEST_WORKERS=0: one process.
+# the suite in TEST_WORKERS processes (pytest-xdist). Its end-to-end tests are mostly one-core work that also
+# waits (Ray and MLflow starting and stopping, SLURM and the autoscaler polling): two workers on two cores left
+# 0.35 of them idle (1.65 busy, 978 s of tests here); three keep them busy (1.86) and took 922 s (with each test
+# process at one OpenMP thread, tests/conftest.py: 854 s, 1.88 busy). A file goes whole to one worker (loadfile:
+# a module's fixture is built once), the longest first (tests/conftest.py, from tests/durations.json: make test
+# ARGS=--store-durations measures it again). TEST_WORKERS=0: one process.
 # (Not --dist loadgroup: with pytest 9.2 it silently stops grouping, pytest-xdist issue 1386.)
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
+# The project's own modules compiled first: where PYTHONDONTWRITEBYTECODE is set, every driver, trial and
+# command the suite starts would compile them again (0.4 s a study's driver).
 test: $(STAMP)    ## the test suite (finds real data in IABF_DATA_DIR, default ../shared/data)
+	$(PY) -m compileall -q -j 0 iabf studies analysis
 	IABF_DATA_DIR=$${IABF_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 bench: $(STAMP)   ## the benchmarks of benchmarks/README.md (DATA_DIR: real MNIST, default ../shared/data)

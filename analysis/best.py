@@ -15,6 +15,7 @@ import sys
 import warnings
 
 from analysis import entries
+from iabf.config import exit_with
 from iabf.metrics import STATE
 from iabf.record import CONFIRMS, PARAM, StoreError, check_store
 
@@ -81,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

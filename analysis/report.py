@@ -24,7 +24,7 @@ from analysis import entries, figures, layout, reproduction, sequential, signifi
 from analysis.fetch import FetchError, chooser, display_uri, metric_history, planned_arms
 from iabf import metrics as M
 from iabf import record as R
-from iabf.config import warnings_in_one_line
+from iabf.config import exit_with, warnings_in_one_line
 from iabf.storage import folder_problem
 
 
@@ -379,4 +379,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import exit_with
 from .datasets import LIKELIHOODS, OWN_VALID_FRACTION, SPECS, DatasetSpec, infer, override
 
 if TYPE_CHECKING:
@@ -399,4 +400,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

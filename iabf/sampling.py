@@ -13,6 +13,7 @@ import torch
 from torchvision.utils import save_image
 
 from .channels import transmit
+from .config import exit_with
 from .data import DataError, load_for, to_float
 
 
@@ -85,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

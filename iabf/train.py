@@ -25,7 +25,8 @@ import torch
 from . import metrics as M
 from . import stacked
 from .channels import bernoulli
-from .config import Config, ConfigError, config_from_args, config_parser, run_name, seed_configs, warnings_in_one_line
+from .config import (Config, ConfigError, config_from_args, config_parser, exit_with, run_name, seed_configs,
+                     warnings_in_one_line)
 from .data import IMAGE_SHAPE, DataError, Splits, load_for, to_float
 from .losses import binary_entropy, discriminator_loss, distortion, objective, tc_input
 from .models import build
@@ -368,4 +369,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from iabf.config import INT_MAX, ConfigError, Parser, short, warnings_in_one_line  # noqa: E402
+from iabf.config import INT_MAX, ConfigError, Parser, exit_with, short, warnings_in_one_line  # noqa: E402
 from iabf.record import COMPLETED, FAILED, INTERRUPTED, STOP_REASONS  # noqa: E402
 from studies.plan import groups, plan  # noqa: E402
 from studies.signals import StopSignal  # noqa: E402
@@ -434,7 +434,8 @@ def prepare(args: argparse.Namespace):
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        code = main()
     except KeyboardInterrupt:   # a stop signal outside the trials' fit (starting Ray, writing the report)
         print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    exit_with(code)

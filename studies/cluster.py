@@ -77,6 +77,9 @@ def connect(address: str | None, **init) -> str:
                   f"Ray instead (`ray stop` forgets the old address)", file=sys.stderr, flush=True)
             found = None
         target = found or "local"
+        if target == "local":   # Ray's idle workers for the first driver: a trial's actor starts a process of
+            # its own, so they only held memory and CPU (num_cpus Python processes, each importing Ray)
+            init = {**init, "_system_config": {"prestart_worker_first_driver": False}}
     else:
         target = explicit
         if target != "local":
