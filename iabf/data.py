@@ -73,16 +73,20 @@ def _digits_file() -> Path | None:
     return None
 
 
+def _digits_images(path: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """The 8x8 digits (0..16) and their labels: from scikit-learn's file at `path`, else through load_digits."""
+    if path is not None:
+        raw = np.loadtxt(path, delimiter=",")   # as load_digits: 64 pixels, then the label, per row
+        return raw[:, :-1].reshape(-1, 8, 8), raw[:, -1]
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images, d.target
+
+
 def _digits_arrays() -> dict[str, np.ndarray]:
     """scikit-learn's bundled 8x8 digits (no download), 0..16 scaled to 0..255."""
-    if (path := _digits_file()) is not None:
-        raw = np.loadtxt(path, delimiter=",")   # as load_digits: 64 pixels, then the label, per row
-        images, target = raw[:, :-1].reshape(-1, 8, 8), raw[:, -1]
-    else:
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        images, target = d.images, d.target
+    images, target = _digits_images(_digits_file())
     x = np.rint(images * (255.0 / 16.0)).astype(np.uint8)
     y = target.astype(np.uint8)
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
