@@ -35,12 +35,13 @@ def has_bf16_kernels(device: torch.device) -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def check(precision: str, device: torch.device) -> None:
-    """Refuse what the device cannot do; warn (one line) where bf16 would be slow."""
+def check(precision: str, device: torch.device, bf16_kernels: bool | None = None) -> None:
+    """Refuse what the device cannot do; warn (one line) where bf16 would be slow. bf16_kernels: whether
+    the device has them (None: has_bf16_kernels asks it)."""
     if precision == "tf32" and device.type != "cuda":
         raise ConfigError(f"precision='tf32' is not allowed on {device.type}: TF32 needs a CUDA device "
                           "(on a CPU use fp32 or bf16)", "precision")
-    if precision == "bf16" and not has_bf16_kernels(device):
+    if precision == "bf16" and not (has_bf16_kernels(device) if bf16_kernels is None else bf16_kernels):
         warnings.warn(f"precision=bf16 on a {device.type} without bf16 kernels (no AVX512_BF16 or AMX): autocast "
                       "emulates bf16 there and trains several times slower than fp32", stacklevel=2)
 

@@ -64,17 +64,18 @@ def resolve_device(name: str) -> torch.device:
 FORWARD_CHUNK = 100
 
 
-def forward(module, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([module(c) for c in x.split(FORWARD_CHUNK)]) if len(x) > FORWARD_CHUNK else module(x)
+def forward(module, x: torch.Tensor, chunk: int = FORWARD_CHUNK) -> torch.Tensor:
+    return torch.cat([module(c) for c in x.split(chunk)]) if len(x) > chunk else module(x)
 
 
 @torch.no_grad()
-def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: int) -> dict:
+def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: int,
+             chunk: int = FORWARD_CHUNK) -> dict:
     """Table 1's measure over a whole split: encode, one channel sample at the test eps, decode.
     The channel noise is drawn from a fixed seed, so epochs are compared on the same noise.
     Also the bit error rate of that channel draw, the word error rate (codes that arrived with any
     bit wrong; for separation: after the channel decoder), and the per-bit entropies of the codes (eq. 11).
-    Returns plain floats (one device sync)."""
+    chunk: images per forward pass (speed only, see FORWARD_CHUNK). Returns plain floats (one device sync)."""
     was_training = enc.training
     enc.eval(), dec.eval()
     gen = torch.Generator(device=images.device).manual_seed(seed)
@@ -85,10 +86,10 @@ def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: in
     for i in range(0, n, cfg.eval_batch_size):
         x = to_float(images[i:i + cfg.eval_batch_size])
         with autocast(cfg.precision, images.device):
-            p = torch.sigmoid(forward(enc, x).float())              # (B, M), float32 (precision.py)
+            p = torch.sigmoid(forward(enc, x, chunk).float())              # (B, M), float32 (precision.py)
         sent, received = send(p, gen)
         with autocast(cfg.precision, images.device):
-            logits = forward(dec, received)
+            logits = forward(dec, received, chunk)
         dist = dist + distortion(logits, x, binary).sum()
         wrong = received != sent
         errors, words = errors + wrong.sum(), words + wrong.any(-1).sum()

@@ -44,12 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @functools.lru_cache(maxsize=1)   # constant for a study: one subprocess, not one per trial
-def git_commit() -> str:
-    """The commit the study's code comes from, `+dirty` where a tracked file differed from it when the study
-    began (its numbers then come from a working tree no commit holds)."""
+def git_commit(root: Path = ROOT) -> str:
+    """The commit the study's code (the checkout at root) comes from, `+dirty` where a tracked file differed
+    from it when the study began (its numbers then come from a working tree no commit holds)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                  capture_output=True, text=True, timeout=5)
         head = out.stdout.strip()
         return (head + ("+dirty" if changed.stdout.strip() else "")) if head else "unknown"

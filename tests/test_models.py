@@ -43,7 +43,7 @@ def test_cifar_models_are_channels_last_with_the_plain_layers_parameter_names():
 
 
 @pytest.mark.parametrize("dataset", ["digits", "cifar10"])
-def test_evaluation_numbers_do_not_depend_on_the_forward_chunk(dataset, data_dir, monkeypatch):
+def test_evaluation_numbers_do_not_depend_on_the_forward_chunk(dataset, data_dir):
     data = load(dataset, data_dir)
     torch.manual_seed(0)
     enc, dec, _ = build(dataset, data.image_shape, Config(dataset=dataset).bits)
@@ -51,8 +51,7 @@ def test_evaluation_numbers_do_not_depend_on_the_forward_chunk(dataset, data_dir
     images = data.val[:150]
     results = []
     for chunk in (7, 10_000):
-        monkeypatch.setattr(T, "FORWARD_CHUNK", chunk)
-        results.append(T.evaluate(enc, dec, images, data.binary, cfg, seed=5))
+        results.append(T.evaluate(enc, dec, images, data.binary, cfg, seed=5, chunk=chunk))
     # same channel noise (drawn per eval batch), the networks on smaller pieces: float rounding only
     assert results[0].keys() == results[1].keys()
     for k in results[0]:

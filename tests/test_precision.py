@@ -88,16 +88,15 @@ def test_stacked_seeds_and_evaluation_run_under_bf16():
     assert all(w.dtype == torch.float32 for w in states[0]["model"]["encoder"].values())
 
 
-def test_tf32_is_refused_off_cuda_and_bf16_without_kernels_warns(monkeypatch):
+def test_tf32_is_refused_off_cuda_and_bf16_without_kernels_warns():
     with pytest.raises(ConfigError, match="tf32.*CUDA"):
         precision.check("tf32", CPU)
-    monkeypatch.setattr(precision, "has_bf16_kernels", lambda device: False)
     with pytest.warns(UserWarning, match="without bf16 kernels"):
-        precision.check("bf16", CPU)
-    monkeypatch.setattr(precision, "has_bf16_kernels", lambda device: True)
+        precision.check("bf16", CPU, bf16_kernels=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        precision.check("bf16", CPU)
+        precision.check("bf16", CPU, bf16_kernels=True)
+        precision.check("fp32", CPU, bf16_kernels=False)
         precision.check("fp32", CPU)
     with pytest.raises(ConfigError, match="precision='fp16' is not allowed: one of fp32, bf16, tf32"):
         Config(precision="fp16")

@@ -34,7 +34,7 @@ def test_the_scan_sees_a_name_typed_as_a_literal(tmp_path):
     assert [v for _, v in literals(bad) if v in NAMES or v.startswith(PREFIXES)] == ["trial_id", "metric."]
 
 
-def test_a_run_from_a_changed_working_tree_says_so_in_its_commit(tmp_path, monkeypatch):
+def test_a_run_from_a_changed_working_tree_says_so_in_its_commit(tmp_path):
     """git_commit names the commit, with +dirty where a tracked file differed from it when the study began."""
     import subprocess
 
@@ -46,10 +46,9 @@ def test_a_run_from_a_changed_working_tree_says_so_in_its_commit(tmp_path, monke
     subprocess.run([*git, "add", "f.py"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    monkeypatch.setattr(tracking, "ROOT", tmp_path)
-    tracking.git_commit.cache_clear()               # read once per study: the code it began with
-    assert tracking.git_commit() == head
+    assert tracking.git_commit(tmp_path) == head
     (tmp_path / "f.py").write_text("a = 22\n")
+    assert tracking.git_commit(tmp_path) == head                # read once per study: the code it began with
     tracking.git_commit.cache_clear()
-    assert tracking.git_commit() == head + "+dirty"
+    assert tracking.git_commit(tmp_path) == head + "+dirty"
     tracking.git_commit.cache_clear()
