@@ -86,7 +86,7 @@ def evaluate(enc, dec, images: torch.Tensor, binary: bool, cfg: Config, seed: in
     for i in range(0, n, cfg.eval_batch_size):
         x = to_float(images[i:i + cfg.eval_batch_size])
         with autocast(cfg.precision, images.device):
-            p = torch.sigmoid(forward(enc, x, chunk).float())              # (B, M), float32 (precision.py)
+            p = torch.sigmoid(forward(enc, x, chunk).float())       # (B, M), float32 (precision.py)
         sent, received = send(p, gen)
         with autocast(cfg.precision, images.device):
             logits = forward(dec, received, chunk)
